@@ -1,0 +1,1 @@
+"""hpsearch study service: a REST API over Optuna studies and the trial protocol workers pull from."""

@@ -1,0 +1,61 @@
+"""Typed dependencies shared by the routers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, BinaryIO
+
+from fastapi import Depends, Header, Path, Request
+
+from service.auth import Role, authorize
+from service.metrics import StorageCollector
+from service.protocol import TrialProtocol
+from service.registry import StudyRegistry
+from service.settings import Settings
+from service.storage import Backend
+from service.studies import StudyService
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    backend: Backend
+    registry: StudyRegistry
+    studies: StudyService
+    protocol: TrialProtocol
+    app_collector: StorageCollector
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def _requires(role: Role):  # noqa: ANN202 - a dependency factory
+    def check(services: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> None:
+        authorize(services.settings, authorization, role)
+
+    return Depends(check)
+
+
+READ = _requires(Role.READ)
+WORKER = _requires(Role.WORKER)
+ADMIN = _requires(Role.ADMIN)
+
+StudyName = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$", description="Study name")]
+TrialId = Annotated[int, Path(ge=0, le=2**62, description="The trial_id a claim returned")]
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url)
+
+
+def stream_file(reader: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    try:
+        while chunk := reader.read(size):
+            yield chunk
+    finally:
+        reader.close()

@@ -1,0 +1,71 @@
+"""The one exception-to-response map: every error body is {"detail", "field"?, "errors"?}."""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+import sqlalchemy.exc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from service.errors import ServiceError, Unavailable
+from service.validation import format_errors
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "the database cannot be reached right now" (never shown to the client:
+# their text can hold the connection URL).
+DATABASE_DOWN = (
+    optuna.exceptions.StorageInternalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+)
+
+
+def _body(detail: str, field: str | None = None, errors: list[dict[str, str]] | None = None) -> dict:
+    body: dict = {"detail": detail}
+    if field:
+        body["field"] = field
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+        errors = [{"field": exc.field, "reason": exc.message}] if exc.field else None
+        return JSONResponse(_body(exc.message, exc.field, errors), exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = format_errors(exc.errors(), exc.body)
+        first = errors[0] if errors else {"field": "body", "reason": "invalid"}
+        detail = f"invalid request: {first['field']}: {first['reason']}"
+        return JSONResponse(_body(detail, first["field"], errors), 422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse(_body(str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    for kind in DATABASE_DOWN:
+        app.add_exception_handler(kind, _database_down)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("unexpected error", exc_info=exc)
+        return JSONResponse(_body("internal error; the server log has the details"), 500)
+
+
+async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable: %s", type(exc).__name__)
+    return JSONResponse(
+        _body("the database is unavailable; retry later"),
+        503,
+        headers={"Retry-After": str(Unavailable.retry_after)},
+    )

@@ -1,0 +1,83 @@
+"""Studies: create, list, inspect, rank, stop, delete; the kept weights of top trials."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import ADMIN, READ, ServicesDep, StudyName, base_url, stream_file
+from service.schemas import BestList, ErrorBody, StudyPublic, TrialPublic
+from service.spec import StudySpec
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+NOT_FOUND = {404: {"model": ErrorBody, "description": "No such study"}}
+
+
+@router.post(
+    "",
+    status_code=201,
+    dependencies=[ADMIN],
+    responses={409: {"model": ErrorBody, "description": "The name is taken"}},
+)
+def create_study(spec: StudySpec, services: ServicesDep, request: Request) -> StudyPublic:
+    """Create an Optuna study from a spec; the baseline recipe is its first trial."""
+    return services.studies.create(spec, base_url(request))
+
+
+@router.get("", dependencies=[READ])
+def list_studies(services: ServicesDep, request: Request) -> list[StudyPublic]:
+    return services.studies.list(base_url(request))
+
+
+@router.get("/{name}", dependencies=[READ], responses=NOT_FOUND)
+def get_study(name: StudyName, services: ServicesDep, request: Request) -> StudyPublic:
+    """State, trial counts by state, the best trial, the baseline and the improvement over it."""
+    return services.studies.summary(name, base_url(request))
+
+
+@router.get("/{name}/best", dependencies=[READ], responses=NOT_FOUND)
+def best_trials(
+    name: StudyName, services: ServicesDep, k: Annotated[int, Query(ge=1, le=1000)] = 5
+) -> BestList:
+    """The top-k complete trials by validation loss, each with a training config to reuse."""
+    return services.studies.best(name, k)
+
+
+@router.get("/{name}/trials", dependencies=[READ], responses=NOT_FOUND)
+def list_trials(name: StudyName, services: ServicesDep) -> list[TrialPublic]:
+    return services.studies.trials(name)
+
+
+@router.post("/{name}/stop", dependencies=[ADMIN], responses=NOT_FOUND)
+def stop_study(name: StudyName, services: ServicesDep, request: Request) -> StudyPublic:
+    """Hand out no more trials; running trials finish."""
+    return services.studies.stop(name, base_url(request))
+
+
+@router.delete("/{name}", status_code=204, dependencies=[ADMIN], responses=NOT_FOUND)
+def delete_study(name: StudyName, services: ServicesDep) -> Response:
+    services.studies.delete(name)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{name}/trials/{number}/weights",
+    dependencies=[READ],
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **NOT_FOUND},
+)
+async def download_weights(
+    name: StudyName, number: Annotated[int, Path(ge=0, le=2**31)], services: ServicesDep
+) -> StreamingResponse:
+    """The final weights (a PyTorch state dict) of one of the top-k complete trials."""
+    reader = await run_in_threadpool(services.protocol.open_weights, name, number)
+    return StreamingResponse(
+        stream_file(reader),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{name}-trial{number}.pt"'},
+    )
+

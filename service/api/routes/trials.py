@@ -1,0 +1,121 @@
+"""The worker protocol: claim, report, heartbeat, complete, fail, checkpoints and weights."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import WORKER, ServicesDep, TrialId, stream_file
+from service.errors import PayloadTooLarge
+from service.schemas import (
+    ClaimedTrial,
+    ErrorBody,
+    HeartbeatAnswer,
+    ReportAnswer,
+    TrialAck,
+    TrialClaim,
+    TrialComplete,
+    TrialFail,
+    TrialReport,
+)
+
+router = APIRouter(prefix="/trials", tags=["trials"], dependencies=[WORKER])
+
+ERRORS = {
+    404: {"model": ErrorBody, "description": "No such trial"},
+    409: {"model": ErrorBody, "description": "The trial is finished or its lease ended"},
+}
+
+
+@router.post(
+    "/claim",
+    responses={204: {"description": "Nothing to run now"}, 404: ERRORS[404]},
+)
+def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> ClaimedTrial | None:
+    """Lease the next trial: a waiting one (the baseline, a retry) first, else a new sample."""
+    claimed = services.protocol.claim(body)
+    if claimed is None:
+        response.status_code = 204
+        return None
+    return claimed
+
+
+@router.post("/{trial_id}/report", responses=ERRORS)
+def report_epoch(trial_id: TrialId, body: TrialReport, services: ServicesDep) -> ReportAnswer:
+    """Record one epoch's validation loss and ask the pruner; prune=true means the trial is
+    already finished as PRUNED and the worker should stop."""
+    return services.protocol.report(trial_id, body.epoch, body.val_loss, body.val_accuracy)
+
+
+@router.post("/{trial_id}/heartbeat", responses=ERRORS)
+def heartbeat(trial_id: TrialId, services: ServicesDep) -> HeartbeatAnswer:
+    services.protocol.heartbeat(trial_id)
+    return HeartbeatAnswer(trial_id=trial_id, heartbeat_interval=services.settings.heartbeat_interval)
+
+
+@router.post("/{trial_id}/complete", responses=ERRORS)
+def complete_trial(trial_id: TrialId, body: TrialComplete, services: ServicesDep) -> TrialAck:
+    return services.protocol.complete(trial_id, body.val_loss, body.val_accuracy)
+
+
+@router.post("/{trial_id}/fail", responses=ERRORS)
+def fail_trial(trial_id: TrialId, body: TrialFail, services: ServicesDep) -> TrialAck:
+    """Fail the trial with a reason; retry=true hands it back to be run again at once."""
+    return services.protocol.fail(trial_id, body.reason, body.retry)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+UPLOAD = {
+    "openapi_extra": {
+        "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+    "responses": {**ERRORS, 413: {"model": ErrorBody, "description": "Too large"}},
+    "status_code": 204,
+}
+
+
+@router.put("/{trial_id}/checkpoint", **UPLOAD)
+async def upload_checkpoint(
+    trial_id: TrialId,
+    epoch: Annotated[int, Query(ge=0, le=100_000)],
+    request: Request,
+    services: ServicesDep,
+) -> Response:
+    """Store the training state after `epoch`; a retry of this trial resumes from it."""
+    body = await _read_body(request, services.settings.max_artifact_bytes)
+    await run_in_threadpool(services.protocol.save_checkpoint, trial_id, epoch, body)
+    return Response(status_code=204)
+
+
+@router.put("/{trial_id}/weights", **UPLOAD)
+async def upload_weights(trial_id: TrialId, request: Request, services: ServicesDep) -> Response:
+    """Store the trial's final weights (before it completes); the top-k are kept."""
+    body = await _read_body(request, services.settings.max_artifact_bytes)
+    await run_in_threadpool(services.protocol.save_weights, trial_id, body)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{trial_id}/checkpoint",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
+)
+async def download_checkpoint(trial_id: TrialId, services: ServicesDep) -> StreamingResponse:
+    reader = await run_in_threadpool(services.protocol.open_checkpoint, trial_id)
+    return StreamingResponse(stream_file(reader), media_type="application/octet-stream")
+

@@ -1,0 +1,128 @@
+"""The app factory: `create_app(settings)` builds the API, the dashboard and the lease keeper;
+everything that holds a resource is opened in the lifespan, so tests build their own apps."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from service.api.deps import Services
+from service.api.errors import install_error_handlers
+from service.api.router import api_router
+from service.api.routes import health
+from service.budget import Budget
+from service.dashboard import DashboardMount, build_dashboard
+from service.errors import NotFound
+from service.lease_keeper import LeaseKeeper
+from service.metrics import LatencyMiddleware, StorageCollector
+from service.protocol import TrialProtocol
+from service.registry import StudyRegistry
+from service.settings import Settings
+from service.storage import Backend, open_backend
+from service.studies import StudyService
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+hpsearch finds fine-tuning hyperparameters (learning rate, momentum, StepLR step size and
+gamma, warmup) for pretrained models. Create a study, start `hpsearch worker` processes on your
+GPUs, watch the Optuna dashboard at /dashboard, and read the best configurations.
+"""
+
+
+def _trial_counts(registry: StudyRegistry) -> Any:
+    def counts() -> dict[str, dict[str, int]]:
+        out = {}
+        for name in registry.names():
+            try:
+                handle = registry.get(name)
+            except NotFound:
+                continue
+            budget = Budget.of(handle.study.get_trials(deepcopy=False), handle.spec.n_trials)
+            out[name] = budget.counts.model_dump()
+        return out
+
+    return counts
+
+
+def open_services(settings: Settings) -> Services:
+    protocol_ref: list[TrialProtocol] = []
+    backend: Backend = open_backend(settings, on_stale=lambda s, t: protocol_ref[0].on_stale(s, t))
+    registry = StudyRegistry(backend, settings)
+    protocol = TrialProtocol(backend, registry, settings)
+    protocol_ref.append(protocol)
+    collector = StorageCollector(
+        _trial_counts(registry), lambda: len(backend.list_workers(3 * settings.grace_period))
+    )
+    return Services(
+        settings=settings,
+        backend=backend,
+        registry=registry,
+        studies=StudyService(backend, registry, settings.public_url),
+        protocol=protocol,
+        app_collector=collector,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = open_services(settings)
+        app.state.services = services
+        app.state.dashboard = build_dashboard(services.backend)
+        keeper = LeaseKeeper(services.protocol.sweep, max(0.5, settings.heartbeat_interval / 2))
+        keeper.start()
+        logger.info("serving storage %s", services.backend.engine.url.render_as_string(hide_password=True))
+        try:
+            yield
+        finally:
+            keeper.stop()
+            services.backend.close()
+
+    app = FastAPI(
+        title="hpsearch",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(api_router)
+    app.include_router(health.router)
+
+    @app.api_route("/api/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+    def unknown_api_path(rest: str, request: Request) -> None:
+        raise NotFound(f"no such endpoint: {request.method} /api/v1/{rest}")
+
+    app.mount("/", DashboardMount(app.state), name="dashboard")
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(LatencyMiddleware)
+    return app
+
+
+class BodyLimit:
+    """Refuse JSON bodies over the limit with 413 before they are read into memory.
+    Checkpoint and weights uploads (PUT) have their own, larger limit."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] == "PUT":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body",
+                        "body": b'{"detail": "the request body is too large"}'})
+            return
+        await self.app(scope, receive, send)

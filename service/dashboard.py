@@ -1,0 +1,53 @@
+"""The Optuna dashboard, served by the same process on the same storage.
+
+It is mounted at the root (its pages live under /dashboard, its API under /api/studies...), so
+its own absolute URLs work unchanged. With tokens on, reading it needs a read token (a browser
+asks for it with HTTP Basic: any user, the token as password) and changing anything the admin's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna_dashboard
+from a2wsgi import WSGIMiddleware
+
+from service.auth import Role, role_of, token_from_header
+from service.settings import Settings
+from service.storage import Backend
+
+
+def build_dashboard(backend: Backend) -> Any:
+    return WSGIMiddleware(
+        optuna_dashboard.wsgi(backend.storage, artifact_store=backend.artifacts), workers=8
+    )
+
+
+class DashboardMount:
+    """ASGI app that checks credentials, then hands over to the dashboard opened at start-up."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        services = self._state.services
+        settings: Settings = services.settings
+        if scope["type"] == "http" and settings.tokens_enabled:
+            needed = Role.READ if scope["method"] in ("GET", "HEAD") else Role.ADMIN
+            if not (needed == Role.READ and settings.read_access == "open"):
+                headers = dict(scope.get("headers") or [])
+                token = token_from_header(headers.get(b"authorization", b"").decode("latin-1"))
+                if role_of(settings, token) < needed:
+                    await _deny(send)
+                    return
+        await self._state.dashboard(scope, receive, send)
+
+
+async def _deny(send: Any) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": 401,
+        "headers": [(b"www-authenticate", b'Basic realm="hpsearch"'),
+                    (b"content-type", b"application/json")],
+    })
+    await send({"type": "http.response.body", "body": b'{"detail": "a valid token is required"}'})

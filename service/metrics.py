@@ -1,0 +1,67 @@
+"""Prometheus metrics: protocol counters and latencies, plus trials by state and connected
+workers read from the storage at scrape time (so every server process reports the same)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CLAIMS = Counter("hpsearch_claims", "Trials handed out to workers", ["study"])
+REPORTS = Counter("hpsearch_reports", "Epoch reports received", ["study"])
+STALE_TRIALS = Counter("hpsearch_stale_trials_failed", "Trials failed for lack of heartbeats", ["study"])
+RETRIES = Counter("hpsearch_retries", "Trials re-queued after a worker died or handed back", ["study"])
+LATENCY = Histogram(
+    "hpsearch_request_seconds",
+    "API latency by route",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class StorageCollector(Collector):
+    """Gauges computed from the storage when Prometheus scrapes."""
+
+    def __init__(self, trial_counts: Callable[[], dict[str, dict[str, int]]],
+                 workers: Callable[[], int]) -> None:
+        self._trial_counts = trial_counts
+        self._workers = workers
+
+    def collect(self) -> Iterable[Metric]:
+        trials = GaugeMetricFamily("hpsearch_trials", "Trials by state", labels=["study", "state"])
+        for study, counts in self._trial_counts().items():
+            for state, count in counts.items():
+                trials.add_metric([study, state], count)
+        yield trials
+        yield GaugeMetricFamily("hpsearch_connected_workers", "Workers seen within the lease",
+                                value=self._workers())
+
+
+def render(collector: StorageCollector) -> bytes:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return generate_latest(REGISTRY) + generate_latest(registry)
+
+
+class LatencyMiddleware:
+    """Times every request by its route template (pure ASGI: no per-request task overhead)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None)
+            if path is not None and path.startswith("/api/"):
+                LATENCY.labels(scope["method"], path).observe(time.perf_counter() - start)

@@ -1,0 +1,319 @@
+"""The trial protocol workers pull from: claim, report, heartbeat, complete, fail, plus the
+checkpoints and weights they upload, the lease sweep and artifact garbage collection.
+
+Leases are Optuna heartbeats: a claim records one, every message renews it, and `sweep` fails
+trials whose heartbeat is older than the grace period and re-queues them with the same params.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import optuna
+from optuna.artifacts import upload_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from service import metrics
+from service.budget import Budget
+from service.errors import Conflict, InvalidInput, NotFound
+from service.registry import StudyHandle, StudyRegistry
+from service.schemas import ClaimedTrial, ReportAnswer, Resume, TrialAck, TrialClaim
+from service.settings import Settings
+from service.storage import Backend
+from service.views import CHECKPOINT_ATTR, WEIGHTS_ATTR, ranked, retry_of, state_name
+
+logger = logging.getLogger(__name__)
+
+_RUNNING_ONLY = "trial {number} of {study} is {state}: its lease has ended"
+
+
+class TrialProtocol:
+    def __init__(self, backend: Backend, registry: StudyRegistry, settings: Settings) -> None:
+        self._backend = backend
+        self._registry = registry
+        self._settings = settings
+        self._retry = optuna.storages.RetryFailedTrialCallback(max_retry=settings.max_retries)
+        self._collected: set[str] = set()
+
+    # --- leases --------------------------------------------------------------------------------
+    def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna's heartbeat machinery calls this for each trial it failed as stale."""
+        metrics.STALE_TRIALS.labels(study.study_name).inc()
+        logger.warning("trial %d of %s: worker %s stopped sending heartbeats", trial.number,
+                       study.study_name, trial.user_attrs.get("worker"))
+        self._requeue(study, trial)
+
+    def _requeue(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        before = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        self._retry(study, trial)
+        if len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before:
+            metrics.RETRIES.labels(study.study_name).inc()
+
+    def sweep(self) -> None:
+        """Fail stale trials of every study and re-queue them; collect unneeded artifacts."""
+        for name in self._registry.names():
+            try:
+                handle = self._registry.get(name)
+                with self._backend.claim_lock.hold(handle.study_id):
+                    optuna.storages.fail_stale_trials(handle.study)
+                self.collect_garbage(handle)
+            except NotFound:
+                continue
+
+    # --- claim ---------------------------------------------------------------------------------
+    def claim(self, request: TrialClaim) -> ClaimedTrial | None:
+        names = [request.study] if request.study else self._registry.names()
+        if request.study:
+            self._registry.get(request.study)  # 404 for an unknown study
+        fields = {"host": request.host, "device": request.device}
+        for name in names:
+            try:
+                handle = self._registry.get(name)
+            except NotFound:
+                continue
+            if self._registry.is_stopped(handle):
+                continue
+            with self._backend.claim_lock.hold(handle.study_id):
+                trial = self._claim_in(handle, request)
+            if trial is not None:
+                self._backend.touch_worker(
+                    request.worker_id, study=name, trial_number=trial.number,
+                    trial_id=trial.trial_id, **fields,
+                )
+                metrics.CLAIMS.labels(name).inc()
+                return trial
+        self._backend.touch_worker(
+            request.worker_id, study=None, trial_number=None, trial_id=None, **fields
+        )
+        return None
+
+    def _claim_in(self, handle: StudyHandle, request: TrialClaim) -> ClaimedTrial | None:
+        study = handle.study
+        trials = study.get_trials(deepcopy=False)
+        budget = Budget.of(trials, handle.spec.n_trials)
+        if budget.counts.waiting == 0 and not budget.can_sample():
+            return None
+        # ask() hands out a waiting trial (the baseline, a retry) before sampling a new one.
+        trial = study.ask(fixed_distributions=handle.distributions)
+        storage = self._backend.storage
+        storage.record_heartbeat(trial._trial_id)
+        trial.set_user_attr("worker", request.worker_id)
+        if request.device:
+            trial.set_user_attr("device", request.device)
+        frozen = storage.get_trial(trial._trial_id)
+        resume = self._resume(handle, frozen, trials)
+        logger.info("trial %d of %s -> %s%s", frozen.number, handle.name, request.worker_id,
+                    f" (resuming after epoch {resume.epoch})" if resume else "")
+        return ClaimedTrial(
+            trial_id=frozen._trial_id,
+            study=handle.name,
+            number=frozen.number,
+            params=frozen.params,
+            config=handle.config(frozen.params),
+            spec=handle.spec.model_dump(mode="json"),
+            seed=handle.spec.training.seed,
+            is_baseline=bool(frozen.user_attrs.get("baseline")),
+            heartbeat_interval=self._settings.heartbeat_interval,
+            resume=resume,
+        )
+
+    def _resume(self, handle: StudyHandle, trial: FrozenTrial, trials: list[FrozenTrial]) -> Resume | None:
+        """A retried trial continues from its predecessor's last checkpoint: copy the epochs the
+        checkpoint covers so the learning curve (and the pruner) sees them."""
+        previous = retry_of(trial)
+        if previous is None:
+            return None
+        self._backend.storage.set_trial_user_attr(trial._trial_id, "retry_of", previous)
+        checkpoint = trial.system_attrs.get(CHECKPOINT_ATTR)
+        if not checkpoint:
+            return None
+        epoch = int(checkpoint["epoch"])
+        predecessor = next((t for t in trials if t.number == previous), None)
+        if predecessor is not None:
+            for step, value in sorted(predecessor.intermediate_values.items()):
+                if step <= epoch:
+                    self._backend.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        self._backend.storage.set_trial_user_attr(trial._trial_id, "resumed_from_epoch", epoch + 1)
+        return Resume(epoch=epoch, checkpoint_url=f"/api/v1/trials/{trial._trial_id}/checkpoint")
+
+    # --- messages from the worker holding the lease --------------------------------------------
+    def _running(self, trial_id: int) -> tuple[StudyHandle, FrozenTrial]:
+        handle, trial = self._registry.for_trial(trial_id)
+        if trial.state != TrialState.RUNNING:
+            raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
+                                                state=state_name(trial.state)))
+        return handle, trial
+
+    def heartbeat(self, trial_id: int) -> None:
+        handle, trial = self._running(trial_id)
+        self._backend.storage.record_heartbeat(trial_id)
+        worker = trial.user_attrs.get("worker")
+        if worker:
+            self._backend.touch_worker(worker, study=handle.name, trial_number=trial.number,
+                                       trial_id=trial_id)
+
+    def report(self, trial_id: int, epoch: int, val_loss: float, val_accuracy: float | None) -> ReportAnswer:
+        handle, trial = self._registry.for_trial(trial_id)
+        if trial.state == TrialState.PRUNED and epoch in trial.intermediate_values:
+            return ReportAnswer(prune=True)  # the same report again, after it pruned the trial
+        if trial.state != TrialState.RUNNING:
+            raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
+                                                state=state_name(trial.state)))
+        self._backend.storage.record_heartbeat(trial_id)
+        live = optuna.trial.Trial(handle.study, trial_id)
+        if epoch not in trial.intermediate_values:
+            expected = max(trial.intermediate_values, default=-1) + 1
+            if epoch != expected:
+                raise InvalidInput(f"epochs must be reported in order: expected epoch {expected}",
+                                   field="epoch")
+            if val_accuracy is not None:
+                live.set_user_attr("val_accuracy", val_accuracy)
+            live.report(val_loss, epoch)
+        metrics.REPORTS.labels(handle.name).inc()
+        prune = live.should_prune()
+        if prune:
+            try:
+                handle.study.tell(trial.number, state=TrialState.PRUNED)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another server process pruned it first
+            logger.info("trial %d of %s pruned after epoch %d", trial.number, handle.name, epoch)
+            self.collect_garbage(handle)
+        return ReportAnswer(prune=prune)
+
+    def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None) -> TrialAck:
+        handle, trial = self._registry.for_trial(trial_id)
+        if trial.state == TrialState.COMPLETE:
+            return TrialAck(trial_id=trial_id, state="complete")  # a retried completion
+        if trial.state != TrialState.RUNNING:
+            raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
+                                                state=state_name(trial.state)))
+        if val_accuracy is not None:
+            self._backend.storage.set_trial_user_attr(trial_id, "val_accuracy", val_accuracy)
+        try:
+            handle.study.tell(trial.number, val_loss)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            raise Conflict(f"trial {trial.number} of {handle.name} already finished") from exc
+        logger.info("trial %d of %s complete: val_loss %.4g", trial.number, handle.name, val_loss)
+        self._finished(handle, trial)
+        return TrialAck(trial_id=trial_id, state="complete")
+
+    def fail(self, trial_id: int, reason: str, retry: bool) -> TrialAck:
+        handle, trial = self._running(trial_id)
+        self._backend.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        try:
+            handle.study.tell(trial.number, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            raise Conflict(f"trial {trial.number} of {handle.name} already finished") from exc
+        logger.info("trial %d of %s failed%s: %s", trial.number, handle.name,
+                    " (handed back)" if retry else "", reason)
+        if retry:
+            with self._backend.claim_lock.hold(handle.study_id):
+                self._requeue(handle.study, self._backend.storage.get_trial(trial_id))
+        self._finished(handle, trial)
+        return TrialAck(trial_id=trial_id, state="fail")
+
+    def _finished(self, handle: StudyHandle, trial: FrozenTrial) -> None:
+        worker = trial.user_attrs.get("worker")
+        if worker:
+            self._backend.touch_worker(worker, study=None, trial_number=None, trial_id=None)
+        self.collect_garbage(handle)
+
+    # --- artifacts -----------------------------------------------------------------------------
+    def save_checkpoint(self, trial_id: int, epoch: int, body: Iterator[bytes] | bytes) -> None:
+        handle, trial = self._running(trial_id)
+        if epoch not in trial.intermediate_values:
+            raise InvalidInput(f"epoch {epoch} has not been reported yet", field="epoch")
+        artifact_id = self._upload(trial, body, f"checkpoint-{trial.number}-epoch{epoch}.pt")
+        previous = trial.system_attrs.get(CHECKPOINT_ATTR)
+        self._backend.storage.set_trial_system_attr(
+            trial_id, CHECKPOINT_ATTR, {"artifact_id": artifact_id, "epoch": epoch}
+        )
+        self._backend.storage.record_heartbeat(trial_id)
+        if previous:
+            self._remove(previous["artifact_id"])
+
+    def save_weights(self, trial_id: int, body: Iterator[bytes] | bytes) -> None:
+        _handle, trial = self._running(trial_id)
+        artifact_id = self._upload(trial, body, f"weights-{trial.number}.pt")
+        self._backend.storage.set_trial_system_attr(trial_id, WEIGHTS_ATTR, artifact_id)
+
+    def open_checkpoint(self, trial_id: int) -> BinaryIO:
+        _handle, trial = self._registry.for_trial(trial_id)
+        checkpoint = trial.system_attrs.get(CHECKPOINT_ATTR)
+        if not checkpoint:
+            raise NotFound(f"trial {trial.number} has no checkpoint")
+        return self._open(checkpoint["artifact_id"], "checkpoint")
+
+    def open_weights(self, study: str, number: int) -> BinaryIO:
+        handle = self._registry.get(study)
+        trial = next((t for t in handle.study.get_trials(deepcopy=False) if t.number == number), None)
+        if trial is None:
+            raise NotFound(f"study {study!r} has no trial {number}")
+        artifact_id = trial.system_attrs.get(WEIGHTS_ATTR)
+        if artifact_id is None or artifact_id in self._collected:
+            raise NotFound(f"trial {number} of {study!r} has no kept weights (only the top "
+                           f"{self._settings.keep_top_k} complete trials keep theirs)")
+        return self._open(artifact_id, "weights")
+
+    def _open(self, artifact_id: str, what: str) -> BinaryIO:
+        try:
+            return self._backend.artifacts.open_reader(artifact_id)
+        except Exception as exc:
+            raise NotFound(f"the {what} file is gone from the artifact store") from exc
+
+    def _upload(self, trial: FrozenTrial, body: Iterator[bytes] | bytes, filename: str) -> str:
+        folder = tempfile.mkdtemp(prefix="hpsearch-upload-")
+        path = os.path.join(folder, filename)
+        try:
+            with open(path, "wb") as out:
+                if isinstance(body, bytes):
+                    out.write(body)
+                else:
+                    for chunk in body:
+                        out.write(chunk)
+            return upload_artifact(
+                artifact_store=self._backend.artifacts,
+                file_path=path,
+                study_or_trial=trial,
+                storage=self._backend.storage,
+                mimetype="application/octet-stream",
+            )
+        finally:
+            if os.path.exists(path):
+                os.remove(path)
+            os.rmdir(folder)
+
+    def _remove(self, artifact_id: str) -> None:
+        if artifact_id in self._collected:
+            return
+        try:
+            self._backend.artifacts.remove(artifact_id)
+        except Exception:  # removed by another server process
+            logger.debug("artifact %s already gone", artifact_id)
+        self._collected.add(artifact_id)
+
+    def collect_garbage(self, handle: StudyHandle) -> None:
+        """Keep the checkpoints a running or waiting trial may resume from and the weights of the
+        top-k complete trials; remove every other artifact of the study."""
+        trials = handle.study.get_trials(deepcopy=False)
+        keep: set[str] = set()
+        for t in trials:
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):
+                checkpoint = t.system_attrs.get(CHECKPOINT_ATTR)
+                if checkpoint:
+                    keep.add(checkpoint["artifact_id"])
+        for t in ranked(trials)[: self._settings.keep_top_k]:
+            if WEIGHTS_ATTR in t.system_attrs:
+                keep.add(t.system_attrs[WEIGHTS_ATTR])
+        for t in trials:
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):
+                continue
+            for key in t.system_attrs:
+                artifact_id = key.removeprefix("artifacts:")
+                if key.startswith("artifacts:") and artifact_id not in keep:
+                    self._remove(artifact_id)
+

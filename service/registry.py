@@ -1,0 +1,177 @@
+"""Open studies: one cached optuna.Study per study and process, built from the spec stored in
+the study's user attrs, so every server process on the same storage sees the same studies."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution
+from pydantic import ValidationError
+
+from service.errors import Conflict, InvalidInput, NotFound
+from service.optimizers import build_pruner, build_sampler
+from service.search_space import SearchSpace, grid_values, load_named_space, param_contains, to_distributions
+from service.settings import Settings
+from service.spec import StudySpec, check_paths, recipe
+from service.storage import Backend, utcnow
+
+logger = logging.getLogger(__name__)
+
+SPEC_ATTR = "spec"
+SPACE_ATTR = "search_space"
+STOPPED_ATTR = "hpsearch:stopped"
+
+
+@dataclass(frozen=True)
+class StudyHandle:
+    study: optuna.Study
+    spec: StudySpec
+    space: SearchSpace
+    distributions: dict[str, BaseDistribution]
+    recipe: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    @property
+    def study_id(self) -> int:
+        return self.study._study_id
+
+    def config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Every hyperparameter of a trial: the recipe overridden by its sampled params."""
+        return {**self.recipe, **params}
+
+
+class StudyRegistry:
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._handles: dict[str, StudyHandle] = {}
+        self._trial_studies: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    # --- creation ------------------------------------------------------------------------------
+    def resolve_space(self, spec: StudySpec) -> SearchSpace:
+        if isinstance(spec.search_space, SearchSpace):
+            return spec.search_space
+        try:
+            return load_named_space(spec.search_space, self._settings.search_spaces_dir)
+        except (ValueError, ValidationError) as exc:
+            raise InvalidInput(str(exc), field="search_space") from exc
+
+    def check(self, spec: StudySpec) -> SearchSpace:
+        """The checks that need more than the spec itself. Raises InvalidInput."""
+        space = self.resolve_space(spec)
+        if spec.baseline is not False:
+            for name, param in space.root.items():
+                value = getattr(spec.baseline, name)
+                if value is not None and not param_contains(param, value):
+                    raise InvalidInput(
+                        f"baseline value {value!r} lies outside the search space's {name}",
+                        field=f"baseline.{name}",
+                    )
+        for field, reason in check_paths(spec, self._settings.allowed_roots):
+            raise InvalidInput(reason, field=field)
+        self._build(spec, space)  # option checks that only the factories can make
+        return space
+
+    def _build(self, spec: StudySpec, space: SearchSpace) -> tuple[Any, Any]:
+        grid = None
+        if spec.sampler.name == "grid":
+            try:
+                grid = grid_values(space)
+            except ValueError as exc:
+                raise InvalidInput(str(exc), field="search_space") from exc
+        try:
+            return build_sampler(spec.sampler, grid), build_pruner(spec.pruner)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(str(exc), field="sampler") from exc
+
+    def create(self, spec: StudySpec) -> StudyHandle:
+        space = self.check(spec)
+        sampler, pruner = self._build(spec, space)
+        try:
+            study = optuna.create_study(
+                storage=self._backend.storage,
+                study_name=spec.name,
+                direction="minimize",
+                sampler=sampler,
+                pruner=pruner,
+            )
+        except optuna.exceptions.DuplicatedStudyError as exc:
+            raise Conflict(f"a study named {spec.name!r} exists", field="name") from exc
+        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
+        study.set_user_attr(SPACE_ATTR, space.model_dump(mode="json"))
+        study.set_user_attr("created_at", utcnow().isoformat())
+        handle = self._handle(study, spec, space)
+        if spec.baseline is not False:
+            # Enqueued first, so the baseline is the first trial the study hands out.
+            params = {name: handle.recipe[name] for name in space.root}
+            study.enqueue_trial(params, user_attrs={"baseline": True})
+        with self._lock:
+            self._handles[spec.name] = handle
+        return handle
+
+    def _handle(self, study: optuna.Study, spec: StudySpec, space: SearchSpace) -> StudyHandle:
+        return StudyHandle(study, spec, space, to_distributions(space), recipe(spec))
+
+    # --- lookup --------------------------------------------------------------------------------
+    def get(self, name: str) -> StudyHandle:
+        with self._lock:
+            handle = self._handles.get(name)
+        if handle is not None:
+            return handle
+        try:
+            study_id = self._backend.storage.get_study_id_from_name(name)
+        except KeyError as exc:
+            raise NotFound(f"no study named {name!r}") from exc
+        attrs = self._backend.storage.get_study_user_attrs(study_id)
+        if SPEC_ATTR not in attrs:
+            raise NotFound(f"study {name!r} was not created by hpsearch")
+        spec = StudySpec.model_validate(attrs[SPEC_ATTR])
+        space = SearchSpace.model_validate(attrs[SPACE_ATTR])
+        sampler, pruner = self._build(spec, space)
+        study = optuna.load_study(
+            study_name=name, storage=self._backend.storage, sampler=sampler, pruner=pruner
+        )
+        handle = self._handle(study, spec, space)
+        with self._lock:
+            return self._handles.setdefault(name, handle)
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._handles.pop(name, None)
+
+    def names(self) -> list[str]:
+        return [
+            s.study_name
+            for s in self._backend.storage.get_all_studies()
+            if SPEC_ATTR in s.user_attrs
+        ]
+
+    def for_trial(self, trial_id: int) -> tuple[StudyHandle, optuna.trial.FrozenTrial]:
+        """The study of a trial and the trial as stored now. Raises NotFound."""
+        study_id = self._trial_studies.get(trial_id)
+        if study_id is None:
+            with self._backend.engine.connect() as conn:
+                study_id = conn.execute(
+                    sa.text("SELECT study_id FROM trials WHERE trial_id = :t"), {"t": trial_id}
+                ).scalar()
+            if study_id is None:
+                raise NotFound(f"no trial with id {trial_id}")
+            self._trial_studies[trial_id] = study_id
+        try:
+            name = self._backend.storage.get_study_name_from_id(study_id)
+            handle = self.get(name)
+            return handle, self._backend.storage.get_trial(trial_id)
+        except KeyError as exc:
+            raise NotFound(f"no trial with id {trial_id}") from exc
+
+    def is_stopped(self, handle: StudyHandle) -> bool:
+        return bool(self._backend.storage.get_study_system_attrs(handle.study_id).get(STOPPED_ATTR))

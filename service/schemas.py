@@ -1,0 +1,161 @@
+"""Request and response bodies of the public API. Routes never return Optuna objects."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Finite = Field(allow_inf_nan=False)
+WORKER_ID = r"^[A-Za-z0-9._:@-]{1,128}$"
+TrialStateName = Literal["waiting", "running", "complete", "pruned", "fail"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorItem(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    field: str | None = None
+    errors: list[ErrorItem] = []
+
+
+class TrialPublic(BaseModel):
+    trial_id: int
+    number: int
+    state: TrialStateName
+    params: dict[str, Any]
+    config: dict[str, Any] = Field(description="Every hyperparameter the trial trained with")
+    val_loss: float | None
+    val_accuracy: float | None
+    epochs: int = Field(description="Epochs reported")
+    intermediate_values: dict[int, float] = Field(description="Validation loss by epoch (0-based)")
+    is_baseline: bool
+    worker: str | None
+    device: str | None
+    retry_of: int | None = Field(description="Number of the trial this one retries")
+    resumed_from_epoch: int | None = Field(description="First epoch this trial trained itself")
+    fail_reason: str | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    duration_s: float | None
+    has_weights: bool
+
+
+class BestTrial(BaseModel):
+    number: int
+    params: dict[str, Any]
+    val_loss: float
+    val_accuracy: float | None
+    epochs: int
+    duration_s: float | None
+    is_baseline: bool
+    improvement_over_baseline_pct: float | None
+    config: dict[str, Any] = Field(description="A complete training config that reproduces it")
+
+
+class TrialCounts(BaseModel):
+    waiting: int = 0
+    running: int = 0
+    complete: int = 0
+    pruned: int = 0
+    fail: int = 0
+
+
+class StudyPublic(BaseModel):
+    name: str
+    state: Literal["running", "stopped", "done"]
+    n_trials: int
+    finished: int = Field(description="COMPLETE + PRUNED trials, what n_trials counts")
+    counts: TrialCounts
+    best: BestTrial | None
+    baseline: BestTrial | None
+    improvement_over_baseline_pct: float | None = Field(
+        description="How much lower the best val loss is than the baseline's, in percent"
+    )
+    dashboard_url: str
+    created_at: dt.datetime | None
+    spec: dict[str, Any]
+
+
+class BestList(BaseModel):
+    study: str
+    baseline: BestTrial | None
+    trials: list[BestTrial]
+
+
+class TrialClaim(_In):
+    worker_id: str = Field(pattern=WORKER_ID)
+    study: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    device: str | None = Field(None, max_length=64)
+    host: str | None = Field(None, max_length=255)
+
+
+class Resume(BaseModel):
+    epoch: int = Field(description="The last epoch the checkpoint holds; training continues after it")
+    checkpoint_url: str
+
+
+class ClaimedTrial(BaseModel):
+    trial_id: int
+    study: str
+    number: int
+    params: dict[str, Any]
+    config: dict[str, Any]
+    spec: dict[str, Any]
+    seed: int
+    is_baseline: bool
+    heartbeat_interval: int
+    resume: Resume | None
+
+
+class TrialReport(_In):
+    epoch: int = Field(ge=0, le=100_000, description="0-based epoch index")
+    val_loss: float = Finite
+    val_accuracy: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    train_loss: float | None = Field(None, allow_inf_nan=False)
+
+
+class ReportAnswer(BaseModel):
+    prune: bool
+
+
+class TrialComplete(_In):
+    val_loss: float = Finite
+    val_accuracy: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+
+
+class TrialFail(_In):
+    reason: str = Field(min_length=1, max_length=4000)
+    retry: bool = Field(False, description="Hand the trial back: re-queue it with the same params")
+
+
+class TrialAck(BaseModel):
+    trial_id: int
+    state: TrialStateName
+
+
+class HeartbeatAnswer(BaseModel):
+    trial_id: int
+    heartbeat_interval: int
+
+
+class WorkerPublic(BaseModel):
+    worker_id: str
+    host: str | None
+    device: str | None
+    study: str | None
+    trial_number: int | None
+    last_seen: dt.datetime
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    storage: str

@@ -1,0 +1,127 @@
+"""The study spec: the one document users POST or `hpsearch submit`, validated completely.
+
+Every check names the field path and the reason; nothing in a spec is executed or imported."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from service.optimizers import PrunerSpec, SamplerSpec, TPESpec, MedianSpec
+from service.search_space import COMMON_RECIPE, HYPERPARAMETERS, SearchSpace
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    arch: str = Field("resnet50", pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    weights: str | None = Field(
+        "DEFAULT", pattern=r"^[A-Z][A-Z0-9_]{0,63}$", description="torchvision weights name"
+    )
+    weights_path: str | None = Field(None, min_length=1, max_length=4096)
+    freeze_backbone: bool = False
+
+
+class DataSpec(_Strict):
+    kind: Literal["imagefolder", "digits"] = "imagefolder"
+    root: str | None = Field(None, min_length=1, max_length=4096)
+    image_size: int = Field(224, ge=8, le=1024)
+    batch_size: int = Field(64, ge=1, le=8192)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(None, min_length=2, max_length=10)
+    augment: bool = True
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> DataSpec:
+        if self.kind == "imagefolder" and self.root is None:
+            raise ValueError("root is required for kind imagefolder")
+        if self.kind == "digits" and self.root is not None:
+            raise ValueError("kind digits ships with scikit-learn and takes no root")
+        if self.classes is not None:
+            if self.kind != "digits":
+                raise ValueError("classes selects digit classes and needs kind digits")
+            if len(set(self.classes)) != len(self.classes):
+                raise ValueError("classes must be distinct")
+        return self
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    compile: bool = False
+    checkpoint_every: int = Field(1, ge=0, le=10_000, description="Epochs between checkpoints; 0: none")
+
+
+class Baseline(_Strict):
+    """The reference recipe; also the value of every hyperparameter absent from the space."""
+
+    lr: float = COMMON_RECIPE["lr"]
+    momentum: float = COMMON_RECIPE["momentum"]
+    step_size: int = COMMON_RECIPE["step_size"]
+    gamma: float = COMMON_RECIPE["gamma"]
+    warmup_epochs: int = COMMON_RECIPE["warmup_epochs"]
+    weight_decay: float = COMMON_RECIPE["weight_decay"]
+    nesterov: bool = COMMON_RECIPE["nesterov"]
+    batch_size: int | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _known_value(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.field_name is not None:
+            why = HYPERPARAMETERS[info.field_name].check(value)
+            if why is not None:
+                raise ValueError(why)
+        return value
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    model: ModelSpec = ModelSpec()
+    data: DataSpec
+    training: TrainingSpec = TrainingSpec()
+    search_space: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | SearchSpace = (
+        "sgd_steplr_warmup"
+    )
+    sampler: SamplerSpec = TPESpec(name="tpe")
+    pruner: PrunerSpec = MedianSpec(name="median", n_startup_trials=5, n_warmup_steps=1)
+    n_trials: int = Field(50, ge=1, le=100_000)
+    baseline: Baseline | Literal[False] = Baseline()
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _baseline_true(cls, value: Any) -> Any:
+        return {} if value is True or value is None else value
+
+
+def recipe(spec: StudySpec) -> dict[str, Any]:
+    """The values of every hyperparameter before sampling: the baseline's, or the common recipe."""
+    base = spec.baseline if spec.baseline is not False else Baseline()
+    values = base.model_dump()
+    if values["batch_size"] is None:
+        values["batch_size"] = spec.data.batch_size
+    return values
+
+
+def check_paths(spec: StudySpec, allowed_roots: list[Path]) -> list[tuple[str, str]]:
+    """Paths that lie outside the allowed folders, as (field, reason); none when unconfined."""
+    if not allowed_roots:
+        return []
+    problems = []
+    roots = [r.resolve() for r in allowed_roots]
+    for field, value in (("data.root", spec.data.root), ("model.weights_path", spec.model.weights_path)):
+        if value is None:
+            continue
+        path = Path(value).resolve()
+        if not any(path.is_relative_to(root) for root in roots):
+            problems.append((field, f"must lie under one of the allowed folders ({', '.join(map(str, roots))})"))
+    return problems
+
+
+NAME_RE = re.compile(NAME_PATTERN)

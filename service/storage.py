@@ -1,0 +1,172 @@
+"""The process's one connection to the database and artifact store, and the cross-process lock
+that serialises claims. Only the store layer (service/store.py) uses this module."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts._protocol import ArtifactStore
+
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_metadata = sa.MetaData()
+
+# Connected workers, shared by every server process on the same database.
+workers_table = sa.Table(
+    "hpsearch_workers",
+    _metadata,
+    sa.Column("worker_id", sa.String(128), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=True),
+    sa.Column("device", sa.String(64), nullable=True),
+    sa.Column("study", sa.String(128), nullable=True),
+    sa.Column("trial_number", sa.Integer, nullable=True),
+    sa.Column("trial_id", sa.Integer, nullable=True),
+    sa.Column("last_seen", sa.DateTime, nullable=False),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def open_artifact_store(settings: Settings) -> ArtifactStore:
+    location = settings.artifacts or str(settings.data_dir / "artifacts")
+    if location.startswith("s3://"):
+        import boto3  # only with the s3 extra
+        from optuna.artifacts import Boto3ArtifactStore
+
+        bucket, _, _prefix = location.removeprefix("s3://").partition("/")
+        return Boto3ArtifactStore(bucket, client=boto3.client("s3"))
+    Path(location).mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(location)
+
+
+class ClaimLock:
+    """Serialises claims and stale-trial sweeps of one study across threads and processes.
+
+    PostgreSQL: a transaction-scoped advisory lock, so any number of server processes on any
+    hosts agree. SQLite: an flock on a file beside the database (SQLite is single-host anyway).
+    """
+
+    def __init__(self, engine: sa.Engine, sqlite_path: Path | None) -> None:
+        self._engine = engine
+        self._sqlite_path = sqlite_path
+        self._local: dict[int, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _thread_lock(self, study_id: int) -> threading.Lock:
+        with self._guard:
+            return self._local.setdefault(study_id, threading.Lock())
+
+    @contextlib.contextmanager
+    def hold(self, study_id: int) -> Iterator[None]:
+        # The thread lock first: one database connection per process waits, not one per thread.
+        with self._thread_lock(study_id):
+            if self._engine.dialect.name == "postgresql":
+                with self._engine.begin() as conn:
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": 0x6870, "b": study_id})
+                    yield
+            elif self._sqlite_path is not None:
+                lock_path = self._sqlite_path.with_suffix(self._sqlite_path.suffix + f".claim-{study_id}.lock")
+                with open(lock_path, "a+b") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX)
+                    try:
+                        yield
+                    finally:
+                        fcntl.flock(handle, fcntl.LOCK_UN)
+            else:
+                yield
+
+
+@dataclass
+class Backend:
+    """What one server process holds open: Optuna's storage (with its cache), the artifact store,
+    the claim lock and the engine for hpsearch's own small table."""
+
+    storage: optuna.storages.BaseStorage
+    rdb: optuna.storages.RDBStorage
+    artifacts: ArtifactStore
+    claim_lock: ClaimLock
+
+    @property
+    def engine(self) -> sa.Engine:
+        return self.rdb.engine
+
+    def close(self) -> None:
+        self.rdb.remove_session()
+        self.rdb.engine.dispose()
+
+    # --- connected workers -------------------------------------------------------------------
+    def touch_worker(self, worker_id: str, **fields: Any) -> None:
+        values = {"worker_id": worker_id, "last_seen": utcnow(), **fields}
+        dialect = self.engine.dialect.name
+        insert: Any
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(workers_table).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[workers_table.c.worker_id],
+            set_={k: stmt.excluded[k] for k in values if k != "worker_id"},
+        )
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    def list_workers(self, seen_within: float) -> list[dict[str, Any]]:
+        since = utcnow() - dt.timedelta(seconds=seen_within)
+        query = (
+            sa.select(workers_table)
+            .where(workers_table.c.last_seen >= since)
+            .order_by(workers_table.c.worker_id)
+        )
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def open_backend(settings: Settings, on_stale: Any) -> Backend:
+    """Open the storage named by the settings. `on_stale` is called for each trial whose worker
+    stopped sending heartbeats (Optuna's heartbeat machinery), to re-queue it."""
+    url = settings.storage_url
+    sqlite_path: Path | None = None
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        sqlite_path = Path(url.split("///", 1)[1]) if "///" in url else None
+        if sqlite_path is not None:
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        # Several threads write; wait for the file lock instead of failing at once.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+    rdb = optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+        heartbeat_stale_trial_callback=on_stale,
+    )
+    if sqlite_path is not None:
+        with rdb.engine.begin() as conn:
+            conn.execute(sa.text("PRAGMA journal_mode=WAL"))
+    _metadata.create_all(rdb.engine)
+    storage = optuna.storages.get_storage(rdb)
+    return Backend(
+        storage=storage,
+        rdb=rdb,
+        artifacts=open_artifact_store(settings),
+        claim_lock=ClaimLock(rdb.engine, sqlite_path),
+    )

@@ -1,0 +1,111 @@
+"""Study resources: create, list, summarise, rank, stop and delete."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import optuna
+
+from service.budget import Budget
+from service.registry import STOPPED_ATTR, StudyHandle, StudyRegistry
+from service.schemas import BestList, StudyPublic, TrialPublic
+from service.spec import StudySpec
+from service.storage import Backend
+from service.views import baseline_trial, best_trial, improvement_pct, ranked, trial_public
+
+logger = logging.getLogger(__name__)
+
+
+class StudyService:
+    def __init__(self, backend: Backend, registry: StudyRegistry, public_url: str | None) -> None:
+        self._backend = backend
+        self._registry = registry
+        self._public_url = (public_url or "").rstrip("/")
+
+    def dashboard_url(self, handle: StudyHandle, base_url: str) -> str:
+        base = self._public_url or base_url.rstrip("/")
+        return f"{base}/dashboard/studies/{handle.study_id}"
+
+    def create(self, spec: StudySpec, base_url: str) -> StudyPublic:
+        handle = self._registry.create(spec)
+        logger.info("created study %s (%d trials)", spec.name, spec.n_trials)
+        return self.summary(spec.name, base_url, handle=handle)
+
+    def list(self, base_url: str) -> list[StudyPublic]:
+        out = []
+        for name in self._registry.names():
+            try:
+                out.append(self.summary(name, base_url))
+            except Exception:  # a study deleted meanwhile by another process
+                logger.debug("skipping study %s", name, exc_info=True)
+        return out
+
+    def summary(self, name: str, base_url: str, handle: StudyHandle | None = None) -> StudyPublic:
+        handle = handle or self._registry.get(name)
+        trials = handle.study.get_trials(deepcopy=False)
+        budget = Budget.of(trials, handle.spec.n_trials)
+        base = baseline_trial(trials)
+        base_loss = base.value if base else None
+        ranking = ranked(trials)
+        best = best_trial(handle, ranking[0], base_loss) if ranking else None
+        if budget.done() or budget.finished >= handle.spec.n_trials:
+            state = "done"
+        elif self._registry.is_stopped(handle):
+            state = "stopped"
+        else:
+            state = "running"
+        created = handle.study.user_attrs.get("created_at")
+        return StudyPublic(
+            name=handle.name,
+            state=state,
+            n_trials=handle.spec.n_trials,
+            finished=budget.finished,
+            counts=budget.counts,
+            best=best,
+            baseline=best_trial(handle, base, base_loss) if base else None,
+            improvement_over_baseline_pct=improvement_pct(best.val_loss if best else None, base_loss),
+            dashboard_url=self.dashboard_url(handle, base_url),
+            created_at=dt.datetime.fromisoformat(created) if created else (
+                min((t.datetime_start for t in trials if t.datetime_start), default=None)
+            ),
+            spec=handle.spec.model_dump(mode="json"),
+        )
+
+    def best(self, name: str, k: int) -> BestList:
+        handle = self._registry.get(name)
+        trials = handle.study.get_trials(deepcopy=False)
+        base = baseline_trial(trials)
+        base_loss = base.value if base else None
+        return BestList(
+            study=name,
+            baseline=best_trial(handle, base, base_loss) if base else None,
+            trials=[best_trial(handle, t, base_loss) for t in ranked(trials)[:k]],
+        )
+
+    def trials(self, name: str) -> list[TrialPublic]:
+        handle = self._registry.get(name)
+        return [trial_public(handle, t) for t in handle.study.get_trials(deepcopy=False)]
+
+    def stop(self, name: str, base_url: str) -> StudyPublic:
+        handle = self._registry.get(name)
+        self._backend.storage.set_study_system_attr(handle.study_id, STOPPED_ATTR, True)
+        logger.info("stopped study %s", name)
+        return self.summary(name, base_url, handle=handle)
+
+    def delete(self, name: str) -> None:
+        handle = self._registry.get(name)
+        artifact_ids = [
+            key.removeprefix("artifacts:")
+            for t in handle.study.get_trials(deepcopy=False)
+            for key in t.system_attrs
+            if key.startswith("artifacts:")
+        ]
+        optuna.delete_study(study_name=name, storage=self._backend.storage)
+        self._registry.forget(name)
+        for artifact_id in artifact_ids:
+            try:
+                self._backend.artifacts.remove(artifact_id)
+            except Exception:  # already collected
+                pass
+        logger.info("deleted study %s", name)

@@ -1,0 +1,107 @@
+"""Public views of Optuna trials and studies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from service.registry import StudyHandle
+from service.schemas import BestTrial, TrialPublic
+
+WEIGHTS_ATTR = "hpsearch:weights"
+CHECKPOINT_ATTR = "hpsearch:checkpoint"
+
+
+def state_name(state: TrialState) -> str:
+    return state.name.lower()
+
+
+def duration_s(trial: FrozenTrial) -> float | None:
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return None
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    history = trial.system_attrs.get("retry_history") or []
+    return history[-1] if history else None
+
+
+def val_loss(trial: FrozenTrial) -> float | None:
+    if trial.value is not None:
+        return trial.value
+    if trial.intermediate_values:
+        return trial.intermediate_values[max(trial.intermediate_values)]
+    return None
+
+
+def trial_public(handle: StudyHandle, trial: FrozenTrial) -> TrialPublic:
+    attrs = trial.user_attrs
+    return TrialPublic(
+        trial_id=trial._trial_id,
+        number=trial.number,
+        state=state_name(trial.state),  # type: ignore[arg-type]
+        params=trial.params,
+        config=handle.config(trial.params),
+        val_loss=val_loss(trial),
+        val_accuracy=attrs.get("val_accuracy"),
+        epochs=len(trial.intermediate_values),
+        intermediate_values=dict(sorted(trial.intermediate_values.items())),
+        is_baseline=bool(attrs.get("baseline")),
+        worker=attrs.get("worker"),
+        device=attrs.get("device"),
+        retry_of=retry_of(trial),
+        resumed_from_epoch=attrs.get("resumed_from_epoch"),
+        fail_reason=attrs.get("fail_reason"),
+        started_at=trial.datetime_start,
+        finished_at=trial.datetime_complete,
+        duration_s=duration_s(trial),
+        has_weights=WEIGHTS_ATTR in trial.system_attrs,
+    )
+
+
+def training_config(handle: StudyHandle, params: dict[str, Any]) -> dict[str, Any]:
+    """A complete, self-contained training config: what a worker needs to train this trial."""
+    spec = handle.spec
+    hparams = handle.config(params)
+    return {
+        "model": spec.model.model_dump(mode="json"),
+        "data": {**spec.data.model_dump(mode="json"), "batch_size": hparams["batch_size"]},
+        "training": spec.training.model_dump(mode="json"),
+        "hparams": hparams,
+    }
+
+
+def improvement_pct(best: float | None, baseline: float | None) -> float | None:
+    if best is None or baseline is None or baseline == 0:
+        return None
+    return round(100.0 * (baseline - best) / abs(baseline), 3)
+
+
+def best_trial(handle: StudyHandle, trial: FrozenTrial, baseline_loss: float | None) -> BestTrial:
+    assert trial.value is not None
+    return BestTrial(
+        number=trial.number,
+        params=trial.params,
+        val_loss=trial.value,
+        val_accuracy=trial.user_attrs.get("val_accuracy"),
+        epochs=len(trial.intermediate_values),
+        duration_s=duration_s(trial),
+        is_baseline=bool(trial.user_attrs.get("baseline")),
+        improvement_over_baseline_pct=improvement_pct(trial.value, baseline_loss),
+        config=training_config(handle, trial.params),
+    )
+
+
+def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """COMPLETE trials by validation loss, best first (pruned ones stopped early: not comparable)."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return sorted(done, key=lambda t: (t.value, t.number))
+
+
+def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    for trial in trials:
+        if trial.user_attrs.get("baseline") and trial.state == TrialState.COMPLETE:
+            return trial
+    return None

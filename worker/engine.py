@@ -1,0 +1,332 @@
+"""The training loop of one trial, in the style of torchvision's references.
+
+``fine_tune`` builds the model and batches of a :class:`TrialJob`, trains it epoch
+by epoch, reports after each epoch (the callback answers whether the trial is
+pruned), hands out checkpoints and resumes from one. Epochs are 0-based. On the
+CPU the arithmetic is plain fp32 and deterministic: a trial run twice, or stopped
+after epoch k and resumed, gives the same losses bit for bit. On CUDA the same
+code runs with bf16 autocast, channels_last, cudnn.benchmark and, if asked,
+torch.compile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from worker.checkpoints import (
+    TrainingState,
+    load_training_state,
+    save_training_state,
+    weights_bytes,
+)
+from worker.data import DataCache, DataSpec, ImageBatches
+from worker.features import FeatureBatches, FeatureCache, cached_features
+from worker.models import ModelSpec, Network, WeightsCache, build_network, normalization
+from worker.schedule import make_optimizer, make_scheduler
+
+logger = logging.getLogger(__name__)
+
+#: On CUDA the loss is checked for NaN/inf every this many iterations (a sync each).
+CUDA_CHECK_EVERY = 50
+#: With a progress bar, its loss is refreshed every this many iterations.
+PROGRESS_EVERY = 20
+
+
+class Interrupted(Exception):
+    """``should_stop()`` turned true: the trial stopped early and should be handed back."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"interrupted during epoch {epoch}")
+        self.epoch = epoch
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A training or validation loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial: the study spec's sections (plain dicts), its hyperparameters, seed, device."""
+
+    model: Mapping[str, Any]
+    data: Mapping[str, Any]
+    training: Mapping[str, Any]
+    hparams: Mapping[str, Any]
+    seed: int
+    device: str = "cpu"
+
+
+@dataclass
+class Caches:
+    """What a worker process keeps between trials. ``features=None`` disables the
+    feature cache (frozen backbones then run the whole model every step)."""
+
+    data: DataCache = field(default_factory=DataCache)
+    weights: WeightsCache = field(default_factory=WeightsCache)
+    features: FeatureCache | None = field(default_factory=FeatureCache)
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    lr: float  # the learning rate of the epoch's last step
+    images_per_s: float  # training throughput
+    seconds: float  # the whole epoch, validation included
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    status: Literal["completed", "pruned"]
+    val_loss: float
+    val_accuracy: float
+    epochs_run: int  # epochs trained by this call (not counting resumed ones)
+    model: nn.Module = field(repr=False)
+
+    def weights_bytes(self) -> bytes:
+        """The final state dict as torch.save bytes."""
+        return weights_bytes(self.model)
+
+
+class BatchSource(Protocol):
+    """Training and validation batches on the training device."""
+
+    def iters_per_epoch(self) -> int: ...
+
+    def train_batches(self, epoch: int) -> Iterable[tuple[Tensor, Tensor]]: ...
+
+    def val_batches(self) -> Iterable[tuple[Tensor, Tensor]]: ...
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How steps run on this device."""
+
+    device: torch.device
+    should_stop: Callable[[], bool] = lambda: False
+    progress: bool = False
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def train_one_epoch(
+    model: Callable[[Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    epoch: int,
+    iters: int,
+    rt: Runtime,
+) -> tuple[float, float, int]:
+    """One pass over ``batches``; returns (mean loss, lr of the last step, images seen).
+
+    The caller sets train mode. Raises :class:`Interrupted` and :class:`NonFiniteLoss`.
+    """
+    check_every = CUDA_CHECK_EVERY if rt.cuda else 1
+    loss_sum = torch.zeros((), device=rt.device)
+    bar = tqdm(total=iters, desc=f"epoch {epoch}", leave=False) if rt.progress else None
+    images, lr, step = 0, 0.0, 0
+    for step, (x, y) in enumerate(batches):
+        if rt.should_stop():
+            raise Interrupted(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        with rt.autocast():
+            loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach()
+        images += len(y)
+        if (step + 1) % check_every == 0 and not torch.isfinite(loss_sum):
+            _raise_non_finite("training", epoch, step, rt)
+        if bar is not None:
+            bar.update()
+            if step % PROGRESS_EVERY == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
+    if bar is not None:
+        bar.close()
+    mean_loss = loss_sum.item() / (step + 1)
+    if not math.isfinite(mean_loss):
+        _raise_non_finite("training", epoch, step, rt)
+    return mean_loss, lr, images
+
+
+def _raise_non_finite(which: str, epoch: int, step: int, rt: Runtime) -> None:
+    where = f"at or before iteration {step}" if rt.cuda else f"at iteration {step}"
+    raise NonFiniteLoss(
+        f"{which} loss is NaN or infinite in epoch {epoch}, {where} "
+        "(the learning rate is probably too high)"
+    )
+
+
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, epoch: int, rt: Runtime
+) -> tuple[float, float]:
+    """(mean loss, accuracy) over every validation batch."""
+    model.eval()
+    loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
+    correct = torch.zeros((), device=rt.device, dtype=torch.int64)
+    count = 0
+    with torch.inference_mode(), rt.autocast():
+        for x, y in batches:
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+            count += len(y)
+    val_loss = loss_sum.item() / count
+    if not math.isfinite(val_loss):
+        raise NonFiniteLoss(f"validation loss is NaN or infinite after epoch {epoch}")
+    return val_loss, correct.item() / count
+
+
+@dataclass
+class _Trial:
+    """What ``fine_tune`` trains: the network, its batches and the step function."""
+
+    network: Network
+    source: BatchSource
+    forward: Callable[[Tensor], Tensor]  # the training forward (maybe compiled)
+    evaluated: nn.Module  # what runs under evaluate(): the model, or its head on features
+    state: TrainingState
+
+
+def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Trial:
+    model_spec, data_spec = ModelSpec.from_dict(job.model), DataSpec.from_dict(job.data)
+    batch_size = int(job.hparams.get("batch_size") or data_spec.batch_size)
+    data = caches.data.get(data_spec, rt.device)
+    network = build_network(
+        model_spec,
+        num_classes=data.num_classes,
+        image_size=data_spec.image_size,
+        seed=job.seed,
+        cache=caches.weights,
+    )
+    module = network.module.to(rt.device)
+    if rt.cuda:
+        module = module.to(memory_format=torch.channels_last)
+    mean, std = normalization(model_spec)
+    images = ImageBatches(
+        data,
+        batch_size=batch_size,
+        augment=data_spec.augment and not model_spec.freeze_backbone,
+        seed=job.seed,
+        device=rt.device,
+        mean=mean,
+        std=std,
+        channels_last=rt.cuda,
+    )
+    source: BatchSource = images
+    forward: Callable[[Tensor], Tensor] = module
+    evaluated: nn.Module = module
+    if model_spec.freeze_backbone and caches.features is not None:
+        features = cached_features(
+            caches.features, model_spec, data_spec, network, images, job.seed, rt.autocast
+        )
+        source = FeatureBatches(features, batch_size=batch_size, seed=job.seed)
+        forward = evaluated = network.head
+    elif rt.cuda and job.training.get("compile", False):
+        forward = torch.compile(module)
+    optimizer = make_optimizer(network.trainable_parameters(), job.hparams)
+    scheduler = make_scheduler(optimizer, job.hparams, source.iters_per_epoch())
+    return _Trial(network, source, forward, evaluated, TrainingState(module, optimizer, scheduler))
+
+
+def fine_tune(
+    job: TrialJob,
+    caches: Caches,
+    on_epoch: Callable[[EpochReport], bool],
+    *,
+    on_checkpoint: Callable[[int, bytes], None] | None = None,
+    resume: bytes | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: bool = False,
+) -> TrialOutcome:
+    """Train ``job`` and return how it ended.
+
+    ``on_epoch`` gets an :class:`EpochReport` after every epoch and returns True to
+    prune (training stops at once, status "pruned"). ``on_checkpoint(epoch, bytes)``
+    gets the training state after every ``training.checkpoint_every``-th epoch;
+    ``resume`` takes such bytes and continues with the next epoch. Raises
+    :class:`Interrupted` when ``should_stop()`` (polled every iteration) turns true,
+    :class:`NonFiniteLoss` on a NaN/inf loss, and
+    :class:`~worker.models.WeightsUnavailable` when pretrained weights are missing.
+    """
+    rt = Runtime(torch.device(job.device), should_stop, progress)
+    if rt.cuda:
+        torch.cuda.set_device(rt.device)
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(job.seed)
+    trial = _prepare(job, caches, rt)
+    epochs = int(job.training["epochs"])
+    every = int(job.training.get("checkpoint_every", 1))
+    start = 0
+    if resume is not None:
+        start = load_training_state(resume, trial.state, rt.device) + 1
+        logger.info("resuming after epoch %d", start - 1)
+    val_loss, val_accuracy = math.nan, math.nan
+    if start >= epochs:  # nothing left to train: report where the checkpoint ended
+        val_loss, val_accuracy = evaluate(
+            trial.evaluated, trial.source.val_batches(), epoch=start - 1, rt=rt
+        )
+    iters = trial.source.iters_per_epoch()
+    for epoch in range(start, epochs):
+        began = time.perf_counter()
+        trial.network.train_mode()
+        train_loss, lr, seen = train_one_epoch(
+            trial.forward,
+            trial.state.optimizer,
+            trial.state.scheduler,
+            trial.source.train_batches(epoch),
+            epoch=epoch,
+            iters=iters,
+            rt=rt,
+        )
+        trained = time.perf_counter()
+        val_loss, val_accuracy = evaluate(
+            trial.evaluated, trial.source.val_batches(), epoch=epoch, rt=rt
+        )
+        report = EpochReport(
+            epoch=epoch,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            lr=lr,
+            images_per_s=seen / max(trained - began, 1e-9),
+            seconds=time.perf_counter() - began,
+        )
+        logger.info(
+            "epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f lr %.3g %.0f img/s %.1fs",
+            epoch, train_loss, val_loss, val_accuracy, lr, report.images_per_s, report.seconds,
+        )  # fmt: skip
+        if on_epoch(report):
+            logger.info("pruned after epoch %d", epoch)
+            return TrialOutcome(
+                "pruned", val_loss, val_accuracy, epoch + 1 - start, trial.state.model
+            )
+        if on_checkpoint is not None and every > 0 and (epoch + 1) % every == 0:
+            on_checkpoint(epoch, save_training_state(trial.state, epoch, rt.device))
+    return TrialOutcome(
+        "completed", val_loss, val_accuracy, max(0, epochs - start), trial.state.model
+    )

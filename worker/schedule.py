@@ -1,0 +1,64 @@
+"""SGD and its learning-rate schedule: linear warmup, then StepLR.
+
+The scheduler is stepped once per iteration, after ``optimizer.step()``. Warmup
+rises linearly over ``warmup_epochs`` epochs from ``WARMUP_START * lr`` to ``lr``;
+then the rate is multiplied by ``gamma`` every ``step_size`` epochs counted from
+the end of warmup (torchvision's references chain the two the same way). As a
+formula, for the lr used at 0-based iteration ``t`` with ``W`` warmup iterations
+and ``n`` iterations per epoch::
+
+    t <  W:  lr * (WARMUP_START + (1 - WARMUP_START) * t / W)
+    t >= W:  lr * gamma ** ((t - W) // (step_size * n))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR, StepLR
+
+logger = logging.getLogger(__name__)
+
+#: Warmup starts at this fraction of the learning rate (torchvision's default).
+WARMUP_START = 0.01
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], hparams: Mapping[str, Any]
+) -> torch.optim.SGD:
+    nesterov = bool(hparams["nesterov"]) and float(hparams["momentum"]) > 0
+    return torch.optim.SGD(
+        params,
+        lr=float(hparams["lr"]),
+        momentum=float(hparams["momentum"]),
+        weight_decay=float(hparams["weight_decay"]),
+        nesterov=nesterov,
+    )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, hparams: Mapping[str, Any], iters_per_epoch: int
+) -> LRScheduler:
+    """Per-iteration scheduler: LinearLR warmup chained to StepLR with SequentialLR."""
+    step_iters = max(1, int(hparams["step_size"])) * iters_per_epoch
+    decay = StepLR(optimizer, step_size=step_iters, gamma=float(hparams["gamma"]))
+    warmup_iters = int(hparams["warmup_epochs"]) * iters_per_epoch
+    if warmup_iters <= 0:
+        return decay
+    warmup = LinearLR(
+        optimizer, start_factor=WARMUP_START, end_factor=1.0, total_iters=warmup_iters
+    )
+    return SequentialLR(optimizer, schedulers=[warmup, decay], milestones=[warmup_iters])
+
+
+def analytic_lr(hparams: Mapping[str, Any], iters_per_epoch: int, step: int) -> float:
+    """The lr the schedule gives at 0-based iteration ``step`` (the formula above)."""
+    lr = float(hparams["lr"])
+    warmup_iters = int(hparams["warmup_epochs"]) * iters_per_epoch
+    if step < warmup_iters:
+        return lr * (WARMUP_START + (1 - WARMUP_START) * step / warmup_iters)
+    step_iters = max(1, int(hparams["step_size"])) * iters_per_epoch
+    return lr * float(hparams["gamma"]) ** ((step - warmup_iters) // step_iters)
