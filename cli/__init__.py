@@ -1,0 +1,1 @@
+"""The `hpsearch` command line: serve, worker, submit, status, watch, best, workers, demo."""

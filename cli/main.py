@@ -1,0 +1,146 @@
+"""`hpsearch` entry point. Each subcommand imports only what it needs, so a GPU machine with
+just the worker's dependencies can run `hpsearch worker`, and a laptop with just httpx can
+submit and watch studies."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("HPSEARCH_SERVER", DEFAULT_SERVER),
+        help="server URL (env HPSEARCH_SERVER; default %(default)s)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("HPSEARCH_TOKEN"),
+        help="API token when the server has tokens on (env HPSEARCH_TOKEN)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpsearch",
+        description="Hyperparameter search for fine-tuning pretrained models.",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("HPSEARCH_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the study service and the Optuna dashboard")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--storage", help="SQLAlchemy URL (env HPSEARCH_STORAGE; default SQLite)")
+    serve.add_argument("--data-dir", help="folder for the SQLite file and artifacts (env HPSEARCH_DATA_DIR)")
+    serve.add_argument("--artifacts", help="artifact folder or s3://bucket (env HPSEARCH_ARTIFACTS)")
+    serve.add_argument("--workers", type=_positive, default=1, help="server processes")
+    serve.add_argument("--heartbeat-interval", type=_positive, help="seconds (env HPSEARCH_HEARTBEAT_INTERVAL)")
+    serve.add_argument("--lease-grace", type=_positive, help="seconds (env HPSEARCH_LEASE_GRACE)")
+    serve.add_argument("--max-retries", type=int, help="retries of a trial whose worker died")
+    serve.add_argument("--public-url", help="base URL users reach the server at")
+    serve.set_defaults(run="cli.serve:run")
+
+    worker = sub.add_parser("worker", help="pull trials from the server and fine-tune")
+    _client_flags(worker)
+    worker.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
+    worker.add_argument("--gpus", help="all | 0,1,...: one worker process per GPU")
+    worker.add_argument("--processes", type=_positive, help="N worker processes on the CPU")
+    worker.add_argument("--trials-per-gpu", type=_positive, default=1,
+                        help="trials run side by side on each device (small models)")
+    worker.add_argument("--study", help="only run trials of this study")
+    worker.add_argument("--max-trials", type=_positive, help="exit after this many trials")
+    worker.add_argument("--exit-when-idle", action="store_true",
+                        help="exit when the server has nothing to run instead of waiting")
+    worker.add_argument("--worker-id", help="default: host-pid[-device]")
+    worker.add_argument("--threads", type=_positive, help="CPU threads per worker process")
+    worker.set_defaults(run="worker.supervisor:run")
+
+    submit = sub.add_parser("submit", help="create a study from a YAML or JSON file")
+    _client_flags(submit)
+    submit.add_argument("file", help="study spec (YAML or JSON)")
+    submit.add_argument("--name", help="override the spec's name")
+    submit.set_defaults(run="cli.commands:submit")
+
+    status = sub.add_parser("status", help="a table of studies, or of one study's trials")
+    _client_flags(status)
+    status.add_argument("study", nargs="?")
+    status.set_defaults(run="cli.commands:status")
+
+    watch = sub.add_parser("watch", help="live view of a study until it ends")
+    _client_flags(watch)
+    watch.add_argument("study")
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    watch.set_defaults(run="cli.commands:watch")
+
+    best = sub.add_parser("best", help="the best configurations of a study")
+    _client_flags(best)
+    best.add_argument("study")
+    best.add_argument("-k", type=_positive, default=5)
+    best.add_argument("--format", choices=("table", "json", "yaml"), default="table")
+    best.set_defaults(run="cli.commands:best")
+
+    workers = sub.add_parser("workers", help="connected workers")
+    _client_flags(workers)
+    workers.set_defaults(run="cli.commands:workers")
+
+    stop = sub.add_parser("stop", help="stop handing out trials of a study")
+    _client_flags(stop)
+    stop.add_argument("study")
+    stop.set_defaults(run="cli.commands:stop")
+
+    delete = sub.add_parser("delete", help="delete a study and its artifacts")
+    _client_flags(delete)
+    delete.add_argument("study")
+    delete.set_defaults(run="cli.commands:delete")
+
+    demo = sub.add_parser("demo", help="run the whole product on this machine (CPU, no network)")
+    demo.add_argument("--port", type=int, default=8765)
+    demo.add_argument("--data-dir", default=".hpsearch/demo")
+    demo.add_argument("--workers", type=_positive, default=2)
+    demo.add_argument("--trials", type=_positive, default=12)
+    demo.add_argument("--epochs", type=_positive, default=5)
+    demo.add_argument("--keep-serving", action="store_true", help="keep the server up at the end")
+    demo.set_defaults(run="cli.demo:run")
+    return parser
+
+
+def _load(target: str) -> Callable[[argparse.Namespace], int]:
+    module_name, _, func = target.partition(":")
+    module = __import__(module_name, fromlist=[func])
+    return getattr(module, func)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from cli.errors import CliError
+
+    try:
+        return _load(args.run)(args) or 0
+    except CliError as exc:
+        print(f"hpsearch {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
