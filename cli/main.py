@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exit when the server has nothing to run instead of waiting")
     worker.add_argument("--worker-id", help="default: host-pid[-device]")
     worker.add_argument("--threads", type=_positive, help="CPU threads per worker process")
-    worker.set_defaults(run="worker.supervisor:run")
+    worker.set_defaults(run="cli.worker_cmd:run")
 
     submit = sub.add_parser("submit", help="create a study from a YAML or JSON file")
     _client_flags(submit)
@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     from cli.errors import CliError
 
     try:

@@ -36,7 +36,7 @@ class TrialProtocol:
         self._backend = backend
         self._registry = registry
         self._settings = settings
-        self._retry = optuna.storages.RetryFailedTrialCallback(max_retry=settings.max_retries)
+        self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retries)
         self._collected: set[str] = set()
 
     # --- leases --------------------------------------------------------------------------------
@@ -174,7 +174,9 @@ class TrialProtocol:
                 live.set_user_attr("val_accuracy", val_accuracy)
             live.report(val_loss, epoch)
         metrics.REPORTS.labels(handle.name).inc()
-        prune = live.should_prune()
+        # A trial that has trained its last epoch is not pruned: its result is complete.
+        last_epoch = epoch >= handle.spec.training.epochs - 1
+        prune = not last_epoch and live.should_prune()
         if prune:
             try:
                 handle.study.tell(trial.number, state=TrialState.PRUNED)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 from optuna.distributions import BaseDistribution
 from pydantic import ValidationError
 
@@ -53,7 +52,6 @@ class StudyRegistry:
         self._backend = backend
         self._settings = settings
         self._handles: dict[str, StudyHandle] = {}
-        self._trial_studies: dict[int, int] = {}
         self._lock = threading.Lock()
 
     # --- creation ------------------------------------------------------------------------------
@@ -123,14 +121,20 @@ class StudyRegistry:
 
     # --- lookup --------------------------------------------------------------------------------
     def get(self, name: str) -> StudyHandle:
-        with self._lock:
-            handle = self._handles.get(name)
-        if handle is not None:
-            return handle
+        """The open study named `name`. Raises NotFound.
+
+        The name is looked up in the database every time (one small query): another server
+        process may have deleted the study, or deleted it and created a new one of that name,
+        since this process opened it."""
         try:
             study_id = self._backend.storage.get_study_id_from_name(name)
         except KeyError as exc:
+            self.forget(name)
             raise NotFound(f"no study named {name!r}") from exc
+        with self._lock:
+            handle = self._handles.get(name)
+        if handle is not None and handle.study_id == study_id:
+            return handle
         attrs = self._backend.storage.get_study_user_attrs(study_id)
         if SPEC_ATTR not in attrs:
             raise NotFound(f"study {name!r} was not created by hpsearch")
@@ -142,7 +146,11 @@ class StudyRegistry:
         )
         handle = self._handle(study, spec, space)
         with self._lock:
-            return self._handles.setdefault(name, handle)
+            current = self._handles.get(name)
+            if current is not None and current.study_id == handle.study_id:
+                return current  # another thread opened it meanwhile: keep one Study per study
+            self._handles[name] = handle
+            return handle
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -156,21 +164,17 @@ class StudyRegistry:
         ]
 
     def for_trial(self, trial_id: int) -> tuple[StudyHandle, optuna.trial.FrozenTrial]:
-        """The study of a trial and the trial as stored now. Raises NotFound."""
-        study_id = self._trial_studies.get(trial_id)
-        if study_id is None:
-            with self._backend.engine.connect() as conn:
-                study_id = conn.execute(
-                    sa.text("SELECT study_id FROM trials WHERE trial_id = :t"), {"t": trial_id}
-                ).scalar()
-            if study_id is None:
-                raise NotFound(f"no trial with id {trial_id}")
-            self._trial_studies[trial_id] = study_id
+        """The study of a trial and the trial as stored now. Raises NotFound.
+
+        Not cached: trial and study ids can be reused after a study is deleted (SQLite reuses
+        the highest row ids), so a cached id could name another study's trial."""
+        name = self._backend.study_name_of_trial(trial_id)
+        if name is None:
+            raise NotFound(f"no trial with id {trial_id}")
         try:
-            name = self._backend.storage.get_study_name_from_id(study_id)
             handle = self.get(name)
             return handle, self._backend.storage.get_trial(trial_id)
-        except KeyError as exc:
+        except KeyError as exc:  # deleted meanwhile
             raise NotFound(f"no trial with id {trial_id}") from exc
 
     def is_stopped(self, handle: StudyHandle) -> bool:

@@ -1,5 +1,5 @@
 """The process's one connection to the database and artifact store, and the cross-process lock
-that serialises claims. Only the store layer (service/store.py) uses this module."""
+that serialises claims. Only the registry and the trial protocol use this module."""
 
 from __future__ import annotations
 
@@ -108,6 +108,28 @@ class Backend:
     def close(self) -> None:
         self.rdb.remove_session()
         self.rdb.engine.dispose()
+
+    # --- queries Optuna's storage API has no call for ----------------------------------------
+    def study_name_of_trial(self, trial_id: int) -> str | None:
+        """The name of the study that holds the trial, or None when there is no such trial."""
+        query = sa.text(
+            "SELECT s.study_name FROM trials t JOIN studies s ON s.study_id = t.study_id"
+            " WHERE t.trial_id = :t"
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query, {"t": trial_id}).scalar()
+
+    def running_without_heartbeat(self, study_id: int) -> list[int]:
+        """Ids of the study's RUNNING trials that have no heartbeat row. Optuna's stale check
+        skips such trials forever; a server process that died between handing out a trial and
+        recording its first heartbeat leaves one behind."""
+        query = sa.text(
+            "SELECT t.trial_id FROM trials t"
+            " LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id"
+            " WHERE t.study_id = :s AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+        )
+        with self.engine.connect() as conn:
+            return [row[0] for row in conn.execute(query, {"s": study_id})]
 
     # --- connected workers -------------------------------------------------------------------
     def touch_worker(self, worker_id: str, **fields: Any) -> None:

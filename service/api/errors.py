@@ -1,4 +1,7 @@
-"""The one exception-to-response map: every error body is {"detail", "field"?, "errors"?}."""
+"""The one exception-to-response map: every error body is {"detail", "field"?, "errors"?}.
+
+Service errors carry their own status (service/errors.py); the few library exceptions that reach
+a route are translated here, in one table, so no route sets a status code by hand."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.errors import ServiceError, Unavailable
+from service.errors import Conflict, ServiceError, Unavailable
 from service.validation import format_errors
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,15 @@ DATABASE_DOWN = (
     sqlalchemy.exc.TimeoutError,
 )
 
+# Library errors a request can run into, as the service error they mean.
+TRANSLATED: dict[type[Exception], ServiceError] = {
+    # Another thread or server process finished the trial (the lease sweep failed it, another
+    # report pruned it) between our state check and the write.
+    optuna.exceptions.UpdateFinishedTrialError: Conflict(
+        "the trial is already finished: its lease has ended"
+    ),
+}
+
 
 def _body(detail: str, field: str | None = None, errors: list[dict[str, str]] | None = None) -> dict:
     body: dict = {"detail": detail}
@@ -35,12 +47,16 @@ def _body(detail: str, field: str | None = None, errors: list[dict[str, str]] | 
     return body
 
 
+def _service_error(exc: ServiceError) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    errors = [{"field": exc.field, "reason": exc.message}] if exc.field else None
+    return JSONResponse(_body(exc.message, exc.field, errors), exc.status_code, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
-        errors = [{"field": exc.field, "reason": exc.message}] if exc.field else None
-        return JSONResponse(_body(exc.message, exc.field, errors), exc.status_code, headers=headers)
+        return _service_error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -53,6 +69,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(_body(str(exc.detail)), exc.status_code, headers=exc.headers)
 
+    for kind, meaning in TRANSLATED.items():
+        app.add_exception_handler(kind, _translated(meaning))
+
     for kind in DATABASE_DOWN:
         app.add_exception_handler(kind, _database_down)
 
@@ -62,10 +81,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(_body("internal error; the server log has the details"), 500)
 
 
+def _translated(meaning: ServiceError):  # noqa: ANN202 - an exception handler factory
+    async def handler(_: Request, exc: Exception) -> JSONResponse:
+        logger.info("%s: %s", type(exc).__name__, meaning.message)
+        return _service_error(meaning)
+
+    return handler
+
+
 async def _database_down(_: Request, exc: Exception) -> JSONResponse:
     logger.warning("database unavailable: %s", type(exc).__name__)
-    return JSONResponse(
-        _body("the database is unavailable; retry later"),
-        503,
-        headers={"Retry-After": str(Unavailable.retry_after)},
-    )
+    return _service_error(Unavailable("the database is unavailable; retry later"))

@@ -1,0 +1,32 @@
+# hpsearch: `make demo` runs the whole product on this machine; `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# These pins install from local wheel files on the project's machines (no download).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test test-fast lint demo serve bench clean
+
+$(BIN)/hpsearch: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[server,worker,dev]'
+	touch $(BIN)/hpsearch
+
+install: $(BIN)/hpsearch
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: install
+	$(BIN)/ruff check service worker cli tests bench
+
+demo: install
+	$(BIN)/hpsearch demo
+
+serve: install
+	$(BIN)/hpsearch serve
+
+clean:
+	rm -rf $(VENV) .hpsearch *.egg-info

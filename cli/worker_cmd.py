@@ -1,0 +1,54 @@
+"""`hpsearch worker`: turn the flags into worker processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+from cli.errors import CliError
+
+
+def run(args: argparse.Namespace) -> int:
+    from worker.client import ProtocolError, ServerUnavailable
+    from worker.runner import WorkerConfig
+    from worker.supervisor import (
+        SetupError,
+        child_command,
+        default_worker_id,
+        plan_devices,
+        run_children,
+        run_in_process,
+    )
+
+    try:
+        devices = plan_devices(args.device, args.gpus, args.processes)
+    except SetupError as exc:
+        raise CliError(str(exc)) from None
+    cores = os.cpu_count() or 1
+    if len(devices) > 1:
+        threads = args.threads or max(1, cores // len(devices))
+        base = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        commands = [
+            child_command(sys.argv[1:], device, f"{base}-{i}-{device.replace(':', '')}", threads)
+            for i, device in enumerate(devices)
+        ]
+        return run_children(commands)
+    device = devices[0]
+    config = WorkerConfig(
+        server=args.server,
+        token=args.token,
+        worker_id=args.worker_id or default_worker_id(device),
+        host=socket.gethostname(),
+        device=device,
+        study=args.study,
+        max_trials=args.max_trials,
+        exit_when_idle=args.exit_when_idle,
+    )
+    try:
+        return run_in_process(config, args.trials_per_gpu, args.threads)
+    except ServerUnavailable as exc:
+        raise CliError(f"cannot reach the server at {args.server}: {exc}") from None
+    except ProtocolError as exc:
+        raise CliError(str(exc)) from None

@@ -1,0 +1,37 @@
+"""The plain-text table and cell formats (pure functions, no server)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from cli import tables
+
+
+def test_table_pads_columns_and_aligns_numbers_right() -> None:
+    text = tables.table(["NAME", "N", "NOTE"], [["a", 1, "x"], ["long-name", 120, None]],
+                        right=(1,))
+    assert text.splitlines() == [
+        "NAME         N  NOTE",
+        "a            1  x",
+        "long-name  120  -",
+    ]
+
+
+def test_cell_formats() -> None:
+    assert tables.number(0.0017826497151386949) == "0.00178"
+    assert tables.number(10) == "10" and tables.number(True) == "True"
+    assert tables.loss(0.6000000000000001) == "0.6000"
+    assert tables.accuracy(0.805) == "80.5%"
+    assert tables.improvement(25.0) == "+25.0%" and tables.improvement(-3.21) == "-3.2%"
+    assert tables.improvement(None) == tables.loss(None) == "-"
+    assert tables.params({"lr": 0.01, "step_size": 3, "nesterov": False}) == (
+        "lr=0.01 step_size=3 nesterov=False")
+
+
+def test_ago_reads_naive_timestamps_as_utc() -> None:
+    now = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+    assert tables.ago("2025-01-01T11:59:55.5", now) == "4s ago"
+    assert tables.ago("2025-01-01T11:45:00", now) == "15m ago"
+    assert tables.ago("2025-01-01T13:00:00+01:00", now) == "0s ago"
+    assert tables.ago("2024-12-29T12:00:00", now) == "3d ago"
+    assert tables.ago(None, now) == tables.ago("not a time", now) == "-"

@@ -1,0 +1,1 @@
+"""hpsearch worker: pulls trials from the server over HTTP and fine-tunes pretrained models."""
