@@ -9,6 +9,7 @@ import json
 import re
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,6 +40,12 @@ def normalize_url(server: str) -> str:
         raise CliError("no server URL: pass --server or set HPSEARCH_SERVER")
     if "://" not in server:
         server = f"http://{server}"
+    try:
+        host = urlsplit(server).netloc
+    except ValueError as exc:  # 'http://[::1'
+        raise CliError(f"invalid server URL {server!r}: {exc}") from None
+    if not host:
+        raise CliError(f"invalid server URL {server!r}: no host")
     return server.rstrip("/")
 
 
@@ -46,6 +53,7 @@ def _reason(exc: Exception) -> str:
     """'[Errno 111] Connection refused' -> 'connection refused'."""
     text = str(exc) or type(exc).__name__
     text = re.sub(r"^\[Errno -?\d+\]\s*", "", text.splitlines()[-1]).strip()
+    text = text.rstrip(".")
     return text[:1].lower() + text[1:]
 
 

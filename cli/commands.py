@@ -7,9 +7,12 @@ are imported, so a laptop with `pip install hpsearch` runs them."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import logging
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +23,27 @@ from cli import render
 from cli import watch as live
 from cli.client import ApiError, Client
 from cli.errors import CliError
+
+logger = logging.getLogger(__name__)
+Command = Callable[[argparse.Namespace], int]
+
+
+def _command(func: Command) -> Command:
+    """An answer without the fields this CLI reads (another program on that port, a server of
+    another version) is one line too, not a traceback; --log-level DEBUG shows the details."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            logger.debug("unexpected answer", exc_info=True)
+            raise CliError(
+                f"unexpected answer from the server at {args.server} ({type(exc).__name__}: "
+                f"{exc}): is it an hpsearch server of this version?"
+            ) from None
+
+    return run
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -71,6 +95,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
+@_command
 def submit(args: argparse.Namespace) -> int:
     path = Path(args.file)
     spec = load_spec(path)
@@ -107,6 +132,7 @@ def _submit_error(exc: ApiError, path: Path) -> CliError:
 
 
 # --- status ---------------------------------------------------------------------------------------
+@_command
 def status(args: argparse.Namespace) -> int:
     with _client(args) as api:
         if not args.study:
@@ -124,6 +150,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 # --- watch ----------------------------------------------------------------------------------------
+@_command
 def watch(args: argparse.Namespace) -> int:
     if not args.interval > 0:
         raise CliError("--interval must be a positive number of seconds")
@@ -142,21 +169,25 @@ def watch(args: argparse.Namespace) -> int:
 
 
 # --- best -----------------------------------------------------------------------------------------
+@_command
 def best(args: argparse.Namespace) -> int:
+    # YAML is a training config to use as is: one trial unless more are asked for.
+    k = args.k if args.k is not None else (1 if args.format == "yaml" else 5)
     with _client(args) as api:
-        body = api.get(_study_path(args.study) + "/best", k=args.k)
+        body = api.get(_study_path(args.study) + "/best", k=k)
     if args.format == "json":
         _out(json.dumps(body, indent=2))
     elif args.format == "yaml":
         if not body.get("trials"):
             raise CliError(f"study {args.study} has no complete trial yet: no config to give")
-        _out(render.best_yaml(body, args.k))
+        _out(render.best_yaml(body, k))
     else:
         _out(render.best_table(body))
     return 0
 
 
 # --- workers, stop, delete ------------------------------------------------------------------------
+@_command
 def workers(args: argparse.Namespace) -> int:
     with _client(args) as api:
         rows = api.get("/workers")
@@ -168,6 +199,7 @@ def workers(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command
 def stop(args: argparse.Namespace) -> int:
     with _client(args) as api:
         study = api.post(_study_path(args.study) + "/stop")
@@ -181,6 +213,7 @@ def stop(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command
 def delete(args: argparse.Namespace) -> int:
     with _client(args) as api:
         api.delete(_study_path(args.study))

@@ -45,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--storage", help="SQLAlchemy URL (env HPSEARCH_STORAGE; default SQLite)")
-    serve.add_argument("--data-dir", help="folder for the SQLite file and artifacts (env HPSEARCH_DATA_DIR)")
-    serve.add_argument("--artifacts", help="artifact folder or s3://bucket (env HPSEARCH_ARTIFACTS)")
+    serve.add_argument("--data-dir", help="SQLite file and artifacts (env HPSEARCH_DATA_DIR)")
+    serve.add_argument("--artifacts", help="artifact folder or s3://bucket (HPSEARCH_ARTIFACTS)")
     serve.add_argument("--workers", type=_positive, default=1, help="server processes")
-    serve.add_argument("--heartbeat-interval", type=_positive, help="seconds (env HPSEARCH_HEARTBEAT_INTERVAL)")
+    serve.add_argument("--heartbeat-interval", type=_positive,
+                       help="seconds (env HPSEARCH_HEARTBEAT_INTERVAL)")
     serve.add_argument("--lease-grace", type=_positive, help="seconds (env HPSEARCH_LEASE_GRACE)")
     serve.add_argument("--max-retries", type=int, help="retries of a trial whose worker died")
     serve.add_argument("--public-url", help="base URL users reach the server at")
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     best = sub.add_parser("best", help="the best configurations of a study")
     _client_flags(best)
     best.add_argument("study")
-    best.add_argument("-k", type=_positive, default=5)
+    best.add_argument("-k", type=_positive, default=None,
+                      help="how many trials (default 5; 1 with --format yaml)")
     best.add_argument("--format", choices=("table", "json", "yaml"), default="table")
     best.set_defaults(run="cli.commands:best")
 

@@ -133,3 +133,15 @@ def workers_table(workers: Sequence[Body]) -> str:
     ]
     headers = ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN"]
     return fmt.table(headers, rows, right=(4,))
+
+
+def running_table(trials: Sequence[Body], epochs: int | None) -> str:
+    """Running trials: who runs them, how far they got, their last validation loss."""
+    rows = [
+        [t["number"], t.get("worker"), t.get("device"),
+         f"{t.get('epochs', 0)}/{epochs}" if epochs else t.get("epochs"),
+         fmt.loss(t.get("val_loss")), fmt.params(t.get("params"))]
+        for t in trials
+    ]
+    headers = ["#", "WORKER", "DEVICE", "EPOCHS", "VAL LOSS", "PARAMS"]
+    return fmt.table(headers, rows, right=(0, 3, 4))

@@ -7,7 +7,7 @@ retried (a restart loses nothing); an unknown study or a refused token ends the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from cli import render
@@ -20,16 +20,16 @@ ENDED = ("done", "stopped")
 Body = Mapping[str, Any]
 
 
-def run(api: Client, path: str, interval: float, out: TextIO,
-        sleep: Callable[[float], None] = time.sleep) -> Body:
+def run(api: Client, path: str, interval: float, out: TextIO) -> Body:
     """Watch until the study ends; returns its last summary. `path` is /studies/{name}."""
-    study = api.get(path)  # the first answer must come: a typo'd name fails at once
-    workers = _workers(api)
     tty = out.isatty()
+    study = api.get(path)  # the first answer must come: a typo'd name fails at once
+    workers, running = _workers(api), _running(api, path, study, tty)
     trouble, last = "", ""
     while True:
         if tty:
-            out.write(CLEAR + frame(api.server, interval, study, workers, trouble) + "\n")
+            text = frame(api.server, interval, study, workers, running, trouble)
+            out.write(CLEAR + text + "\n")
         else:
             line = summary_line(study, workers, trouble)
             if line != last:
@@ -38,9 +38,10 @@ def run(api: Client, path: str, interval: float, out: TextIO,
         out.flush()
         if study["state"] in ENDED:
             return study
-        sleep(interval)
+        time.sleep(interval)
         try:
-            study, workers, trouble = api.get(path), _workers(api), ""
+            study = api.get(path)
+            workers, running, trouble = _workers(api), _running(api, path, study, tty), ""
         except ApiError as exc:
             if exc.status < 500:
                 raise
@@ -58,6 +59,13 @@ def _workers(api: Client) -> list[Body]:
         raise
 
 
+def _running(api: Client, path: str, study: Body, tty: bool) -> list[Body]:
+    """The running trials, for the terminal view only (a pipe gets study-level changes)."""
+    if not tty or not (study.get("counts") or {}).get("running"):
+        return []
+    return [t for t in api.get(path + "/trials") if t.get("state") == "running"]
+
+
 def _split(name: str, workers: Sequence[Body]) -> tuple[list[Body], list[Body], int]:
     """Workers on this study, idle workers, and how many run other studies."""
     ours = [w for w in workers if w.get("study") == name]
@@ -65,7 +73,8 @@ def _split(name: str, workers: Sequence[Body]) -> tuple[list[Body], list[Body], 
     return ours, idle, len(workers) - len(ours) - len(idle)
 
 
-def frame(server: str, interval: float, study: Body, workers: Sequence[Body], trouble: str) -> str:
+def frame(server: str, interval: float, study: Body, workers: Sequence[Body],
+          running: Sequence[Body], trouble: str) -> str:
     ours, idle, others = _split(study["name"], workers)
     lines = [
         f"hpsearch watch  {server}  every {interval:g}s  Ctrl-C to quit"
@@ -79,6 +88,9 @@ def frame(server: str, interval: float, study: Body, workers: Sequence[Body], tr
     ]
     if ours or idle:
         lines.append(render.workers_table([*ours, *idle]))
+    if running:
+        epochs = (study.get("spec") or {}).get("training", {}).get("epochs")
+        lines += ["", f"running trials ({len(running)}):", render.running_table(running, epochs)]
     if trouble:
         lines += ["", f"! {trouble}"]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""CLI fixtures: one real server per backend for the whole module (a server start costs seconds),
+"""CLI fixtures: one real server per backend for all CLI tests (a server start costs seconds),
 the CLI run as a real subprocess, and a fake worker that drives trials over HTTP."""
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def run_cli(*args: str, server: str | None = None, env: dict[str, str] | None = 
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="package", params=["sqlite", "postgresql"])
 def cli_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[Server]:
-    """A server shared by a test module: tests use their own study and worker names."""
+    """A server shared by the CLI tests: each test uses its own study and worker names."""
     data_dir = tmp_path_factory.mktemp(f"cli-{request.param}")
     pg_url = None
     if request.param == "sqlite":
@@ -124,7 +124,7 @@ def create_study(api: httpx.Client, name: str, **overrides: object) -> dict:
     return r.json()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def scripted(cli_server: Server) -> dict:
     """Study 'scripted', n_trials 5, driven by two fake workers to:
     0 baseline complete 0.8 | 1 complete 0.6 | 2 pruned (threshold) | 3 failed | 4 running on

@@ -157,7 +157,7 @@ def test_workers(cli: Run, scripted: dict) -> None:
     assert table["gpu-a-0"][3] == "idle"  # its last trial failed: it runs nothing
 
 
-# --- stop, delete, unknown studies -----------------------------------------------------------------
+# --- stop, delete, unknown studies ----------------------------------------------------------
 def test_stop_then_delete(cli: Run, api: httpx.Client) -> None:
     create_study(api, "short-lived")
     r = cli("stop", "short-lived")

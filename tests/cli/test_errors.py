@@ -3,6 +3,9 @@ file, a missing or wrong token."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,9 @@ def test_unreachable_server(command: list[str]) -> None:
     r = run_cli(*command, server=url)
     assert r.returncode == 1
     assert r.stdout == ""
-    assert r.stderr == f"hpsearch {command[0]}: cannot reach the server at {url}: connection refused\n"
+    assert r.stderr == (
+        f"hpsearch {command[0]}: cannot reach the server at {url}: connection refused\n"
+    )
 
 
 def test_unreachable_server_on_submit(tmp_path: Path) -> None:
@@ -85,3 +90,42 @@ def test_tokens(server_factory: ServerFactory, tmp_path: Path) -> None:
     r = run_cli("status", server=server.url, env={"HPSEARCH_TOKEN": "s3cret-read"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1].split()[:3] == ["guarded", "running", "0/4"]
+
+
+class _NotHpsearch(BaseHTTPRequestHandler):
+    """Another program on the port: a JSON answer of another shape, or a proxy's HTML error."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        if self.path.startswith("/api/v1/studies/proxied"):
+            body, status, kind = b"<html><h1>Bad Gateway</h1></html>", 502, "text/html"
+        else:
+            body, status, kind = b'[{"hello": "world"}]', 200, "application/json"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def not_hpsearch() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _NotHpsearch)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_answers_of_another_program(not_hpsearch: str) -> None:
+    r = run_cli("status", server=not_hpsearch)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"hpsearch status: unexpected answer from the server at "
+                               f"{not_hpsearch} (KeyError: 'name')")
+    assert r.stderr.count("\n") == 1
+
+    r = run_cli("best", "proxied", server=not_hpsearch)
+    assert (r.returncode, r.stderr) == (1, "hpsearch best: server answered 502: Bad Gateway\n")

@@ -1,5 +1,5 @@
 """`hpsearch watch`: follows a study while a fake worker runs it, ends by itself when the study is
-done, redraws in place on a terminal, and leaves quietly on Ctrl-C."""
+done, redraws in place on a terminal, rides out a server restart, leaves quietly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,86 +11,150 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
 from tests.cli.conftest import FakeWorker, create_study
+from tests.conftest import ServerFactory
 from tests.servers import REPO, Server, server_env
 
+CLEAR = "\x1b[H\x1b[J"
 
-def start_watch(server: Server, study: str, **popen: object) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "cli.main", "watch", study, "--interval", "0.2",
-           "--server", server.url]
-    return subprocess.Popen(cmd, cwd=REPO, env=server_env(), text=True, **popen)  # type: ignore[call-overload]
+
+class Watch:
+    """`hpsearch watch STUDY --interval 0.2` with its output (stdout and stderr together) on a
+    pipe, or on a pseudo-terminal as a person at a terminal runs it."""
+
+    def __init__(self, server: Server, study: str, terminal: bool = False) -> None:
+        self.fd, child = pty.openpty() if terminal else os.pipe()
+        cmd = [sys.executable, "-m", "cli.main", "watch", study, "--interval", "0.2",
+               "--server", server.url]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=server_env(), stdout=child, stderr=child)
+        os.close(child)
+        self.text = ""
+
+    def read_until(self, needle: str | None, timeout: float = 30, after: int = 0) -> str:
+        """Read until `needle` shows past offset `after`; None: until the program closes its
+        output. Returns everything read so far."""
+        deadline = time.monotonic() + timeout
+        while needle is None or needle not in self.text[after:]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {needle!r} within {timeout}s in:\n{self.text}")
+            if not select.select([self.fd], [], [], 0.5)[0]:
+                continue
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:  # EIO: the program closed the terminal
+                data = b""
+            if not data:
+                if needle is None:
+                    break
+                raise AssertionError(f"output ended without {needle!r}:\n{self.text}")
+            self.text += data.decode(errors="replace").replace("\r\n", "\n")
+        return self.text
+
+    def finish(self, timeout: float = 30) -> tuple[int, str]:
+        """Wait for the program to end by itself; its exit status and whole output."""
+        text = self.read_until(None, timeout)
+        return self.proc.wait(timeout=10), text
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        os.close(self.fd)
 
 
 def test_watch_follows_the_study_until_it_is_done(cli_server: Server, api: httpx.Client) -> None:
     create_study(api, "watched", n_trials=2, pruner={"name": "none"})
-    proc = start_watch(cli_server, "watched", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watch = Watch(cli_server, "watched")
     try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # printed at once, before any trial ran
-        assert re.match(r"^\d\d:\d\d:\d\d watched running 0/2 finished \| 0 running 1 waiting", first)
+        first = watch.read_until("\n")  # printed at once, before any trial ran
+        assert re.match(r"^\d\d:\d\d:\d\d watched running 0/2 finished \| 0 running 1 waiting",
+                        first)
         worker = FakeWorker(api, "watched", "w-watch")
         worker.run([1.0, 0.9, 0.8], accuracy=0.6)
-        time.sleep(0.6)  # let the watch see the halfway state
+        watch.read_until(" watched running 1/2 finished ")
         best = worker.run([0.9, 0.6, 0.5], accuracy=0.9)
-        out, err = proc.communicate(timeout=30)  # it must end by itself: the study is done
+        status, out = watch.finish()  # it must end by itself: the study is done
     finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    lines = [first, *out.splitlines()]
-    assert any(" watched running 1/2 finished " in line for line in lines)
+        watch.close()
+    assert status == 0, out
+    lines = out.splitlines()
     assert any(" watched done 2/2 finished " in line and "best #1 val loss 0.5000" in line
                for line in lines)
     assert "study watched is done: 2/2 trials finished" in lines
     assert "best: trial 1, val loss 0.5000, accuracy 90.0%, +37.5% vs the baseline" in out
     params = " ".join(f"{k}={v:.3g}" for k, v in best["params"].items())
     assert f"      {params}" in lines
-    assert f"its config: hpsearch best --server {cli_server.url} watched -k 1 --format yaml" in lines
+    hint = f"its config: hpsearch best --server {cli_server.url} watched -k 1 --format yaml"
+    assert hint in lines
+    assert CLEAR not in out  # a pipe gets plain lines
 
     # On a terminal: the same study (now done) drawn as a full frame behind an ANSI clear.
-    text = _run_in_pty(cli_server, "watched")
-    assert "\x1b[H\x1b[J" in text
+    term = Watch(cli_server, "watched", terminal=True)
+    try:
+        status, text = term.finish()
+    finally:
+        term.close()
+    assert status == 0
+    assert text.startswith(CLEAR + "hpsearch watch  " + cli_server.url)
     assert "study watched: done, 2/2 finished" in text
     assert "best: trial 1, val loss 0.5000" in text
     assert "workers: 0 on this study" in text
 
 
-def _run_in_pty(server: Server, study: str) -> str:
-    master, slave = pty.openpty()
-    proc = start_watch(server, study, stdout=slave, stderr=slave)
-    os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + 30
+def test_terminal_view_shows_running_trials_and_ctrl_c_leaves_quietly(
+    cli_server: Server, scripted: dict
+) -> None:
+    term = Watch(cli_server, "scripted", terminal=True)
     try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 1)
-            if not ready:
-                continue
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        assert proc.wait(timeout=10) == 0
+        term.read_until("running trials (1):\n")
+        text = term.read_until("1.1000")  # in the running trial's row, and nowhere else
+        assert text.startswith(CLEAR + "hpsearch watch  " + cli_server.url)
+        section = text.split("running trials (1):\n")[1].splitlines()
+        number = scripted["running"]["number"]
+        assert section[0].split()[:5] == ["#", "WORKER", "DEVICE", "EPOCHS", "VAL"]
+        assert section[1].split()[:5] == [str(number), "gpu-b-1", "cuda:1", "1/3", "1.1000"]
+        term.read_until(CLEAR, timeout=5, after=len(text))  # a second frame, drawn in place
+        term.proc.send_signal(signal.SIGINT)
+        assert term.proc.wait(timeout=20) == 130
+        rest = term.read_until(None, timeout=5)
     finally:
-        proc.kill()
-        os.close(master)
-    return b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+        term.close()
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
 
 
-def test_ctrl_c_leaves_quietly(cli_server: Server, api: httpx.Client) -> None:
+def test_ctrl_c_leaves_quietly_when_piped(cli_server: Server, api: httpx.Client) -> None:
     create_study(api, "never-ends", n_trials=3)
-    proc = start_watch(cli_server, "never-ends", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    watch = Watch(cli_server, "never-ends")
     try:
-        assert proc.stdout is not None
-        assert "never-ends running" in proc.stdout.readline()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        watch.read_until("never-ends running")
+        watch.proc.send_signal(signal.SIGINT)
+        status, out = watch.finish(timeout=20)
     finally:
-        proc.kill()
-    assert proc.returncode == 130
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+        watch.close()
+    assert status == 130
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+
+
+def test_watch_rides_out_a_server_restart(server_factory: ServerFactory, tmp_path: Path) -> None:
+    server = server_factory(f"sqlite:///{tmp_path / 'restart.db'}")
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as api:
+        create_study(api, "restarted", n_trials=1, pruner={"name": "none"})
+    watch = Watch(server, "restarted")
+    try:
+        watch.read_until("restarted running 0/1 finished")
+        server.stop()
+        mark = len(watch.text)
+        watch.read_until(f"cannot reach the server at {server.url}: connection refused "
+                         "(retrying)", after=mark)
+        server.start()  # the same port and database
+        with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as api:
+            FakeWorker(api, "restarted", "w-restart").run([0.7])
+        status, out = watch.finish()
+    finally:
+        watch.close()
+    assert status == 0, out
+    assert "study restarted is done: 1/1 trials finished" in out
+    assert "Traceback" not in out
