@@ -34,7 +34,8 @@ def demo_spec(name: str, weights_path: Path, n_trials: int, epochs: int) -> dict
         "pruner": {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 1},
         "n_trials": n_trials,
         # The common recipe's StepLR(10) never decays within a short run; that is the point.
-        "baseline": {"lr": 0.01, "momentum": 0.9, "step_size": 10, "gamma": 0.1, "warmup_epochs": 0},
+        "baseline": {"lr": 0.01, "momentum": 0.9, "step_size": 10, "gamma": 0.1,
+                     "warmup_epochs": 0},
     }
 
 
