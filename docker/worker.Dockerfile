@@ -13,12 +13,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker/ worker/
 COPY cli/ cli/
+# The installed versions as pip sees them (package metadata; torch.__version__ may differ).
+ARG PINNED="from importlib.metadata import version; [print(f'{d}=={version(d)}') for d in ('torch', 'torchvision')]"
 RUN python -c "import sys; assert sys.version_info >= (3, 11), sys.version" \
- && python -c "import torch, torchvision; print(f'torch=={torch.__version__}'); print(f'torchvision=={torchvision.__version__}')" \
-      > /tmp/keep-torch.txt \
+ && python -c "$PINNED" > /tmp/keep-torch.txt \
  && python -m pip install --constraint /tmp/keep-torch.txt ".[worker]" \
- && python -c "import torch, torchvision; print(f'torch=={torch.__version__}'); print(f'torchvision=={torchvision.__version__}')" \
-      | diff /tmp/keep-torch.txt - \
+ && python -c "$PINNED" | diff /tmp/keep-torch.txt - \
  && cd / && python -c "import worker.supervisor, sklearn, tqdm" \
  && rm -rf /src
 

@@ -15,7 +15,10 @@ DEFAULT_SEARCH_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 class Settings(BaseSettings):
     """Everything `hpsearch serve` can be told; validated once at start."""
 
-    model_config = SettingsConfigDict(env_prefix="HPSEARCH_", extra="ignore", frozen=True)
+    # env_ignore_empty: `TOKEN=` in an .env file means "off", not "the empty token".
+    model_config = SettingsConfigDict(
+        env_prefix="HPSEARCH_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     data_dir: Path = Field(Path(".hpsearch"), description="Folder for the SQLite file and artifacts")
     storage: SecretStr | None = Field(
