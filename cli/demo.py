@@ -34,8 +34,13 @@ def demo_spec(name: str, weights_path: Path, n_trials: int, epochs: int) -> dict
         "pruner": {"name": "median", "n_startup_trials": 3, "n_warmup_steps": 1},
         "n_trials": n_trials,
         # The common recipe's StepLR(10) never decays within a short run; that is the point.
-        "baseline": {"lr": 0.01, "momentum": 0.9, "step_size": 10, "gamma": 0.1,
-                     "warmup_epochs": 0},
+        "baseline": {
+            "lr": 0.01,
+            "momentum": 0.9,
+            "step_size": 10,
+            "gamma": 0.1,
+            "warmup_epochs": 0,
+        },
     }
 
 
@@ -65,8 +70,18 @@ def run(args: argparse.Namespace) -> int:
     url = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "HPSEARCH_HEARTBEAT_INTERVAL": "5"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--log-level", "WARNING", "serve",
-         "--port", str(args.port), "--data-dir", str(data_dir / "server")],
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--port",
+            str(args.port),
+            "--data-dir",
+            str(data_dir / "server"),
+        ],
         env=env,
     )
     try:
@@ -77,12 +92,26 @@ def run(args: argparse.Namespace) -> int:
         if created.status_code != 201:
             raise CliError(f"the server refused the demo study: {created.text}")
         dashboard = created.json()["dashboard_url"]
-        print(f"2/4 server on {url}; study {name}: {args.trials} trials x {args.epochs} epochs, "
-              f"TPE + median pruner\n    dashboard: {dashboard}", flush=True)
+        print(
+            f"2/4 server on {url}; study {name}: {args.trials} trials x {args.epochs} epochs, "
+            f"TPE + median pruner\n    dashboard: {dashboard}",
+            flush=True,
+        )
         print(f"3/4 fine-tuning on digits 5-9 with {args.workers} worker processes ...", flush=True)
         workers = subprocess.run(
-            [sys.executable, "-m", "cli.main", "worker", "--server", url, "--study", name,
-             "--processes", str(args.workers), "--exit-when-idle"],
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "worker",
+                "--server",
+                url,
+                "--study",
+                name,
+                "--processes",
+                str(args.workers),
+                "--exit-when-idle",
+            ],
             env={**env, "HPSEARCH_LOG_LEVEL": "INFO"},
         )
         if workers.returncode != 0:
@@ -100,4 +129,3 @@ def run(args: argparse.Namespace) -> int:
             server.terminate()
             server.wait(timeout=30)
     return 0
-

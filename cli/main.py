@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="SQLite file and artifacts (env HPSEARCH_DATA_DIR)")
     serve.add_argument("--artifacts", help="artifact folder or s3://bucket (HPSEARCH_ARTIFACTS)")
     serve.add_argument("--workers", type=_positive, default=1, help="server processes")
-    serve.add_argument("--heartbeat-interval", type=_positive,
-                       help="seconds (env HPSEARCH_HEARTBEAT_INTERVAL)")
+    serve.add_argument(
+        "--heartbeat-interval", type=_positive, help="seconds (env HPSEARCH_HEARTBEAT_INTERVAL)"
+    )
     serve.add_argument("--lease-grace", type=_positive, help="seconds (env HPSEARCH_LEASE_GRACE)")
     serve.add_argument("--max-retries", type=int, help="retries of a trial whose worker died")
     serve.add_argument("--public-url", help="base URL users reach the server at")
@@ -60,12 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", default="auto", help="auto | cpu | cuda:N")
     worker.add_argument("--gpus", help="all | 0,1,...: one worker process per GPU")
     worker.add_argument("--processes", type=_positive, help="N worker processes on the CPU")
-    worker.add_argument("--trials-per-gpu", type=_positive, default=1,
-                        help="trials run side by side on each device (small models)")
+    worker.add_argument(
+        "--trials-per-gpu",
+        type=_positive,
+        default=1,
+        help="trials run side by side on each device (small models)",
+    )
     worker.add_argument("--study", help="only run trials of this study")
     worker.add_argument("--max-trials", type=_positive, help="exit after this many trials")
-    worker.add_argument("--exit-when-idle", action="store_true",
-                        help="exit when the server has nothing to run instead of waiting")
+    worker.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit when the server has nothing to run instead of waiting",
+    )
     worker.add_argument("--worker-id", help="default: host-pid[-device]")
     worker.add_argument("--threads", type=_positive, help="CPU threads per worker process")
     worker.set_defaults(run="cli.worker_cmd:run")
@@ -90,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     best = sub.add_parser("best", help="the best configurations of a study")
     _client_flags(best)
     best.add_argument("study")
-    best.add_argument("-k", type=_positive, default=None,
-                      help="how many trials (default 5; 1 with --format yaml)")
+    best.add_argument(
+        "-k", type=_positive, default=None, help="how many trials (default 5; 1 with --format yaml)"
+    )
     best.add_argument("--format", choices=("table", "json", "yaml"), default="table")
     best.set_defaults(run="cli.commands:best")
 

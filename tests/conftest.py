@@ -22,7 +22,9 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     except Exception as exc:  # noqa: BLE001
         if os.environ.get("CI"):
             raise  # CI starts PostgreSQL: its absence is a failure there, not a skip
-        pytest.skip(f"PostgreSQL is not reachable ({type(exc).__name__}); set HPSEARCH_TEST_POSTGRES")
+        pytest.skip(
+            f"PostgreSQL is not reachable ({type(exc).__name__}); set HPSEARCH_TEST_POSTGRES"
+        )
     yield url
     drop_pg_database(url)
 
@@ -34,10 +36,20 @@ ServerFactory = Callable[..., Server]
 def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
     started: list[Server] = []
 
-    def start(storage: str, *, data_dir: Path | None = None, args: list[str] | None = None,
-              **settings: object) -> Server:
-        server = Server(storage=storage, data_dir=data_dir or tmp_path / "server",
-                        port=free_port(), env=server_env(**settings), args=args or [])
+    def start(
+        storage: str,
+        *,
+        data_dir: Path | None = None,
+        args: list[str] | None = None,
+        **settings: object,
+    ) -> Server:
+        server = Server(
+            storage=storage,
+            data_dir=data_dir or tmp_path / "server",
+            port=free_port(),
+            env=server_env(**settings),
+            args=args or [],
+        )
         started.append(server)
         return server.start()
 

@@ -68,11 +68,28 @@ class Server:
 
     def start(self, timeout: float = 60) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(self.port),
-               "--storage", self.storage, "--data-dir", str(self.data_dir), *self.args]
-        self.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=REPO, start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "serve",
+            "--port",
+            str(self.port),
+            "--storage",
+            self.storage,
+            "--data-dir",
+            str(self.data_dir),
+            *self.args,
+        ]
+        with open(self.log_path, "ab") as log:  # the child keeps its own handle
+            self.process = subprocess.Popen(
+                cmd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -6,6 +6,7 @@ retried blindly: 409 means the trial's lease ended, anything else is a bug worth
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -34,8 +35,15 @@ class ServerUnavailable(Exception):
 
 
 class ServerClient:
-    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 60,
-                 retry_for_s: float = 900, max_backoff_s: float = 30) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 60,
+        retry_for_s: float = 900,
+        max_backoff_s: float = 30,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
         self._retry_for_s = retry_for_s
@@ -44,8 +52,9 @@ class ServerClient:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, *, retry_for_s: float | None = None,
-                 **kwargs: Any) -> httpx.Response:
+    def _request(
+        self, method: str, path: str, *, retry_for_s: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
         budget = self._retry_for_s if retry_for_s is None else retry_for_s
         deadline = time.monotonic() + budget
         delay = 0.5
@@ -65,22 +74,38 @@ class ServerClient:
                 problem = f"{response.status_code} {detail}"
                 wait = _retry_after(response) or delay
             if time.monotonic() + wait > deadline:
-                raise ServerUnavailable(f"{method} {path}: {problem} (gave up after {budget:.0f} s)")
+                raise ServerUnavailable(
+                    f"{method} {path}: {problem} (gave up after {budget:.0f} s)"
+                )
             logger.warning("%s %s: %s; retrying in %.1f s", method, path, problem, wait)
             time.sleep(wait * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self._max_backoff_s)
 
     # --- the protocol --------------------------------------------------------------------------
-    def claim(self, worker_id: str, study: str | None, device: str, host: str) -> dict[str, Any] | None:
+    def claim(
+        self, worker_id: str, study: str | None, device: str, host: str
+    ) -> dict[str, Any] | None:
         body = {"worker_id": worker_id, "study": study, "device": device, "host": host}
         response = self._request("POST", "/api/v1/trials/claim", json=body)
         return None if response.status_code == 204 else response.json()
 
-    def report(self, trial_id: int, epoch: int, val_loss: float, val_accuracy: float | None,
-               train_loss: float | None = None) -> bool:
-        body = {"epoch": epoch, "val_loss": val_loss, "val_accuracy": val_accuracy,
-                "train_loss": train_loss}
-        return bool(self._request("POST", f"/api/v1/trials/{trial_id}/report", json=body).json()["prune"])
+    def report(
+        self,
+        trial_id: int,
+        epoch: int,
+        val_loss: float,
+        val_accuracy: float | None,
+        train_loss: float | None = None,
+    ) -> bool:
+        body = {
+            "epoch": epoch,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "train_loss": train_loss,
+        }
+        return bool(
+            self._request("POST", f"/api/v1/trials/{trial_id}/report", json=body).json()["prune"]
+        )
 
     def heartbeat(self, trial_id: int, retry_for_s: float) -> None:
         self._request("POST", f"/api/v1/trials/{trial_id}/heartbeat", retry_for_s=retry_for_s)
@@ -90,19 +115,30 @@ class ServerClient:
         self._request("POST", f"/api/v1/trials/{trial_id}/complete", json=body)
 
     def fail(self, trial_id: int, reason: str, *, retry: bool = False) -> None:
-        try:
-            self._request("POST", f"/api/v1/trials/{trial_id}/fail",
-                          json={"reason": reason[:4000], "retry": retry})
-        except LeaseLost:
-            pass  # already finished (or failed by the server): nothing left to hand back
+        # A 409 means it is already finished (or failed by the server): nothing to hand back.
+        with contextlib.suppress(LeaseLost):
+            self._request(
+                "POST",
+                f"/api/v1/trials/{trial_id}/fail",
+                json={"reason": reason[:4000], "retry": retry},
+            )
 
     def upload_checkpoint(self, trial_id: int, epoch: int, data: bytes) -> None:
-        self._request("PUT", f"/api/v1/trials/{trial_id}/checkpoint", params={"epoch": epoch},
-                      content=data, headers={"Content-Type": "application/octet-stream"})
+        self._request(
+            "PUT",
+            f"/api/v1/trials/{trial_id}/checkpoint",
+            params={"epoch": epoch},
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
 
     def upload_weights(self, trial_id: int, data: bytes) -> None:
-        self._request("PUT", f"/api/v1/trials/{trial_id}/weights", content=data,
-                      headers={"Content-Type": "application/octet-stream"})
+        self._request(
+            "PUT",
+            f"/api/v1/trials/{trial_id}/weights",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
 
     def download(self, path: str) -> bytes:
         return self._request("GET", path).content

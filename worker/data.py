@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,32 +44,37 @@ class BoundedCache(Generic[K, V]):
     """A small least-recently-used map; a worker process keeps one per kind of thing.
 
     ``get_or_create(key, create)`` returns the cached value for ``key``, or calls
-    ``create()`` once, stores and returns its result. Not thread-safe.
+    ``create()`` once, stores and returns its result. Thread-safe: with ``--trials-per-gpu``
+    several trials share one process's caches, and a data set is decoded once, not per thread.
     """
 
     def __init__(self, capacity: int = 2) -> None:
         self.capacity = capacity
         self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.RLock()
 
     def get_or_create(self, key: K, create: Callable[[], V]) -> V:
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        value = create()
-        self.put(key, value)
-        return value
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            value = create()
+            self.put(key, value)
+            return value
 
     def put(self, key: K, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def clear(self) -> None:
-        self._items.clear()
+        with self._lock:
+            self._items.clear()
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ def train_one_epoch(
     check_every = CUDA_CHECK_EVERY if rt.cuda else 1
     loss_sum = torch.zeros((), device=rt.device)
     bar = tqdm(total=iters, desc=f"epoch {epoch}", leave=False) if rt.progress else None
+    began = time.perf_counter()
     images, lr, step = 0, 0.0, 0
     for step, (x, y) in enumerate(batches):
         if rt.should_stop():
@@ -164,7 +165,8 @@ def train_one_epoch(
         if bar is not None:
             bar.update()
             if step % PROGRESS_EVERY == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
+                rate = images / max(time.perf_counter() - began, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
     if bar is not None:
         bar.close()
     mean_loss = loss_sum.item() / (step + 1)
@@ -275,7 +277,8 @@ def fine_tune(
     """
     rt = Runtime(torch.device(job.device), should_stop, progress)
     if rt.cuda:
-        torch.cuda.set_device(rt.device)
+        if rt.device.index is not None:
+            torch.cuda.set_device(rt.device)
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(job.seed)
     trial = _prepare(job, caches, rt)

@@ -76,6 +76,8 @@ class WeightsCache:
         """The pretrained state dict of ``spec``; None when it names no weights."""
         if spec.weights_path:
             path = Path(spec.weights_path)
+            if not path.is_file():
+                raise WeightsUnavailable(f"weights_path {path} does not exist")
             stat = path.stat()
             key = ("path", str(path), stat.st_mtime_ns, stat.st_size)
             return self._items.get_or_create(key, lambda: load_weights_file(path))
@@ -130,8 +132,6 @@ def load_torchvision_weights(weights: WeightsEnum, allow_download: bool = True) 
 
 def load_weights_file(path: Path) -> StateDict:
     """A state dict saved with torch.save, plain or under a 'model'/'state_dict' key."""
-    if not path.is_file():
-        raise WeightsUnavailable(f"weights_path {path} does not exist")
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -49,8 +49,13 @@ def job_from_claim(claim: dict[str, Any], device: str) -> TrialJob:
 
 
 class Runner:
-    def __init__(self, config: WorkerConfig, caches: Caches, stop: threading.Event,
-                 client: ServerClient | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        caches: Caches,
+        stop: threading.Event,
+        client: ServerClient | None = None,
+    ) -> None:
         self.config = config
         self.caches = caches
         self.stop = stop
@@ -62,8 +67,9 @@ class Runner:
         idle = 1.0
         limit = self.config.max_trials
         while not self.stop.is_set() and (limit is None or self.trials_run < limit):
-            claim = self.client.claim(self.config.worker_id, self.config.study,
-                                      self.config.device, self.config.host)
+            claim = self.client.claim(
+                self.config.worker_id, self.config.study, self.config.device, self.config.host
+            )
             if claim is None:
                 if self.config.exit_when_idle:
                     logger.info("nothing to run; exiting (--exit-when-idle)")
@@ -90,7 +96,9 @@ class Runner:
                     job_from_claim(claim, self.config.device),
                     self.caches,
                     self._reporter(trial_id),
-                    on_checkpoint=lambda epoch, data: client.upload_checkpoint(trial_id, epoch, data),
+                    on_checkpoint=lambda epoch, data: client.upload_checkpoint(
+                        trial_id, epoch, data
+                    ),
                     resume=state,
                     should_stop=lambda: self.stop.is_set() or heartbeat.lost.is_set(),
                     progress=sys.stderr.isatty(),
@@ -126,17 +134,24 @@ class Runner:
             except LeaseLost as exc:
                 logger.warning("%s: finished too late: %s", label, exc.detail)
                 return "lease lost"
-        logger.info("%s complete: val_loss %.4f, val_accuracy %.3f", label, outcome.val_loss,
-                    outcome.val_accuracy)
+        logger.info(
+            "%s complete: val_loss %.4f, val_accuracy %.3f",
+            label,
+            outcome.val_loss,
+            outcome.val_accuracy,
+        )
         return "completed"
 
     def _reporter(self, trial_id: int) -> Callable[[EpochReport], bool]:
         def on_epoch(report: EpochReport) -> bool:
-            return self.client.report(trial_id, report.epoch, report.val_loss,
-                                      report.val_accuracy, report.train_loss)
+            return self.client.report(
+                trial_id, report.epoch, report.val_loss, report.val_accuracy, report.train_loss
+            )
 
         return on_epoch
 
 
 def _describe(config: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items())
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
+    )

@@ -76,8 +76,18 @@ def child_command(argv: Sequence[str], device: str, worker_id: str, threads: int
             skip = "=" not in arg
             continue
         kept.append(arg)
-    return [sys.executable, "-m", "cli.main", *kept, "--device", device,
-            "--worker-id", worker_id, "--threads", str(threads)]
+    return [
+        sys.executable,
+        "-m",
+        "cli.main",
+        *kept,
+        "--device",
+        device,
+        "--worker-id",
+        worker_id,
+        "--threads",
+        str(threads),
+    ]
 
 
 def run_children(commands: list[list[str]]) -> int:

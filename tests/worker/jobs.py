@@ -1,0 +1,34 @@
+"""The tiny trial the worker tests train: digits 0 and 1 at 16 px."""
+
+from __future__ import annotations
+
+from typing import Any
+
+BASE_JOB: dict[str, Any] = {
+    "model": {
+        "arch": "mobilenet_v3_small",
+        "weights": None,
+        "weights_path": None,
+        "freeze_backbone": False,
+    },
+    "data": {
+        "kind": "digits",
+        "root": None,
+        "image_size": 16,
+        "batch_size": 32,
+        "val_fraction": 0.25,
+        "classes": [0, 1],
+        "augment": True,
+    },
+    "training": {"epochs": 2, "seed": 0, "compile": False, "checkpoint_every": 1},
+    "hparams": {
+        "lr": 0.01,
+        "momentum": 0.9,
+        "step_size": 1,
+        "gamma": 0.5,
+        "warmup_epochs": 1,
+        "weight_decay": 1e-4,
+        "nesterov": False,
+        "batch_size": 32,
+    },
+}
