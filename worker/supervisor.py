@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
+from worker.client import ProtocolError, ServerUnavailable
 from worker.engine import Caches
 from worker.runner import Runner, WorkerConfig, WorkerStopped
 
@@ -124,7 +125,7 @@ def run_in_process(config: WorkerConfig, trials_per_device: int, threads: int | 
     if trials_per_device == 1:
         return _guarded(Runner(config, caches, stop))
     runners = [
-        Runner(replace(config, worker_id=f"{config.worker_id}/{k}"), caches, stop)
+        Runner(replace(config, worker_id=f"{config.worker_id}-t{k}"), caches, stop)
         for k in range(trials_per_device)
     ]
     codes: list[int] = []
@@ -140,7 +141,7 @@ def run_in_process(config: WorkerConfig, trials_per_device: int, threads: int | 
 def _guarded(runner: Runner) -> int:
     try:
         return runner.run()
-    except WorkerStopped as exc:
+    except (WorkerStopped, ProtocolError, ServerUnavailable) as exc:
         logger.error("worker %s stops: %s", runner.config.worker_id, exc)
         return 3
 
