@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 echo "== ResNet50 throughput (batch 256, 224 px)"
 $PY bench/gpu_throughput.py --device cuda --arch resnet50 --batch 256 --image-size 224 \
-    --iters 15 --repeats 3
+    --iters 15 --repeats 3 --compile
 echo "== short real study on the GPU"
 $PY bench/gpu_study.py --device cuda:0 --arch resnet18 --image-size 64 --batch 128 \
     --trials 8 --epochs 3 --per-gpu 1 2 4

@@ -30,7 +30,8 @@ def free_port() -> int:
 def run_study(args: argparse.Namespace, per_gpu: int, folder: Path) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{path}" if path else str(REPO)}
     server = subprocess.Popen(
         [
             sys.executable,

@@ -93,18 +93,22 @@ def fast_loop(
     batches: Callable[[], Iterator[tuple[Tensor, Tensor]]],
     iters: int,
     device: torch.device,
+    compile: bool = False,
 ) -> Callable[[], int]:
-    """The worker's own train_one_epoch on its runtime (bf16 + channels_last on CUDA)."""
+    """The worker's own train_one_epoch on its runtime (bf16 + channels_last on CUDA), with
+    torch.compile as `training.compile: true` adds it."""
     rt = Runtime(device)
     model = model.to(memory_format=torch.channels_last) if rt.cuda else model
+    forward = torch.compile(model) if compile else model
     optimizer = make_optimizer(model.parameters(), RECIPE)
     scheduler = make_scheduler(optimizer, RECIPE, iters)
 
     def epoch() -> int:
         model.train()
-        return train_one_epoch(model, optimizer, scheduler, batches(), epoch=0, iters=iters, rt=rt)[
-            2
-        ]
+        _, _, images = train_one_epoch(
+            forward, optimizer, scheduler, batches(), epoch=0, iters=iters, rt=rt
+        )
+        return images
 
     return epoch
 
@@ -117,6 +121,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--iters", type=int, default=20, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="add the torch.compile fast path")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -166,6 +171,10 @@ def main() -> None:
             model(), lambda: cached.train_batches(0), cached.iters_per_epoch(), device
         ),
     }
+    if args.compile:
+        cells[("fast path + compile", "synthetic")] = fast_loop(
+            model(), synthetic(cl), args.iters, device, compile=True
+        )
     results = {}
     for key, run in cells.items():
         run()  # warm-up: cudnn autotuning, allocator
@@ -181,6 +190,10 @@ def main() -> None:
         f"\n{args.arch}, batch {args.batch}, {args.image_size} px, {name}, "
         f"torch {torch.__version__}"
     )
+    if args.compile:
+        fast = statistics.median(results[("fast path + compile", "synthetic")])
+        plain = statistics.median(results[("plain fp32", "synthetic")])
+        print(f"ratio compiled/plain (synthetic): {fast / plain:.2f}x")
     for data_kind in ("synthetic", "cached data set"):
         fast = statistics.median(results[("worker fast path", data_kind)])
         plain = statistics.median(results[("plain fp32", data_kind)])

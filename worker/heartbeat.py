@@ -27,8 +27,12 @@ class Heartbeat:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
+        self.finish()
         self._thread.join(timeout=5)
+
+    def finish(self) -> None:
+        """No more beats: the trial is about to end (a 409 after this is expected)."""
+        self._stop.set()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -36,8 +40,9 @@ class Heartbeat:
                 # Retry within one interval only; the next beat tries again.
                 self._client.heartbeat(self._trial_id, retry_for_s=self._interval)
             except LeaseLost:
-                logger.warning("trial %d: the server ended its lease", self._trial_id)
-                self.lost.set()
+                if not self._stop.is_set():  # not a beat that crossed the trial's completion
+                    logger.warning("trial %d is no longer running on the server", self._trial_id)
+                    self.lost.set()
                 return
             except Exception as exc:  # server unreachable: keep training, keep trying
                 logger.warning("heartbeat for trial %d failed: %s", self._trial_id, exc)

@@ -125,11 +125,13 @@ class Runner:
                 client.fail(trial_id, f"{type(exc).__name__}: {exc}")
                 return "failed"
             if outcome.status == "pruned":
+                heartbeat.finish()
                 logger.info("%s pruned after %d epochs", label, outcome.epochs_run)
                 return "pruned"
             try:
                 if self.config.upload_weights:
                     client.upload_weights(trial_id, outcome.weights_bytes())
+                heartbeat.finish()
                 client.complete(trial_id, outcome.val_loss, outcome.val_accuracy)
             except LeaseLost as exc:
                 logger.warning("%s: finished too late: %s", label, exc.detail)
