@@ -1,1 +1,2 @@
-"""hpsearch study service: a REST API over Optuna studies and the trial protocol workers pull from."""
+"""hpsearch study service: a REST API over Optuna studies, and the trial protocol that workers
+pull from."""

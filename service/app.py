@@ -15,7 +15,7 @@ from service.api.errors import install_error_handlers
 from service.api.router import api_router
 from service.api.routes import health
 from service.budget import Budget
-from service.dashboard import DashboardMount, build_dashboard
+from service.dashboard import DashboardMount
 from service.errors import NotFound
 from service.lease_keeper import LeaseKeeper
 from service.metrics import LatencyMiddleware, StorageCollector
@@ -40,7 +40,7 @@ def _trial_counts(registry: StudyRegistry) -> Any:
         for name in registry.names():
             try:
                 handle = registry.get(name)
-            except NotFound:
+            except (NotFound, KeyError):  # deleted meanwhile
                 continue
             budget = Budget.of(handle.study.get_trials(deepcopy=False), handle.spec.n_trials)
             out[name] = budget.counts.model_dump()
@@ -62,7 +62,7 @@ def open_services(settings: Settings) -> Services:
         settings=settings,
         backend=backend,
         registry=registry,
-        studies=StudyService(backend, registry, settings.public_url),
+        studies=StudyService(backend, registry, settings.public_url, settings.keep_top_k),
         protocol=protocol,
         app_collector=collector,
     )
@@ -75,10 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = open_services(settings)
         app.state.services = services
-        app.state.dashboard = build_dashboard(services.backend)
-        keeper = LeaseKeeper(services.protocol.sweep, max(0.5, settings.heartbeat_interval / 2))
+        keeper = LeaseKeeper(
+            services.protocol.sweep,
+            every_s=max(0.5, settings.heartbeat_interval / 2),
+            grace_s=settings.grace_period,
+        )
         keeper.start()
-        logger.info("serving storage %s", services.backend.engine.url.render_as_string(hide_password=True))
+        url = services.backend.engine.url.render_as_string(hide_password=True)
+        logger.info("serving storage %s", url)
         try:
             yield
         finally:
@@ -95,7 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.include_router(health.router)
 
-    @app.api_route("/api/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+    @app.api_route(
+        "/api/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False
+    )
     def unknown_api_path(rest: str, request: Request) -> None:
         raise NotFound(f"no such endpoint: {request.method} /api/v1/{rest}")
 
@@ -106,7 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 class BodyLimit:
-    """Refuse JSON bodies over the limit with 413 before they are read into memory.
+    """Refuse JSON bodies over the limit with 413 before they are read into memory: by their
+    declared length, or, for a chunked body with none, by counting while buffering it.
     Checkpoint and weights uploads (PUT) have their own, larger limit."""
 
     def __init__(self, app: Any, limit: int) -> None:
@@ -118,11 +125,40 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body",
-                        "body": b'{"detail": "the request body is too large"}'})
+        declared = headers.get(b"content-length")
+        if declared is not None:  # the HTTP server never passes on more than this
+            if declared.isdigit() and int(declared) > self.limit:
+                await _too_large(send)
+            else:
+                await self.app(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await _too_large(send)
+                return
+            more = message.get("more_body", False)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return body
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Any) -> None:
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body",
+                "body": b'{"detail": "the request body is too large"}'})

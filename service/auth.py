@@ -47,7 +47,9 @@ def role_of(settings: Settings, token: str | None) -> Role:
         (settings.worker_token, Role.WORKER),
         (settings.read_token, Role.READ),
     ):
-        if candidate is not None and hmac.compare_digest(given, candidate.get_secret_value().encode()):
+        if candidate is None:
+            continue
+        if hmac.compare_digest(given, candidate.get_secret_value().encode()):
             role = max(role, candidate_role)
     return role
 

@@ -44,7 +44,8 @@ class Budget:
     def can_sample(self) -> bool:
         """Whether a new trial may be sampled. Failed trials do not use up the budget: the
         budget is exactly n_trials finished (COMPLETE + PRUNED) trials."""
-        return self.finished + self.in_flight < self.n_trials and self.failed_final < self.fail_limit
+        room = self.finished + self.in_flight < self.n_trials
+        return room and self.failed_final < self.fail_limit
 
     def done(self) -> bool:
         return self.in_flight == 0 and not self.can_sample()

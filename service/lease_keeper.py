@@ -5,16 +5,25 @@ lock keeps them from stepping on each other."""
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    def __init__(self, sweep: Callable[[], None], every_s: float) -> None:
+    """Calls `sweep(fail_stale)` every `every_s` seconds.
+
+    While the database is unreachable no worker can renew its lease, so after a failed sweep
+    stale trials are left alone until `grace_s` seconds after the database answers again:
+    the workers get one lease period to send their heartbeats."""
+
+    def __init__(self, sweep: Callable[[bool], None], every_s: float, grace_s: float) -> None:
         self._sweep = sweep
         self._every_s = every_s
+        self._grace_s = grace_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hpsearch-lease-keeper", daemon=True)
 
@@ -26,8 +35,15 @@ class LeaseKeeper:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        hold_until = 0.0  # no failing of stale trials before this (monotonic) time
         while not self._stop.wait(self._every_s):
             try:
-                self._sweep()
+                self._sweep(time.monotonic() >= hold_until)
             except Exception as exc:  # the database may be down; try again next round
+                hold_until = math.inf
                 logger.warning("lease sweep failed: %s", type(exc).__name__)
+                continue
+            if hold_until == math.inf:  # the database is back: give the workers a lease period
+                hold_until = time.monotonic() + self._grace_s
+                logger.info("database reachable again; failing stale trials from %.0f s on",
+                            self._grace_s)

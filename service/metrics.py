@@ -13,8 +13,12 @@ from prometheus_client.registry import Collector
 
 CLAIMS = Counter("hpsearch_claims", "Trials handed out to workers", ["study"])
 REPORTS = Counter("hpsearch_reports", "Epoch reports received", ["study"])
-STALE_TRIALS = Counter("hpsearch_stale_trials_failed", "Trials failed for lack of heartbeats", ["study"])
-RETRIES = Counter("hpsearch_retries", "Trials re-queued after a worker died or handed back", ["study"])
+STALE_TRIALS = Counter(
+    "hpsearch_stale_trials_failed", "Trials failed for lack of heartbeats", ["study"]
+)
+RETRIES = Counter(
+    "hpsearch_retries", "Trials re-queued after a worker died or handed back", ["study"]
+)
 LATENCY = Histogram(
     "hpsearch_request_seconds",
     "API latency by route",
@@ -47,8 +51,28 @@ def render(collector: StorageCollector) -> bytes:
     return generate_latest(REGISTRY) + generate_latest(registry)
 
 
+def route_template(scope: dict[str, Any]) -> str | None:
+    """The matched route's path template, e.g. /api/v1/trials/{trial_id}/report.
+
+    FastAPI keeps an included route's own path in scope["route"] (/trials/{trial_id}/report,
+    without the prefix it was included under), so the prefix is taken from the request path:
+    the part before where the route's pattern matches."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    pattern = getattr(route, "path_regex", None)
+    if template is None or pattern is None:
+        return None
+    path = scope["path"]
+    if pattern.match(path):
+        return template
+    for i in range(1, len(path)):
+        if path[i] == "/" and pattern.match(path[i:]):
+            return path[:i] + template
+    return None
+
+
 class LatencyMiddleware:
-    """Times every request by its route template (pure ASGI: no per-request task overhead)."""
+    """Times every API request by its route template (pure ASGI: no per-request task)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -61,7 +85,6 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, send)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None)
-            if path is not None and path.startswith("/api/"):
+            path = route_template(scope)
+            if path is not None and path.startswith("/api/v1/"):
                 LATENCY.labels(scope["method"], path).observe(time.perf_counter() - start)

@@ -146,7 +146,9 @@ def _gp_sampler(spec: GPSpec, _space: dict[str, list[Any]] | None) -> optuna.sam
     return optuna.samplers.GPSampler(**_options(spec))
 
 
-def _grid_sampler(spec: GridSpec, space: dict[str, list[Any]] | None) -> optuna.samplers.BaseSampler:
+def _grid_sampler(
+    spec: GridSpec, space: dict[str, list[Any]] | None
+) -> optuna.samplers.BaseSampler:
     assert space is not None, "grid spaces are checked before the sampler is built"
     return optuna.samplers.GridSampler(space, seed=spec.seed)
 
@@ -170,7 +172,9 @@ PRUNERS: dict[str, Callable[[Any], optuna.pruners.BasePruner]] = {
 }
 
 
-def build_sampler(spec: BaseModel, grid: dict[str, list[Any]] | None) -> optuna.samplers.BaseSampler:
+def build_sampler(
+    spec: BaseModel, grid: dict[str, list[Any]] | None
+) -> optuna.samplers.BaseSampler:
     return SAMPLERS[spec.name](spec, grid)  # type: ignore[attr-defined]
 
 

@@ -7,11 +7,12 @@ trials whose heartbeat is older than the grace period and re-queues them with th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import optuna
 from optuna.artifacts import upload_artifact
@@ -30,13 +31,21 @@ logger = logging.getLogger(__name__)
 
 _RUNNING_ONLY = "trial {number} of {study} is {state}: its lease has ended"
 
+# Optuna 4.9 renamed RetryFailedTrialCallback (the old name goes away in 6.0).
+_RETRY_CALLBACK = getattr(
+    optuna.storages, "RetryHeartbeatStaleTrialCallback", None
+) or optuna.storages.RetryFailedTrialCallback
+
+# User attrs a retry inherits from the trial it retries that describe that trial's own run.
+_PER_RUN_ATTRS = ("fail_reason", "val_accuracy", "resumed_from_epoch", "device")
+
 
 class TrialProtocol:
     def __init__(self, backend: Backend, registry: StudyRegistry, settings: Settings) -> None:
         self._backend = backend
         self._registry = registry
         self._settings = settings
-        self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retries)
+        self._retry = _RETRY_CALLBACK(max_retry=settings.max_retries)
         self._collected: set[str] = set()
 
     # --- leases --------------------------------------------------------------------------------
@@ -53,13 +62,23 @@ class TrialProtocol:
         if len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before:
             metrics.RETRIES.labels(study.study_name).inc()
 
-    def sweep(self) -> None:
-        """Fail stale trials of every study and re-queue them; collect unneeded artifacts."""
+    def sweep(self, fail_stale: bool = True) -> None:
+        """Fail stale trials of every study and re-queue them; collect unneeded artifacts.
+
+        A running trial with no heartbeat at all (its server died while handing it out) gets
+        one now, so that it goes stale after a grace period like any other lost lease.
+        `fail_stale` is False while the database has only just come back: workers could not
+        renew their leases while it was away."""
         for name in self._registry.names():
             try:
                 handle = self._registry.get(name)
                 with self._backend.claim_lock.hold(handle.study_id):
-                    optuna.storages.fail_stale_trials(handle.study)
+                    for trial_id in self._backend.running_without_heartbeat(handle.study_id):
+                        logger.warning("trial id %d of %s has no lease; starting one", trial_id,
+                                       name)
+                        self._backend.storage.record_heartbeat(trial_id)
+                    if fail_stale:
+                        optuna.storages.fail_stale_trials(handle.study)
                 self.collect_garbage(handle)
             except NotFound:
                 continue
@@ -98,13 +117,20 @@ class TrialProtocol:
         if budget.counts.waiting == 0 and not budget.can_sample():
             return None
         # ask() hands out a waiting trial (the baseline, a retry) before sampling a new one.
-        trial = study.ask(fixed_distributions=handle.distributions)
+        # Should this process die before the heartbeat is recorded, the sweep finds the trial.
+        trial_id = study.ask(fixed_distributions=handle.distributions)._trial_id
         storage = self._backend.storage
-        storage.record_heartbeat(trial._trial_id)
-        trial.set_user_attr("worker", request.worker_id)
+        storage.record_heartbeat(trial_id)
+        frozen = storage.get_trial(trial_id)  # a running trial: our own copy, never the cache's
+        attrs: dict[str, Any] = {"worker": request.worker_id}
+        for key in _PER_RUN_ATTRS:  # a retry's copies of its predecessor's: not its own
+            if frozen.user_attrs.get(key) is not None:
+                attrs[key] = None
         if request.device:
-            trial.set_user_attr("device", request.device)
-        frozen = storage.get_trial(trial._trial_id)
+            attrs["device"] = request.device
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        frozen.user_attrs.update(attrs)
         resume = self._resume(handle, frozen, trials)
         logger.info("trial %d of %s -> %s%s", frozen.number, handle.name, request.worker_id,
                     f" (resuming after epoch {resume.epoch})" if resume else "")
@@ -121,7 +147,9 @@ class TrialProtocol:
             resume=resume,
         )
 
-    def _resume(self, handle: StudyHandle, trial: FrozenTrial, trials: list[FrozenTrial]) -> Resume | None:
+    def _resume(
+        self, handle: StudyHandle, trial: FrozenTrial, trials: list[FrozenTrial]
+    ) -> Resume | None:
         """A retried trial continues from its predecessor's last checkpoint: copy the epochs the
         checkpoint covers so the learning curve (and the pruner) sees them."""
         previous = retry_of(trial)
@@ -156,32 +184,33 @@ class TrialProtocol:
             self._backend.touch_worker(worker, study=handle.name, trial_number=trial.number,
                                        trial_id=trial_id)
 
-    def report(self, trial_id: int, epoch: int, val_loss: float, val_accuracy: float | None) -> ReportAnswer:
+    def report(
+        self, trial_id: int, epoch: int, val_loss: float, val_accuracy: float | None
+    ) -> ReportAnswer:
         handle, trial = self._registry.for_trial(trial_id)
         if trial.state == TrialState.PRUNED and epoch in trial.intermediate_values:
             return ReportAnswer(prune=True)  # the same report again, after it pruned the trial
         if trial.state != TrialState.RUNNING:
             raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
                                                 state=state_name(trial.state)))
-        self._backend.storage.record_heartbeat(trial_id)
-        live = optuna.trial.Trial(handle.study, trial_id)
-        if epoch not in trial.intermediate_values:
+        storage = self._backend.storage
+        storage.record_heartbeat(trial_id)
+        if epoch not in trial.intermediate_values:  # else a retried report: answer it again
             expected = max(trial.intermediate_values, default=-1) + 1
             if epoch != expected:
                 raise InvalidInput(f"epochs must be reported in order: expected epoch {expected}",
                                    field="epoch")
             if val_accuracy is not None:
-                live.set_user_attr("val_accuracy", val_accuracy)
-            live.report(val_loss, epoch)
+                storage.set_trial_user_attr(trial_id, "val_accuracy", val_accuracy)
+            storage.set_trial_intermediate_value(trial_id, epoch, val_loss)
+            trial.intermediate_values[epoch] = val_loss  # `trial` is our own copy
         metrics.REPORTS.labels(handle.name).inc()
         # A trial that has trained its last epoch is not pruned: its result is complete.
         last_epoch = epoch >= handle.spec.training.epochs - 1
-        prune = not last_epoch and live.should_prune()
+        # What Trial.should_prune asks, without re-reading the trial twice.
+        prune = not last_epoch and handle.study.pruner.prune(handle.study, trial)
         if prune:
-            try:
-                handle.study.tell(trial.number, state=TrialState.PRUNED)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another server process pruned it first
+            self._finish(handle, trial, TrialState.PRUNED)
             logger.info("trial %d of %s pruned after epoch %d", trial.number, handle.name, epoch)
             self.collect_garbage(handle)
         return ReportAnswer(prune=prune)
@@ -193,30 +222,46 @@ class TrialProtocol:
         if trial.state != TrialState.RUNNING:
             raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
                                                 state=state_name(trial.state)))
-        if val_accuracy is not None:
-            self._backend.storage.set_trial_user_attr(trial_id, "val_accuracy", val_accuracy)
-        try:
-            handle.study.tell(trial.number, val_loss)
-        except optuna.exceptions.UpdateFinishedTrialError as exc:
-            raise Conflict(f"trial {trial.number} of {handle.name} already finished") from exc
+        # If it finished meanwhile, _finish says how.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if val_accuracy is not None:
+                self._backend.storage.set_trial_user_attr(trial_id, "val_accuracy", val_accuracy)
+        ended = self._finish(handle, trial, TrialState.COMPLETE, val_loss)
+        if ended != TrialState.COMPLETE:  # the lease sweep failed it, or a report pruned it
+            raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
+                                                state=state_name(ended)))
         logger.info("trial %d of %s complete: val_loss %.4g", trial.number, handle.name, val_loss)
         self._finished(handle, trial)
         return TrialAck(trial_id=trial_id, state="complete")
 
     def fail(self, trial_id: int, reason: str, retry: bool) -> TrialAck:
         handle, trial = self._running(trial_id)
-        self._backend.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        try:
-            handle.study.tell(trial.number, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError as exc:
-            raise Conflict(f"trial {trial.number} of {handle.name} already finished") from exc
-        logger.info("trial %d of %s failed%s: %s", trial.number, handle.name,
-                    " (handed back)" if retry else "", reason)
-        if retry:
-            with self._backend.claim_lock.hold(handle.study_id):
+        # Under the claim lock: between the FAIL and the re-queued copy, a claim would count
+        # one trial fewer in flight and sample one too many.
+        with self._backend.claim_lock.hold(handle.study_id):
+            handle, trial = self._running(trial_id)
+            self._backend.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+            # The sweep takes the same lock: FAIL can only be ours.
+            ended = self._finish(handle, trial, TrialState.FAIL)
+            if ended != TrialState.FAIL:  # completed or pruned meanwhile
+                raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
+                                                    state=state_name(ended)))
+            logger.info("trial %d of %s failed%s: %s", trial.number, handle.name,
+                        " (handed back)" if retry else "", reason)
+            if retry:
                 self._requeue(handle.study, self._backend.storage.get_trial(trial_id))
         self._finished(handle, trial)
         return TrialAck(trial_id=trial_id, state="fail")
+
+    def _finish(self, handle: StudyHandle, trial: FrozenTrial, state: TrialState,
+                value: float | None = None) -> TrialState:
+        """Tell Optuna how the trial ended; returns the state it is in afterwards. Another
+        request or server process may have finished it first (the same message sent twice at
+        once, the lease sweep): then the state is the one they gave it."""
+        try:
+            return handle.study.tell(trial.number, value, state=state, skip_if_finished=True).state
+        except optuna.exceptions.UpdateFinishedTrialError:  # finished between check and write
+            return self._backend.storage.get_trial(trial._trial_id).state
 
     def _finished(self, handle: StudyHandle, trial: FrozenTrial) -> None:
         worker = trial.user_attrs.get("worker")
@@ -252,11 +297,13 @@ class TrialProtocol:
 
     def open_weights(self, study: str, number: int) -> BinaryIO:
         handle = self._registry.get(study)
-        trial = next((t for t in handle.study.get_trials(deepcopy=False) if t.number == number), None)
+        trials = handle.study.get_trials(deepcopy=False)
+        trial = next((t for t in trials if t.number == number), None)
         if trial is None:
             raise NotFound(f"study {study!r} has no trial {number}")
         artifact_id = trial.system_attrs.get(WEIGHTS_ATTR)
-        if artifact_id is None or artifact_id in self._collected:
+        top = {t.number for t in ranked(trials)[: self._settings.keep_top_k]}
+        if artifact_id is None or number not in top:
             raise NotFound(f"trial {number} of {study!r} has no kept weights (only the top "
                            f"{self._settings.keep_top_k} complete trials keep theirs)")
         return self._open(artifact_id, "weights")

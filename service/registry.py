@@ -9,15 +9,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import yaml
 from optuna.distributions import BaseDistribution
 from pydantic import ValidationError
 
 from service.errors import Conflict, InvalidInput, NotFound
 from service.optimizers import build_pruner, build_sampler
-from service.search_space import SearchSpace, grid_values, load_named_space, param_contains, to_distributions
+from service.search_space import (
+    SearchSpace,
+    describe,
+    grid_values,
+    load_named_space,
+    param_contains,
+    to_distributions,
+)
 from service.settings import Settings
 from service.spec import StudySpec, check_paths, recipe
 from service.storage import Backend, utcnow
+from service.validation import format_errors
 
 logger = logging.getLogger(__name__)
 
@@ -60,20 +69,35 @@ class StudyRegistry:
             return spec.search_space
         try:
             return load_named_space(spec.search_space, self._settings.search_spaces_dir)
-        except (ValueError, ValidationError) as exc:
+        except ValidationError as exc:
+            errors = format_errors(exc.errors(), None)
+            problems = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+            raise InvalidInput(f"search space {spec.search_space!r} is invalid: {problems}",
+                               field="search_space") from exc
+        except (ValueError, OSError, yaml.YAMLError) as exc:
             raise InvalidInput(str(exc), field="search_space") from exc
 
     def check(self, spec: StudySpec) -> SearchSpace:
         """The checks that need more than the spec itself. Raises InvalidInput."""
         space = self.resolve_space(spec)
         if spec.baseline is not False:
+            given = spec.baseline.model_fields_set
+            values = recipe(spec)  # what the baseline trial runs
             for name, param in space.root.items():
-                value = getattr(spec.baseline, name)
-                if value is not None and not param_contains(param, value):
-                    raise InvalidInput(
-                        f"baseline value {value!r} lies outside the search space's {name}",
-                        field=f"baseline.{name}",
-                    )
+                value = values[name]
+                if param_contains(param, value):
+                    continue
+                if name == "batch_size" and spec.baseline.batch_size is None:
+                    source = "taken from data.batch_size"
+                elif name not in given:
+                    source = "the common recipe's; set baseline." + name + " or baseline: false"
+                else:
+                    source = "given"
+                raise InvalidInput(
+                    f"baseline value {value!r} ({source}) is not a value of the search "
+                    f"space's {name}: {describe(param)}",
+                    field=f"baseline.{name}",
+                )
         for field, reason in check_paths(spec, self._settings.allowed_roots):
             raise InvalidInput(reason, field=field)
         self._build(spec, space)  # option checks that only the factories can make

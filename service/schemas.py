@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 Finite = Field(allow_inf_nan=False)
 WORKER_ID = r"^[A-Za-z0-9._:@-]{1,128}$"
@@ -43,8 +42,8 @@ class TrialPublic(BaseModel):
     retry_of: int | None = Field(description="Number of the trial this one retries")
     resumed_from_epoch: int | None = Field(description="First epoch this trial trained itself")
     fail_reason: str | None
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
+    started_at: AwareDatetime | None
+    finished_at: AwareDatetime | None
     duration_s: float | None
     has_weights: bool
 
@@ -81,7 +80,7 @@ class StudyPublic(BaseModel):
         description="How much lower the best val loss is than the baseline's, in percent"
     )
     dashboard_url: str
-    created_at: dt.datetime | None
+    created_at: AwareDatetime | None
     spec: dict[str, Any]
 
 
@@ -99,7 +98,9 @@ class TrialClaim(_In):
 
 
 class Resume(BaseModel):
-    epoch: int = Field(description="The last epoch the checkpoint holds; training continues after it")
+    epoch: int = Field(
+        description="The last epoch the checkpoint holds; training continues after it"
+    )
     checkpoint_url: str
 
 
@@ -153,7 +154,7 @@ class WorkerPublic(BaseModel):
     device: str | None
     study: str | None
     trial_number: int | None
-    last_seen: dt.datetime
+    last_seen: AwareDatetime
 
 
 class Health(BaseModel):

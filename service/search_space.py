@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 
 import optuna
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Number = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -126,18 +127,28 @@ class SearchSpace(RootModel[dict[str, Param]]):
     def _known_names(self) -> SearchSpace:
         if not self.root:
             raise ValueError("the search space is empty")
+        problems = []
         for name, param in self.root.items():
             rule = HYPERPARAMETERS.get(name)
             if rule is None:
-                known = ", ".join(HYPERPARAMETERS)
-                raise ValueError(f"unknown hyperparameter {name!r}; known: {known}")
-            problem = _param_problem(rule, param)
-            if problem:
-                raise ValueError(f"{name}: {problem}")
+                why = f"unknown hyperparameter {name!r}; known: {', '.join(HYPERPARAMETERS)}"
+            else:
+                why = _param_problem(rule, param)
+            if why is not None:  # reported at the parameter's own path: search_space.<name>
+                problems.append(InitErrorDetails(
+                    type=PydanticCustomError("search_space", "{reason}", {"reason": why}),
+                    loc=(name,),
+                    input=param.model_dump(),
+                ))
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
 
-def _param_problem(rule: Hyperparameter, param: FloatParam | IntParam | CategoricalParam) -> str | None:
+AnyParam = FloatParam | IntParam | CategoricalParam
+
+
+def _param_problem(rule: Hyperparameter, param: AnyParam) -> str | None:
     if isinstance(param, CategoricalParam):
         for choice in param.choices:
             if (why := rule.check(choice)) is not None:
@@ -154,14 +165,32 @@ def _param_problem(rule: Hyperparameter, param: FloatParam | IntParam | Categori
 
 
 def param_contains(param: FloatParam | IntParam | CategoricalParam, value: Any) -> bool:
+    """Whether `value` is one the parameter's Optuna distribution can hold: inside the range
+    and on its step, or one of the choices (of the same type: true is not 1)."""
     if isinstance(param, CategoricalParam):
-        # true == 1 in Python; a bool baseline must match a bool choice and a number a number.
         return any(
             value == c and isinstance(value, bool) == isinstance(c, bool) for c in param.choices
         )
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return param.low <= value <= param.high
+    if not math.isfinite(value) or (param.log and value <= 0):
+        return False
+    if isinstance(param, IntParam) and not float(value).is_integer():
+        return False
+    distribution = to_distribution(param)
+    return distribution._contains(distribution.to_internal_repr(value))
+
+
+def describe(param: FloatParam | IntParam | CategoricalParam) -> str:
+    """The parameter's values in words, for error messages."""
+    if isinstance(param, CategoricalParam):
+        return f"one of {param.choices}"
+    text = f"{param.type} in [{param.low}, {param.high}]"
+    if param.log:
+        text += ", log scale"
+    if param.step not in (None, 1) or (isinstance(param, FloatParam) and param.step == 1):
+        text += f", step {param.step}"
+    return text
 
 
 SPACE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -176,19 +205,21 @@ def load_named_space(name: str, folder: Path) -> SearchSpace:
         known = sorted(p.stem for p in folder.glob("*.yaml"))
         raise ValueError(f"no search space named {name!r}; known: {', '.join(known) or 'none'}")
     document = yaml.safe_load(path.read_text())
-    return SearchSpace.model_validate(document.get("params", document) if isinstance(document, dict) else document)
+    if isinstance(document, dict):
+        document = document.get("params", document)
+    return SearchSpace.model_validate(document)
+
+
+def to_distribution(p: AnyParam) -> optuna.distributions.BaseDistribution:
+    if isinstance(p, FloatParam):
+        return optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    if isinstance(p, IntParam):
+        return optuna.distributions.IntDistribution(p.low, p.high, log=p.log, step=p.step)
+    return optuna.distributions.CategoricalDistribution(p.choices)
 
 
 def to_distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
-    out: dict[str, optuna.distributions.BaseDistribution] = {}
-    for name, p in space.root.items():
-        if isinstance(p, FloatParam):
-            out[name] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, IntParam):
-            out[name] = optuna.distributions.IntDistribution(p.low, p.high, log=p.log, step=p.step)
-        else:
-            out[name] = optuna.distributions.CategoricalDistribution(p.choices)
-    return out
+    return {name: to_distribution(p) for name, p in space.root.items()}
 
 
 MAX_GRID_POINTS = 100_000

@@ -20,7 +20,9 @@ class Settings(BaseSettings):
         env_prefix="HPSEARCH_", extra="ignore", frozen=True, env_ignore_empty=True
     )
 
-    data_dir: Path = Field(Path(".hpsearch"), description="Folder for the SQLite file and artifacts")
+    data_dir: Path = Field(
+        Path(".hpsearch"), description="Folder for the SQLite file and artifacts"
+    )
     storage: SecretStr | None = Field(
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/hpsearch.db"
     )
@@ -33,7 +35,9 @@ class Settings(BaseSettings):
     )
 
     heartbeat_interval: int = Field(10, ge=1, le=3600)
-    lease_grace: int | None = Field(None, ge=1, description="Seconds; default 3x heartbeat_interval")
+    lease_grace: int | None = Field(
+        None, ge=1, description="Seconds; default 3x heartbeat_interval"
+    )
     max_retries: int = Field(3, ge=0, le=100, description="Retries of a trial whose worker died")
     keep_top_k: int = Field(5, ge=1, le=1000, description="Trials whose final weights are kept")
     max_body_bytes: int = Field(1 << 20, description="Largest JSON body accepted")

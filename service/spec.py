@@ -8,9 +8,18 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from service.optimizers import PrunerSpec, SamplerSpec, TPESpec, MedianSpec
+from service.optimizers import MedianSpec, PrunerSpec, SamplerSpec, TPESpec
 from service.search_space import COMMON_RECIPE, HYPERPARAMETERS, SearchSpace
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
@@ -31,19 +40,27 @@ class ModelSpec(_Strict):
 
 class DataSpec(_Strict):
     kind: Literal["imagefolder", "digits"] = "imagefolder"
-    root: str | None = Field(None, min_length=1, max_length=4096)
+    root: str | None = Field(None, min_length=1, max_length=4096, validate_default=True)
     image_size: int = Field(224, ge=8, le=1024)
     batch_size: int = Field(64, ge=1, le=8192)
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(None, min_length=2, max_length=10)
+    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(
+        None, min_length=2, max_length=10
+    )
     augment: bool = True
+
+    @field_validator("root")
+    @classmethod
+    def _root_for_kind(cls, root: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")
+        if kind == "imagefolder" and root is None:
+            raise ValueError("root is required for kind imagefolder")
+        if kind == "digits" and root is not None:
+            raise ValueError("kind digits ships with scikit-learn and takes no root")
+        return root
 
     @model_validator(mode="after")
     def _kind_fields(self) -> DataSpec:
-        if self.kind == "imagefolder" and self.root is None:
-            raise ValueError("root is required for kind imagefolder")
-        if self.kind == "digits" and self.root is not None:
-            raise ValueError("kind digits ships with scikit-learn and takes no root")
         if self.classes is not None:
             if self.kind != "digits":
                 raise ValueError("classes selects digit classes and needs kind digits")
@@ -56,7 +73,9 @@ class TrainingSpec(_Strict):
     epochs: int = Field(10, ge=1, le=10_000)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     compile: bool = False
-    checkpoint_every: int = Field(1, ge=0, le=10_000, description="Epochs between checkpoints; 0: none")
+    checkpoint_every: int = Field(
+        1, ge=0, le=10_000, description="Epochs between checkpoints; 0: none"
+    )
 
 
 class Baseline(_Strict):
@@ -81,14 +100,25 @@ class Baseline(_Strict):
         return value
 
 
+def _space_kind(value: Any) -> str:
+    return "named" if isinstance(value, str) else "inline"
+
+
+# A file in search_spaces/ by name, or an inline mapping. The tag picks the one branch to
+# validate, so an error names what is wrong with the space rather than "not a string".
+SearchSpaceRef = Annotated[
+    Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$"), Tag("named")]
+    | Annotated[SearchSpace, Tag("inline")],
+    Discriminator(_space_kind),
+]
+
+
 class StudySpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     model: ModelSpec = ModelSpec()
     data: DataSpec
     training: TrainingSpec = TrainingSpec()
-    search_space: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$")] | SearchSpace = (
-        "sgd_steplr_warmup"
-    )
+    search_space: SearchSpaceRef = "sgd_steplr_warmup"
     sampler: SamplerSpec = TPESpec(name="tpe")
     pruner: PrunerSpec = MedianSpec(name="median", n_startup_trials=5, n_warmup_steps=1)
     n_trials: int = Field(50, ge=1, le=100_000)
@@ -115,12 +145,14 @@ def check_paths(spec: StudySpec, allowed_roots: list[Path]) -> list[tuple[str, s
         return []
     problems = []
     roots = [r.resolve() for r in allowed_roots]
-    for field, value in (("data.root", spec.data.root), ("model.weights_path", spec.model.weights_path)):
+    paths = (("data.root", spec.data.root), ("model.weights_path", spec.model.weights_path))
+    for field, value in paths:
         if value is None:
             continue
         path = Path(value).resolve()
         if not any(path.is_relative_to(root) for root in roots):
-            problems.append((field, f"must lie under one of the allowed folders ({', '.join(map(str, roots))})"))
+            allowed = ", ".join(map(str, roots))
+            problems.append((field, f"must lie under one of the allowed folders ({allowed})"))
     return problems
 
 

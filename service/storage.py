@@ -77,10 +77,12 @@ class ClaimLock:
         with self._thread_lock(study_id):
             if self._engine.dialect.name == "postgresql":
                 with self._engine.begin() as conn:
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": 0x6870, "b": study_id})
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:a, :b)"),
+                                 {"a": 0x6870, "b": study_id})
                     yield
             elif self._sqlite_path is not None:
-                lock_path = self._sqlite_path.with_suffix(self._sqlite_path.suffix + f".claim-{study_id}.lock")
+                suffix = self._sqlite_path.suffix + f".claim-{study_id}.lock"
+                lock_path = self._sqlite_path.with_suffix(suffix)
                 with open(lock_path, "a+b") as handle:
                     fcntl.flock(handle, fcntl.LOCK_EX)
                     try:

@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 
 import optuna
 
 from service.budget import Budget
+from service.errors import NotFound
 from service.registry import STOPPED_ATTR, StudyHandle, StudyRegistry
 from service.schemas import BestList, StudyPublic, TrialPublic
 from service.spec import StudySpec
 from service.storage import Backend
-from service.views import baseline_trial, best_trial, improvement_pct, ranked, trial_public
+from service.views import (
+    baseline_trial,
+    best_trial,
+    improvement_pct,
+    local_time,
+    ranked,
+    trial_public,
+    utc_time,
+)
 
 logger = logging.getLogger(__name__)
 
 
 class StudyService:
-    def __init__(self, backend: Backend, registry: StudyRegistry, public_url: str | None) -> None:
+    def __init__(self, backend: Backend, registry: StudyRegistry, public_url: str | None,
+                 keep_top_k: int) -> None:
         self._backend = backend
         self._registry = registry
         self._public_url = (public_url or "").rstrip("/")
+        self._keep_top_k = keep_top_k
 
     def dashboard_url(self, handle: StudyHandle, base_url: str) -> str:
         base = self._public_url or base_url.rstrip("/")
@@ -35,9 +47,11 @@ class StudyService:
     def list(self, base_url: str) -> list[StudyPublic]:
         out = []
         for name in self._registry.names():
+            # A study deleted meanwhile by another process is skipped (Optuna's storage says
+            # KeyError); anything else, the database gone above all, is no shorter list.
             try:
                 out.append(self.summary(name, base_url))
-            except Exception:  # a study deleted meanwhile by another process
+            except (NotFound, KeyError):
                 logger.debug("skipping study %s", name, exc_info=True)
         return out
 
@@ -64,9 +78,11 @@ class StudyService:
             counts=budget.counts,
             best=best,
             baseline=best_trial(handle, base, base_loss) if base else None,
-            improvement_over_baseline_pct=improvement_pct(best.val_loss if best else None, base_loss),
+            improvement_over_baseline_pct=improvement_pct(
+                best.val_loss if best else None, base_loss
+            ),
             dashboard_url=self.dashboard_url(handle, base_url),
-            created_at=dt.datetime.fromisoformat(created) if created else (
+            created_at=utc_time(dt.datetime.fromisoformat(created)) if created else local_time(
                 min((t.datetime_start for t in trials if t.datetime_start), default=None)
             ),
             spec=handle.spec.model_dump(mode="json"),
@@ -85,7 +101,9 @@ class StudyService:
 
     def trials(self, name: str) -> list[TrialPublic]:
         handle = self._registry.get(name)
-        return [trial_public(handle, t) for t in handle.study.get_trials(deepcopy=False)]
+        trials = handle.study.get_trials(deepcopy=False)
+        top_k = {t.number for t in ranked(trials)[: self._keep_top_k]}
+        return [trial_public(handle, t, top_k) for t in trials]
 
     def stop(self, name: str, base_url: str) -> StudyPublic:
         handle = self._registry.get(name)
@@ -104,8 +122,6 @@ class StudyService:
         optuna.delete_study(study_name=name, storage=self._backend.storage)
         self._registry.forget(name)
         for artifact_id in artifact_ids:
-            try:
+            with contextlib.suppress(Exception):  # already collected
                 self._backend.artifacts.remove(artifact_id)
-            except Exception:  # already collected
-                pass
         logger.info("deleted study %s", name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -15,6 +16,16 @@ CHECKPOINT_ATTR = "hpsearch:checkpoint"
 
 def state_name(state: TrialState) -> str:
     return state.name.lower()
+
+
+def local_time(moment: dt.datetime | None) -> dt.datetime | None:
+    """An Optuna timestamp (the server's local time, stored without a zone) with its zone."""
+    return moment.astimezone() if moment is not None and moment.tzinfo is None else moment
+
+
+def utc_time(moment: dt.datetime | None) -> dt.datetime | None:
+    """One of hpsearch's own timestamps (UTC, stored without a zone) with its zone."""
+    return moment.replace(tzinfo=dt.UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def duration_s(trial: FrozenTrial) -> float | None:
@@ -36,7 +47,8 @@ def val_loss(trial: FrozenTrial) -> float | None:
     return None
 
 
-def trial_public(handle: StudyHandle, trial: FrozenTrial) -> TrialPublic:
+def trial_public(handle: StudyHandle, trial: FrozenTrial, top_k: set[int]) -> TrialPublic:
+    """`top_k`: the numbers of the trials whose final weights are kept."""
     attrs = trial.user_attrs
     return TrialPublic(
         trial_id=trial._trial_id,
@@ -54,10 +66,11 @@ def trial_public(handle: StudyHandle, trial: FrozenTrial) -> TrialPublic:
         retry_of=retry_of(trial),
         resumed_from_epoch=attrs.get("resumed_from_epoch"),
         fail_reason=attrs.get("fail_reason"),
-        started_at=trial.datetime_start,
-        finished_at=trial.datetime_complete,
+        started_at=local_time(trial.datetime_start),
+        finished_at=local_time(trial.datetime_complete),
         duration_s=duration_s(trial),
-        has_weights=WEIGHTS_ATTR in trial.system_attrs,
+        has_weights=WEIGHTS_ATTR in trial.system_attrs
+        and (trial.state == TrialState.RUNNING or trial.number in top_k),
     )
 
 
@@ -95,7 +108,8 @@ def best_trial(handle: StudyHandle, trial: FrozenTrial, baseline_loss: float | N
 
 
 def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """COMPLETE trials by validation loss, best first (pruned ones stopped early: not comparable)."""
+    """COMPLETE trials by validation loss, best first (pruned ones stopped early: they are not
+    comparable)."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     return sorted(done, key=lambda t: (t.value, t.number))
 

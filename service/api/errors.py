@@ -38,7 +38,9 @@ TRANSLATED: dict[type[Exception], ServiceError] = {
 }
 
 
-def _body(detail: str, field: str | None = None, errors: list[dict[str, str]] | None = None) -> dict:
+def _body(
+    detail: str, field: str | None = None, errors: list[dict[str, str]] | None = None
+) -> dict:
     body: dict = {"detail": detail}
     if field:
         body["field"] = field
@@ -67,6 +69,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8, not JSON)
+            reason = str(exc.detail)
+            body = _body(f"invalid request: body: {reason}", "body",
+                         [{"field": "body", "reason": reason}])
+            return JSONResponse(body, 422)
         return JSONResponse(_body(str(exc.detail)), exc.status_code, headers=exc.headers)
 
     for kind, meaning in TRANSLATED.items():

@@ -24,7 +24,11 @@ def healthz(services: ServicesDep) -> Health:
     "/metrics",
     dependencies=[READ],
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses={
+        200: {"content": {"text/plain": {}}},
+        401: {"model": ErrorBody, "description": "Tokens are on and none or a wrong one was sent"},
+        503: {"model": ErrorBody, "description": "No database"},
+    },
 )
 def prometheus_metrics(services: ServicesDep) -> Response:
     return Response(

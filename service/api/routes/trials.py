@@ -53,7 +53,9 @@ def report_epoch(trial_id: TrialId, body: TrialReport, services: ServicesDep) ->
 @router.post("/{trial_id}/heartbeat", responses=ERRORS)
 def heartbeat(trial_id: TrialId, services: ServicesDep) -> HeartbeatAnswer:
     services.protocol.heartbeat(trial_id)
-    return HeartbeatAnswer(trial_id=trial_id, heartbeat_interval=services.settings.heartbeat_interval)
+    return HeartbeatAnswer(
+        trial_id=trial_id, heartbeat_interval=services.settings.heartbeat_interval
+    )
 
 
 @router.post("/{trial_id}/complete", responses=ERRORS)
@@ -82,7 +84,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 UPLOAD = {
     "openapi_extra": {
-        "requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
     },
     "responses": {**ERRORS, 413: {"model": ErrorBody, "description": "Too large"}},
     "status_code": 204,

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from service.api.deps import READ, ServicesDep
 from service.schemas import WorkerPublic
+from service.views import utc_time
 
 router = APIRouter(prefix="/workers", tags=["workers"])
 
@@ -14,4 +15,8 @@ router = APIRouter(prefix="/workers", tags=["workers"])
 def list_workers(services: ServicesDep) -> list[WorkerPublic]:
     """Workers heard from (claim or heartbeat) within three lease grace periods."""
     rows = services.backend.list_workers(3 * services.settings.grace_period)
-    return [WorkerPublic(**{k: row[k] for k in WorkerPublic.model_fields}) for row in rows]
+    return [
+        WorkerPublic(**{**{k: row[k] for k in WorkerPublic.model_fields},
+                        "last_seen": utc_time(row["last_seen"])})
+        for row in rows
+    ]

@@ -1,0 +1,88 @@
+"""Fixtures for the service tests: servers shared by the tests of a module or of the session.
+
+Starting a server takes seconds, so tests that need nothing special share one per backend:
+every test works in studies of its own (unique names), so they stay independent. A server
+with other settings (short leases, tokens) gets a database of its own, since the lease sweep
+of one server acts on every study in its database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import Server, create_pg_database, drop_pg_database, free_port, server_env
+
+StorageMaker = Callable[[], str]
+ServerStarter = Callable[..., Server]
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage kind a test runs on; every API test runs on both."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def _pg_databases() -> Iterator[list[str]]:
+    created: list[str] = []
+    yield created
+    for url in created:
+        drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def new_storage(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, _pg_databases: list[str]
+) -> StorageMaker:
+    """Makes a fresh, empty storage of the current backend: a SQLite file or a PostgreSQL
+    database (dropped at the end of the session)."""
+
+    def make() -> str:
+        if backend == "sqlite":
+            return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'hpsearch.db'}"
+        try:
+            url = create_pg_database()
+        except Exception as exc:  # noqa: BLE001
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(f"PostgreSQL is not reachable ({type(exc).__name__})")
+        _pg_databases.append(url)
+        return url
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def start_server(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerStarter]:
+    """Starts `hpsearch serve` on a free port; the servers are stopped when the tests of the
+    backend are done."""
+    started: list[Server] = []
+
+    def start(storage: str, *, data_dir: Path | None = None, **settings: object) -> Server:
+        server = Server(storage=storage, data_dir=data_dir or tmp_path_factory.mktemp("server"),
+                        port=free_port(), env=server_env(**settings))
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shared_server(new_storage: StorageMaker, start_server: ServerStarter) -> Server:
+    """A server with default leases, shared by the tests of the session on one backend."""
+    return start_server(new_storage(), keep_top_k=2)
+
+
+@pytest.fixture
+def client(shared_server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=shared_server.url, timeout=60) as http:
+        yield http
