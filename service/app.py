@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
+import optuna
 from fastapi import FastAPI, Request
 
 from service.api.deps import Services
@@ -68,8 +70,19 @@ def open_services(settings: Settings) -> Services:
     )
 
 
+def quiet_optuna() -> None:
+    """The server drives Optuna's heartbeats and retries itself, by design: their experimental
+    and 'use with Study.optimize' warnings say nothing to an operator. Optuna's own log lines
+    go through the standard logging the entry point configured."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    quiet_optuna()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import optuna
 from optuna.artifacts import upload_artifact
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from service import metrics
@@ -47,6 +50,7 @@ class TrialProtocol:
         self._settings = settings
         self._retry = _RETRY_CALLBACK(max_retry=settings.max_retries)
         self._collected: set[str] = set()
+        self._renewed: dict[int, float] = {}
 
     # --- leases --------------------------------------------------------------------------------
     def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -96,9 +100,13 @@ class TrialProtocol:
                 continue
             if self._registry.is_stopped(handle):
                 continue
+            # Only the budget check and the trial's creation are serialised; sampling (TPE
+            # takes most of a claim's time) runs after, in parallel with other claims. The new
+            # trial already counts as running, so the budget stays exact.
             with self._backend.claim_lock.hold(handle.study_id):
-                trial = self._claim_in(handle, request)
-            if trial is not None:
+                started = self._start_trial(handle)
+            if started is not None:
+                trial = self._hand_out(handle, *started, request)
                 self._backend.touch_worker(
                     request.worker_id, study=name, trial_number=trial.number,
                     trial_id=trial.trial_id, **fields,
@@ -110,17 +118,26 @@ class TrialProtocol:
         )
         return None
 
-    def _claim_in(self, handle: StudyHandle, request: TrialClaim) -> ClaimedTrial | None:
+    def _start_trial(
+        self, handle: StudyHandle
+    ) -> tuple[optuna.trial.Trial, list[FrozenTrial]] | None:
+        """Under the claim lock: a new running trial if the budget allows one."""
         study = handle.study
         trials = study.get_trials(deepcopy=False)
         budget = Budget.of(trials, handle.spec.n_trials)
         if budget.counts.waiting == 0 and not budget.can_sample():
             return None
-        # ask() hands out a waiting trial (the baseline, a retry) before sampling a new one.
+        # ask() hands out a waiting trial (the baseline, a retry) before starting a new one.
         # Should this process die before the heartbeat is recorded, the sweep finds the trial.
-        trial_id = study.ask(fixed_distributions=handle.distributions)._trial_id
+        trial = study.ask()
+        self._backend.storage.record_heartbeat(trial._trial_id)
+        return trial, trials
+
+    def _hand_out(self, handle: StudyHandle, trial: optuna.trial.Trial,
+                  trials: list[FrozenTrial], request: TrialClaim) -> ClaimedTrial:
+        _suggest_all(trial, handle.distributions)  # a waiting trial's fixed params, or samples
+        trial_id = trial._trial_id
         storage = self._backend.storage
-        storage.record_heartbeat(trial_id)
         frozen = storage.get_trial(trial_id)  # a running trial: our own copy, never the cache's
         attrs: dict[str, Any] = {"worker": request.worker_id}
         for key in _PER_RUN_ATTRS:  # a retry's copies of its predecessor's: not its own
@@ -176,6 +193,16 @@ class TrialProtocol:
                                                 state=state_name(trial.state)))
         return handle, trial
 
+    def _renew_lease(self, trial_id: int) -> None:
+        """Reports renew the lease too, but at most twice a heartbeat interval: a database
+        write per report would cost more than the lease needs."""
+        now = time.monotonic()
+        if now - self._renewed.get(trial_id, -math.inf) >= self._settings.heartbeat_interval / 2:
+            self._backend.storage.record_heartbeat(trial_id)
+            self._renewed[trial_id] = now
+            if len(self._renewed) > 10_000:  # forget finished trials now and then
+                self._renewed = {k: v for k, v in self._renewed.items() if now - v < 3600}
+
     def heartbeat(self, trial_id: int) -> None:
         handle, trial = self._running(trial_id)
         self._backend.storage.record_heartbeat(trial_id)
@@ -194,7 +221,7 @@ class TrialProtocol:
             raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
                                                 state=state_name(trial.state)))
         storage = self._backend.storage
-        storage.record_heartbeat(trial_id)
+        self._renew_lease(trial_id)
         if epoch not in trial.intermediate_values:  # else a retried report: answer it again
             expected = max(trial.intermediate_values, default=-1) + 1
             if epoch != expected:
@@ -212,7 +239,7 @@ class TrialProtocol:
         if prune:
             self._finish(handle, trial, TrialState.PRUNED)
             logger.info("trial %d of %s pruned after epoch %d", trial.number, handle.name, epoch)
-            self.collect_garbage(handle)
+            self._finished(handle, trial)
         return ReportAnswer(prune=prune)
 
     def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None) -> TrialAck:
@@ -366,3 +393,12 @@ class TrialProtocol:
                 if key.startswith("artifacts:") and artifact_id not in keep:
                     self._remove(artifact_id)
 
+
+def _suggest_all(trial: optuna.trial.Trial, distributions: dict[str, BaseDistribution]) -> None:
+    for name, dist in distributions.items():
+        if isinstance(dist, FloatDistribution):
+            trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+        elif isinstance(dist, IntDistribution):
+            trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+        else:
+            trial.suggest_categorical(name, dist.choices)  # type: ignore[attr-defined]
