@@ -32,7 +32,14 @@ from worker.checkpoints import (
 )
 from worker.data import DataCache, DataSpec, ImageBatches
 from worker.features import FeatureBatches, FeatureCache, cached_features
-from worker.models import ModelSpec, Network, WeightsCache, build_network, normalization
+from worker.models import (
+    ModelSpec,
+    Network,
+    WeightsCache,
+    build_network,
+    normalization,
+    seed_process_rng,
+)
 from worker.schedule import make_optimizer, make_scheduler
 
 logger = logging.getLogger(__name__)
@@ -280,7 +287,7 @@ def fine_tune(
         if rt.device.index is not None:
             torch.cuda.set_device(rt.device)
         torch.backends.cudnn.benchmark = True
-    torch.manual_seed(job.seed)
+    seed_process_rng(job.seed)
     trial = _prepare(job, caches, rt)
     epochs = int(job.training["epochs"])
     every = int(job.training.get("checkpoint_every", 1))

@@ -9,7 +9,9 @@ tried, and when that fails :class:`WeightsUnavailable` says which file to put wh
 from __future__ import annotations
 
 import logging
+import math
 import re
+import threading
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,15 @@ from torchvision.models import WeightsEnum
 from worker.data import BoundedCache
 
 logger = logging.getLogger(__name__)
+
+_GLOBAL_RNG = threading.Lock()  # guards torch's process-wide generator while models are built
+
+
+def seed_process_rng(seed: int) -> None:
+    """Seed torch's process-wide generator (dropout draws from it), never while another
+    trial in this process is building its model from it."""
+    with _GLOBAL_RNG:
+        torch.manual_seed(seed)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -206,9 +217,15 @@ def _drop_aux_heads(model: nn.Module) -> None:
 def replace_head(model: nn.Module, head: str, num_classes: int, seed: int) -> nn.Linear:
     """Put a new ``nn.Linear`` head for ``num_classes``, initialised from ``seed``."""
     old = model.get_submodule(head)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    # nn.Linear's own init (uniform in +-1/sqrt(fan_in)), from a generator of the trial's own:
+    # the process-wide one is shared with trials running beside this one.
+    generator = torch.Generator().manual_seed(seed)
+    bound = 1.0 / math.sqrt(old.in_features)
+    with torch.no_grad():
+        new.weight.uniform_(-bound, bound, generator=generator)
+        if new.bias is not None:
+            new.bias.uniform_(-bound, bound, generator=generator)
     parent, _, attr = head.rpartition(".")
     setattr(model.get_submodule(parent), attr, new)
     return new
@@ -244,14 +261,19 @@ def build_network(
     """The model of ``spec`` with its pretrained weights and a fresh head (on the CPU)."""
     state = cache.state_dict(spec)
     weights = resolve_weights(spec.arch, spec.weights) if spec.weights else None
-    model = torchvision.models.get_model(
-        spec.arch, weights=None, **_builder_kwargs(spec.arch, weights, image_size)
-    )
-    head = find_head(model)
-    if state is not None:
-        load_pretrained(model, state, head)
-    _drop_aux_heads(model)
-    replace_head(model, head, num_classes, seed)
+    # torchvision initialises from torch's process-wide generator; trials side by side in one
+    # process (--trials-per-gpu) take turns, so a model without pretrained weights is the
+    # same for the same seed whatever runs beside it.
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(
+            spec.arch, weights=None, **_builder_kwargs(spec.arch, weights, image_size)
+        )
+        head = find_head(model)
+        if state is not None:
+            load_pretrained(model, state, head)
+        _drop_aux_heads(model)
+        replace_head(model, head, num_classes, seed)  # nn.Linear() draws from it too
     if spec.freeze_backbone:
         for name, param in model.named_parameters():
             param.requires_grad_(name.startswith(head + "."))
