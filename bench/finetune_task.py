@@ -1,0 +1,93 @@
+"""The fine-tuning task of bench/training_loop.py and bench/search_efficiency.py: a resnet18
+pretrained on digits 0-4 (made once by worker.pretrain and cached under bench/.cache/),
+fine-tuned on digits 5-9; its study spec; in-process workers (worker.runner.Runner)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+CACHE = BENCH / ".cache"
+ARCH = "resnet18"
+PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
+FINETUNE_CLASSES = (5, 6, 7, 8, 9)
+# The common recipe (service.search_space.COMMON_RECIPE): what the baseline trial runs.
+BASELINE: dict[str, Any] = {
+    "lr": 0.01, "momentum": 0.9, "step_size": 10, "gamma": 0.1, "warmup_epochs": 0,
+    "weight_decay": 0.0, "nesterov": False,
+}
+
+logger = logging.getLogger(__name__)
+
+
+def pretrained_weights(image_size: int = 32) -> Path:
+    """The digits-0-4 resnet18 state dict, trained on first use (~20 s on a quiet machine)."""
+    from worker.pretrain import pretrain_digits
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{ARCH}-digits0-4-{image_size}px.pt"
+    return pretrain_digits(path, ARCH, PRETRAIN_CLASSES, image_size=image_size)
+
+
+def data_section(image_size: int, batch_size: int = 64, augment: bool = True) -> dict[str, Any]:
+    return {"kind": "digits", "classes": list(FINETUNE_CLASSES), "image_size": image_size,
+            "batch_size": batch_size, "augment": augment}
+
+
+def model_section(weights: Path, freeze_backbone: bool = False) -> dict[str, Any]:
+    return {"arch": ARCH, "weights": None, "weights_path": str(weights),
+            "freeze_backbone": freeze_backbone}
+
+
+def study_spec(name: str, weights: Path, *, image_size: int, epochs: int, seed: int,
+               sampler: dict[str, Any], pruner: dict[str, Any], n_trials: int,
+               freeze_backbone: bool, baseline: bool) -> dict[str, Any]:
+    """A study over sgd_steplr_warmup. No checkpoints: a benchmark never resumes, and a
+    resnet18 training state is ~90 MB per epoch to upload."""
+    return {
+        "name": name,
+        "model": model_section(weights, freeze_backbone),
+        "data": data_section(image_size),
+        "training": {"epochs": epochs, "seed": seed, "checkpoint_every": 0},
+        "search_space": "sgd_steplr_warmup",
+        "sampler": sampler,
+        "pruner": pruner,
+        "n_trials": n_trials,
+        "baseline": BASELINE if baseline else False,
+    }
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def worker_config(url: str, study: str, label: str, **overrides: Any) -> Any:
+    """A WorkerConfig for one in-process Runner on the CPU; no final-weights upload (the
+    benchmark reads losses, not weights)."""
+    from worker.runner import WorkerConfig
+
+    return WorkerConfig(server=url, token=None, worker_id=f"bench-{label}", host="bench",
+                        device="cpu", study=study, exit_when_idle=True, upload_weights=False,
+                        **overrides)
+
+
+def run_workers(url: str, study: str, count: int, caches: Any) -> None:
+    """`count` Runner threads sharing one process's caches, until the study has no trial left."""
+    from worker.runner import Runner
+
+    stop = threading.Event()
+    threads = [
+        threading.Thread(
+            target=Runner(worker_config(url, study, f"{study}-{i}"), caches, stop).run,
+            name=f"runner-{study}-{i}",
+        )
+        for i in range(count)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
