@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8765)
     demo.add_argument("--data-dir", default=".hpsearch/demo")
     demo.add_argument("--workers", type=_positive, default=2)
-    demo.add_argument("--trials", type=_positive, default=10)
+    demo.add_argument("--trials", type=_positive, default=8)
     demo.add_argument("--epochs", type=_positive, default=4)
     demo.add_argument("--keep-serving", action="store_true", help="keep the server up at the end")
     demo.set_defaults(run="cli.demo:run")
