@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     if len(devices) > 1:
         threads = args.threads or max(1, cores // len(devices))
-        base = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        base = args.worker_id or default_worker_id()
         commands = [
             child_command(sys.argv[1:], device, f"{base}-{i}-{device.replace(':', '')}", threads)
             for i, device in enumerate(devices)

@@ -77,8 +77,9 @@ class StudyRegistry:
         except (ValueError, OSError, yaml.YAMLError) as exc:
             raise InvalidInput(str(exc), field="search_space") from exc
 
-    def check(self, spec: StudySpec) -> SearchSpace:
-        """The checks that need more than the spec itself. Raises InvalidInput."""
+    def check(self, spec: StudySpec) -> tuple[SearchSpace, Any, Any]:
+        """The checks that need more than the spec itself; returns the resolved space and the
+        sampler and pruner they built. Raises InvalidInput."""
         space = self.resolve_space(spec)
         if spec.baseline is not False:
             given = spec.baseline.model_fields_set
@@ -100,8 +101,8 @@ class StudyRegistry:
                 )
         for field, reason in check_paths(spec, self._settings.allowed_roots):
             raise InvalidInput(reason, field=field)
-        self._build(spec, space)  # option checks that only the factories can make
-        return space
+        # Some option checks only the factories can make.
+        return (space, *self._build(spec, space))
 
     def _build(self, spec: StudySpec, space: SearchSpace) -> tuple[Any, Any]:
         grid = None
@@ -116,8 +117,7 @@ class StudyRegistry:
             raise InvalidInput(str(exc), field="sampler") from exc
 
     def create(self, spec: StudySpec) -> StudyHandle:
-        space = self.check(spec)
-        sampler, pruner = self._build(spec, space)
+        space, sampler, pruner = self.check(spec)
         try:
             study = optuna.create_study(
                 storage=self._backend.storage,

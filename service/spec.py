@@ -4,7 +4,6 @@ Every check names the field path and the reason; nothing in a spec is executed o
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -155,5 +154,3 @@ def check_paths(spec: StudySpec, allowed_roots: list[Path]) -> list[tuple[str, s
             problems.append((field, f"must lie under one of the allowed folders ({allowed})"))
     return problems
 
-
-NAME_RE = re.compile(NAME_PATTERN)

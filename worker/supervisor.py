@@ -146,5 +146,7 @@ def _guarded(runner: Runner) -> int:
         return 3
 
 
-def default_worker_id(device: str) -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{device.replace(':', '')}"
+def default_worker_id(device: str | None = None) -> str:
+    """host-pid, plus the device when there is one: unique per process and readable."""
+    base = f"{socket.gethostname()}-{os.getpid()}"
+    return f"{base}-{device.replace(':', '')}" if device else base
