@@ -17,16 +17,21 @@ class Budget:
 
     @classmethod
     def of(cls, trials: list[FrozenTrial], n_trials: int) -> Budget:
-        counts = TrialCounts()
+        states: dict[str, int] = {}
         retried: set[int] = set()
         for t in trials:
-            name = t.state.name.lower()
-            setattr(counts, name, getattr(counts, name) + 1)
+            states[t.state.name] = states.get(t.state.name, 0) + 1
             retried.update(t.system_attrs.get("retry_history") or [])
-        failed_final = sum(
-            1 for t in trials if t.state == TrialState.FAIL and t.number not in retried
-        )
-        return cls(counts, n_trials, failed_final)
+        failed = [t.number for t in trials if t.state == TrialState.FAIL]
+        return cls.from_census(states, failed, retried, n_trials)
+
+    @classmethod
+    def from_census(cls, states: dict[str, int], failed: list[int], retried: set[int],
+                    n_trials: int) -> Budget:
+        """From trial counts by state name, the numbers of failed trials and the numbers of
+        trials that were retried (the union of every trial's retry history)."""
+        counts = TrialCounts(**{name.lower(): n for name, n in states.items()})
+        return cls(counts, n_trials, sum(1 for n in failed if n not in retried))
 
     @property
     def finished(self) -> int:

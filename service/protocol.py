@@ -8,6 +8,7 @@ trials whose heartbeat is older than the grace period and re-queues them with th
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -24,10 +25,11 @@ from optuna.trial import FrozenTrial, TrialState
 from service import metrics
 from service.budget import Budget
 from service.errors import Conflict, InvalidInput, NotFound
+from service.pruning import CompletedTrialsStudy, reads_completed_only
 from service.registry import StudyHandle, StudyRegistry
 from service.schemas import ClaimedTrial, ReportAnswer, Resume, TrialAck, TrialClaim
 from service.settings import Settings
-from service.storage import Backend
+from service.storage import Backend, TrialFacts
 from service.views import CHECKPOINT_ATTR, WEIGHTS_ATTR, ranked, retry_of, state_name
 
 logger = logging.getLogger(__name__)
@@ -89,15 +91,9 @@ class TrialProtocol:
 
     # --- claim ---------------------------------------------------------------------------------
     def claim(self, request: TrialClaim) -> ClaimedTrial | None:
-        names = [request.study] if request.study else self._registry.names()
-        if request.study:
-            self._registry.get(request.study)  # 404 for an unknown study
         fields = {"host": request.host, "device": request.device}
-        for name in names:
-            try:
-                handle = self._registry.get(name)
-            except NotFound:
-                continue
+        for handle in self._claimable(request.study):
+            name = handle.name
             if self._registry.is_stopped(handle):
                 continue
             # Only the budget check and the trial's creation are serialised; sampling (TPE
@@ -106,7 +102,7 @@ class TrialProtocol:
             with self._backend.claim_lock.hold(handle.study_id):
                 started = self._start_trial(handle)
             if started is not None:
-                trial = self._hand_out(handle, *started, request)
+                trial = self._hand_out(handle, started, request)
                 self._backend.touch_worker(
                     request.worker_id, study=name, trial_number=trial.number,
                     trial_id=trial.trial_id, **fields,
@@ -118,27 +114,36 @@ class TrialProtocol:
         )
         return None
 
-    def _start_trial(
-        self, handle: StudyHandle
-    ) -> tuple[optuna.trial.Trial, list[FrozenTrial]] | None:
+    def _claimable(self, study: str | None) -> Iterator[StudyHandle]:
+        if study:
+            yield self._registry.get(study)  # 404 for an unknown study
+            return
+        for name in self._registry.names():
+            try:
+                yield self._registry.get(name)
+            except NotFound:  # deleted meanwhile
+                continue
+
+    def _start_trial(self, handle: StudyHandle) -> optuna.trial.Trial | None:
         """Under the claim lock: a new running trial if the budget allows one."""
-        study = handle.study
-        trials = study.get_trials(deepcopy=False)
-        budget = Budget.of(trials, handle.spec.n_trials)
+        census = self._backend.trial_census(handle.study_id)
+        budget = Budget.from_census(*census, handle.spec.n_trials)
         if budget.counts.waiting == 0 and not budget.can_sample():
             return None
         # ask() hands out a waiting trial (the baseline, a retry) before starting a new one.
         # Should this process die before the heartbeat is recorded, the sweep finds the trial.
-        trial = study.ask()
+        trial = handle.study.ask()
         self._backend.storage.record_heartbeat(trial._trial_id)
-        return trial, trials
+        return trial
 
     def _hand_out(self, handle: StudyHandle, trial: optuna.trial.Trial,
-                  trials: list[FrozenTrial], request: TrialClaim) -> ClaimedTrial:
+                  request: TrialClaim) -> ClaimedTrial:
         _suggest_all(trial, handle.distributions)  # a waiting trial's fixed params, or samples
         trial_id = trial._trial_id
         storage = self._backend.storage
-        frozen = storage.get_trial(trial_id)  # a running trial: our own copy, never the cache's
+        # The trial as ask() read it, with the params just suggested: reading it again from the
+        # database would cost a full read of a running trial.
+        frozen = copy.deepcopy(trial._cached_frozen_trial)
         attrs: dict[str, Any] = {"worker": request.worker_id}
         for key in _PER_RUN_ATTRS:  # a retry's copies of its predecessor's: not its own
             if frozen.user_attrs.get(key) is not None:
@@ -148,7 +153,7 @@ class TrialProtocol:
         for key, value in attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
         frozen.user_attrs.update(attrs)
-        resume = self._resume(handle, frozen, trials)
+        resume = self._resume(handle, frozen)
         logger.info("trial %d of %s -> %s%s", frozen.number, handle.name, request.worker_id,
                     f" (resuming after epoch {resume.epoch})" if resume else "")
         return ClaimedTrial(
@@ -164,9 +169,7 @@ class TrialProtocol:
             resume=resume,
         )
 
-    def _resume(
-        self, handle: StudyHandle, trial: FrozenTrial, trials: list[FrozenTrial]
-    ) -> Resume | None:
+    def _resume(self, handle: StudyHandle, trial: FrozenTrial) -> Resume | None:
         """A retried trial continues from its predecessor's last checkpoint: copy the epochs the
         checkpoint covers so the learning curve (and the pruner) sees them."""
         previous = retry_of(trial)
@@ -177,11 +180,13 @@ class TrialProtocol:
         if not checkpoint:
             return None
         epoch = int(checkpoint["epoch"])
-        predecessor = next((t for t in trials if t.number == previous), None)
-        if predecessor is not None:
-            for step, value in sorted(predecessor.intermediate_values.items()):
-                if step <= epoch:
-                    self._backend.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        storage = self._backend.storage
+        predecessor = storage.get_trial(
+            storage.get_trial_id_from_study_id_trial_number(handle.study_id, previous)
+        )
+        for step, value in sorted(predecessor.intermediate_values.items()):
+            if step <= epoch:
+                storage.set_trial_intermediate_value(trial._trial_id, step, value)
         self._backend.storage.set_trial_user_attr(trial._trial_id, "resumed_from_epoch", epoch + 1)
         return Resume(epoch=epoch, checkpoint_url=f"/api/v1/trials/{trial._trial_id}/checkpoint")
 
@@ -204,61 +209,74 @@ class TrialProtocol:
                 self._renewed = {k: v for k, v in self._renewed.items() if now - v < 3600}
 
     def heartbeat(self, trial_id: int) -> None:
-        handle, trial = self._running(trial_id)
+        handle, facts = self._registry.facts(trial_id)
+        if facts.state != TrialState.RUNNING:
+            raise Conflict(_RUNNING_ONLY.format(number=facts.number, study=handle.name,
+                                                state=state_name(facts.state)))
         self._backend.storage.record_heartbeat(trial_id)
-        worker = trial.user_attrs.get("worker")
-        if worker:
-            self._backend.touch_worker(worker, study=handle.name, trial_number=trial.number,
-                                       trial_id=trial_id)
+        if facts.worker:
+            self._backend.touch_worker(facts.worker, study=handle.name,
+                                       trial_number=facts.number, trial_id=trial_id)
 
     def report(
         self, trial_id: int, epoch: int, val_loss: float, val_accuracy: float | None
     ) -> ReportAnswer:
-        handle, trial = self._registry.for_trial(trial_id)
-        if trial.state == TrialState.PRUNED and epoch in trial.intermediate_values:
+        handle, facts = self._registry.facts(trial_id)
+        values = facts.intermediate_values  # our own copy
+        if facts.state == TrialState.PRUNED and epoch in values:
             return ReportAnswer(prune=True)  # the same report again, after it pruned the trial
-        if trial.state != TrialState.RUNNING:
-            raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
-                                                state=state_name(trial.state)))
+        if facts.state != TrialState.RUNNING:
+            raise Conflict(_RUNNING_ONLY.format(number=facts.number, study=handle.name,
+                                                state=state_name(facts.state)))
         storage = self._backend.storage
         self._renew_lease(trial_id)
-        if epoch not in trial.intermediate_values:  # else a retried report: answer it again
-            expected = max(trial.intermediate_values, default=-1) + 1
+        if epoch not in values:  # else a retried report: answer it again
+            expected = max(values, default=-1) + 1
             if epoch != expected:
                 raise InvalidInput(f"epochs must be reported in order: expected epoch {expected}",
                                    field="epoch")
             if val_accuracy is not None:
                 storage.set_trial_user_attr(trial_id, "val_accuracy", val_accuracy)
             storage.set_trial_intermediate_value(trial_id, epoch, val_loss)
-            trial.intermediate_values[epoch] = val_loss  # `trial` is our own copy
+            values[epoch] = val_loss
         metrics.REPORTS.labels(handle.name).inc()
         # A trial that has trained its last epoch is not pruned: its result is complete.
         last_epoch = epoch >= handle.spec.training.epochs - 1
-        # What Trial.should_prune asks, without re-reading the trial twice.
-        prune = not last_epoch and handle.study.pruner.prune(handle.study, trial)
+        prune = not last_epoch and self._should_prune(handle, facts)
         if prune:
-            self._finish(handle, trial, TrialState.PRUNED)
-            logger.info("trial %d of %s pruned after epoch %d", trial.number, handle.name, epoch)
-            self._finished(handle, trial)
+            self._finish(handle, facts.number, trial_id, TrialState.PRUNED)
+            logger.info("trial %d of %s pruned after epoch %d", facts.number, handle.name, epoch)
+            self._finished(handle, facts.worker, facts.has_artifacts)
         return ReportAnswer(prune=prune)
 
+    def _should_prune(self, handle: StudyHandle, facts: TrialFacts) -> bool:
+        """What Trial.should_prune asks, reading no more of the study than the pruner needs."""
+        pruner = handle.study.pruner
+        if reads_completed_only(pruner):
+            count = self._backend.count_trials(handle.study_id, TrialState.COMPLETE)
+            completed = handle.completed.get(handle.study, count)
+            return pruner.prune(CompletedTrialsStudy(handle.study, completed),  # type: ignore[arg-type]
+                                facts.frozen())
+        return pruner.prune(handle.study, self._backend.storage.get_trial(facts.trial_id))
+
     def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None) -> TrialAck:
-        handle, trial = self._registry.for_trial(trial_id)
-        if trial.state == TrialState.COMPLETE:
+        handle, facts = self._registry.facts(trial_id)
+        if facts.state == TrialState.COMPLETE:
             return TrialAck(trial_id=trial_id, state="complete")  # a retried completion
-        if trial.state != TrialState.RUNNING:
-            raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
-                                                state=state_name(trial.state)))
+        if facts.state != TrialState.RUNNING:
+            raise Conflict(_RUNNING_ONLY.format(number=facts.number, study=handle.name,
+                                                state=state_name(facts.state)))
         # If it finished meanwhile, _finish says how.
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             if val_accuracy is not None:
                 self._backend.storage.set_trial_user_attr(trial_id, "val_accuracy", val_accuracy)
-        ended = self._finish(handle, trial, TrialState.COMPLETE, val_loss)
+        ended = self._finish(handle, facts.number, trial_id, TrialState.COMPLETE, val_loss)
         if ended != TrialState.COMPLETE:  # the lease sweep failed it, or a report pruned it
-            raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
+            raise Conflict(_RUNNING_ONLY.format(number=facts.number, study=handle.name,
                                                 state=state_name(ended)))
-        logger.info("trial %d of %s complete: val_loss %.4g", trial.number, handle.name, val_loss)
-        self._finished(handle, trial)
+        logger.info("trial %d of %s complete: val_loss %.4g", facts.number, handle.name,
+                    val_loss)
+        self._finished(handle, facts.worker, facts.has_artifacts)
         return TrialAck(trial_id=trial_id, state="complete")
 
     def fail(self, trial_id: int, reason: str, retry: bool) -> TrialAck:
@@ -269,7 +287,7 @@ class TrialProtocol:
             handle, trial = self._running(trial_id)
             self._backend.storage.set_trial_user_attr(trial_id, "fail_reason", reason)
             # The sweep takes the same lock: FAIL can only be ours.
-            ended = self._finish(handle, trial, TrialState.FAIL)
+            ended = self._finish(handle, trial.number, trial_id, TrialState.FAIL)
             if ended != TrialState.FAIL:  # completed or pruned meanwhile
                 raise Conflict(_RUNNING_ONLY.format(number=trial.number, study=handle.name,
                                                     state=state_name(ended)))
@@ -277,24 +295,27 @@ class TrialProtocol:
                         " (handed back)" if retry else "", reason)
             if retry:
                 self._requeue(handle.study, self._backend.storage.get_trial(trial_id))
-        self._finished(handle, trial)
+        self._finished(handle, trial.user_attrs.get("worker"), _has_artifacts(trial))
         return TrialAck(trial_id=trial_id, state="fail")
 
-    def _finish(self, handle: StudyHandle, trial: FrozenTrial, state: TrialState,
+    def _finish(self, handle: StudyHandle, number: int, trial_id: int, state: TrialState,
                 value: float | None = None) -> TrialState:
         """Tell Optuna how the trial ended; returns the state it is in afterwards. Another
         request or server process may have finished it first (the same message sent twice at
         once, the lease sweep): then the state is the one they gave it."""
         try:
-            return handle.study.tell(trial.number, value, state=state, skip_if_finished=True).state
+            return handle.study.tell(number, value, state=state, skip_if_finished=True).state
         except optuna.exceptions.UpdateFinishedTrialError:  # finished between check and write
-            return self._backend.storage.get_trial(trial._trial_id).state
+            return self._backend.storage.get_trial(trial_id).state
 
-    def _finished(self, handle: StudyHandle, trial: FrozenTrial) -> None:
-        worker = trial.user_attrs.get("worker")
+    def _finished(self, handle: StudyHandle, worker: str | None, had_artifacts: bool) -> None:
         if worker:
             self._backend.touch_worker(worker, study=None, trial_number=None, trial_id=None)
-        self.collect_garbage(handle)
+        # A finished trial's checkpoint goes now. Weights that drop out of the top k because a
+        # trial without any got better wait for the lease keeper's sweep, which collects too:
+        # collecting walks every trial, too much for each message.
+        if had_artifacts:
+            self.collect_garbage(handle)
 
     # --- artifacts -----------------------------------------------------------------------------
     def save_checkpoint(self, trial_id: int, epoch: int, body: Iterator[bytes] | bytes) -> None:
@@ -392,6 +413,10 @@ class TrialProtocol:
                 artifact_id = key.removeprefix("artifacts:")
                 if key.startswith("artifacts:") and artifact_id not in keep:
                     self._remove(artifact_id)
+
+
+def _has_artifacts(trial: FrozenTrial) -> bool:
+    return any(key.startswith("artifacts:") for key in trial.system_attrs)
 
 
 def _suggest_all(trial: optuna.trial.Trial, distributions: dict[str, BaseDistribution]) -> None:

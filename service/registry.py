@@ -3,6 +3,7 @@ the study's user attrs, so every server process on the same storage sees the sam
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from service.errors import Conflict, InvalidInput, NotFound
 from service.optimizers import build_pruner, build_sampler
+from service.pruning import CompletedTrials
 from service.search_space import (
     SearchSpace,
     describe,
@@ -25,7 +27,7 @@ from service.search_space import (
 )
 from service.settings import Settings
 from service.spec import StudySpec, check_paths, recipe
-from service.storage import Backend, utcnow
+from service.storage import Backend, TrialFacts, utcnow
 from service.validation import format_errors
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class StudyHandle:
     space: SearchSpace
     distributions: dict[str, BaseDistribution]
     recipe: dict[str, Any]
+    completed: CompletedTrials = dataclasses.field(default_factory=CompletedTrials, compare=False)
 
     @property
     def name(self) -> str:
@@ -192,14 +195,30 @@ class StudyRegistry:
 
         Not cached: trial and study ids can be reused after a study is deleted (SQLite reuses
         the highest row ids), so a cached id could name another study's trial."""
-        name = self._backend.study_name_of_trial(trial_id)
-        if name is None:
+        study = self._backend.study_of_trial(trial_id)
+        if study is None:
             raise NotFound(f"no trial with id {trial_id}")
         try:
-            handle = self.get(name)
-            return handle, self._backend.storage.get_trial(trial_id)
+            return self._open(*study), self._backend.storage.get_trial(trial_id)
         except KeyError as exc:  # deleted meanwhile
             raise NotFound(f"no trial with id {trial_id}") from exc
+
+    def facts(self, trial_id: int) -> tuple[StudyHandle, TrialFacts]:
+        """for_trial for the frequent messages: the trial's facts instead of all of it."""
+        facts = self._backend.trial_facts(trial_id)
+        if facts is None:
+            raise NotFound(f"no trial with id {trial_id}")
+        return self._open(facts.study_id, facts.study_name), facts
+
+    def _open(self, study_id: int, name: str) -> StudyHandle:
+        """The handle of the study with this id and name, read together from one row."""
+        with self._lock:
+            handle = self._handles.get(name)
+        if handle is None or handle.study_id != study_id:
+            handle = self.get(name)
+            if handle.study_id != study_id:  # deleted and created again meanwhile
+                raise NotFound(f"no study named {name!r} with id {study_id}")
+        return handle
 
     def is_stopped(self, handle: StudyHandle) -> bool:
         return bool(self._backend.storage.get_study_system_attrs(handle.study_id).get(STOPPED_ATTR))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ import optuna
 import sqlalchemy as sa
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts._protocol import ArtifactStore
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
 
 from service.settings import Settings
 
@@ -93,6 +96,39 @@ class ClaimLock:
                 yield
 
 
+_TRIALS = models.TrialModel.__table__
+_STUDIES = models.StudyModel.__table__
+_VALUES = models.TrialIntermediateValueModel.__table__
+_USER_ATTRS = models.TrialUserAttributeModel.__table__
+_SYSTEM_ATTRS = models.TrialSystemAttributeModel.__table__
+_ARTIFACT_PREFIX = "artifacts:"  # how optuna.artifacts.upload_artifact names its system attrs
+
+
+@dataclass(frozen=True)
+class TrialFacts:
+    """What the protocol's frequent messages need of a trial. Read with four plain queries:
+    Optuna's `get_trial` builds every attribute of the trial through its ORM, which was the
+    largest cost of a report."""
+
+    trial_id: int
+    study_id: int
+    study_name: str
+    number: int
+    state: TrialState
+    intermediate_values: dict[int, float]
+    worker: str | None
+    has_artifacts: bool
+
+    def frozen(self) -> FrozenTrial:
+        """The trial as a pruner that reads only its learning curve sees it."""
+        return FrozenTrial(
+            number=self.number, state=self.state, value=None, datetime_start=None,
+            datetime_complete=None, params={}, distributions={}, user_attrs={},
+            system_attrs={}, intermediate_values=dict(self.intermediate_values),
+            trial_id=self.trial_id,
+        )
+
+
 @dataclass
 class Backend:
     """What one server process holds open: Optuna's storage (with its cache), the artifact store,
@@ -112,14 +148,86 @@ class Backend:
         self.rdb.engine.dispose()
 
     # --- queries Optuna's storage API has no call for ----------------------------------------
-    def study_name_of_trial(self, trial_id: int) -> str | None:
-        """The name of the study that holds the trial, or None when there is no such trial."""
-        query = sa.text(
-            "SELECT s.study_name FROM trials t JOIN studies s ON s.study_id = t.study_id"
-            " WHERE t.trial_id = :t"
-        )
+    def study_of_trial(self, trial_id: int) -> tuple[int, str] | None:
+        """(id, name) of the study that holds the trial, or None when there is no such trial."""
         with self.engine.connect() as conn:
-            return conn.execute(query, {"t": trial_id}).scalar()
+            row = conn.execute(
+                sa.select(_STUDIES.c.study_id, _STUDIES.c.study_name)
+                .join(_TRIALS, _STUDIES.c.study_id == _TRIALS.c.study_id)
+                .where(_TRIALS.c.trial_id == trial_id)
+            ).first()
+        return (row.study_id, row.study_name) if row is not None else None
+
+    def trial_facts(self, trial_id: int) -> TrialFacts | None:
+        """The trial's facts, or None when there is no such trial."""
+        value_of = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(_TRIALS.c.study_id, _STUDIES.c.study_name, _TRIALS.c.number,
+                          _TRIALS.c.state)
+                .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
+                .where(_TRIALS.c.trial_id == trial_id)
+            ).first()
+            if row is None:
+                return None
+            values = {
+                step: value_of(value, kind)
+                for step, value, kind in conn.execute(
+                    sa.select(_VALUES.c.step, _VALUES.c.intermediate_value,
+                              _VALUES.c.intermediate_value_type)
+                    .where(_VALUES.c.trial_id == trial_id)
+                )
+            }
+            worker = conn.execute(
+                sa.select(_USER_ATTRS.c.value_json)
+                .where(_USER_ATTRS.c.trial_id == trial_id, _USER_ATTRS.c.key == "worker")
+            ).scalar()
+            artifacts = conn.execute(
+                sa.select(sa.func.count()).select_from(_SYSTEM_ATTRS)
+                .where(_SYSTEM_ATTRS.c.trial_id == trial_id,
+                       _SYSTEM_ATTRS.c.key.startswith(_ARTIFACT_PREFIX, autoescape=True))
+            ).scalar()
+        return TrialFacts(
+            trial_id=trial_id,
+            study_id=row.study_id,
+            study_name=row.study_name,
+            number=row.number,
+            state=row.state,
+            intermediate_values=values,
+            worker=json.loads(worker) if worker is not None else None,
+            has_artifacts=bool(artifacts),
+        )
+
+    def trial_census(self, study_id: int) -> tuple[dict[str, int], list[int], set[int]]:
+        """What a study's budget counts, without reading its trials: the number of trials in
+        each state (by name), the numbers of the failed ones and of those retried."""
+        with self.engine.connect() as conn:
+            states = {
+                state.name: n
+                for state, n in conn.execute(
+                    sa.select(_TRIALS.c.state, sa.func.count())
+                    .where(_TRIALS.c.study_id == study_id)
+                    .group_by(_TRIALS.c.state)
+                )
+            }
+            failed = list(conn.execute(
+                sa.select(_TRIALS.c.number)
+                .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == TrialState.FAIL)
+            ).scalars())
+            histories = conn.execute(
+                sa.select(_SYSTEM_ATTRS.c.value_json)
+                .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
+                .where(_TRIALS.c.study_id == study_id, _SYSTEM_ATTRS.c.key == "retry_history")
+            ).scalars() if failed else []
+            retried = {number for history in histories for number in json.loads(history)}
+        return states, failed, retried
+
+    def count_trials(self, study_id: int, state: TrialState) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(
+                sa.select(sa.func.count()).select_from(_TRIALS)
+                .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == state)
+            ).scalar_one()
 
     def running_without_heartbeat(self, study_id: int) -> list[int]:
         """Ids of the study's RUNNING trials that have no heartbeat row. Optuna's stale check
@@ -176,17 +284,22 @@ def open_backend(settings: Settings, on_stale: Any) -> Backend:
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
-    rdb = optuna.storages.RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs,
-        heartbeat_interval=settings.heartbeat_interval,
-        grace_period=settings.grace_period,
-        heartbeat_stale_trial_callback=on_stale,
-    )
-    if sqlite_path is not None:
-        with rdb.engine.begin() as conn:
-            conn.execute(sa.text("PRAGMA journal_mode=WAL"))
-    _metadata.create_all(rdb.engine)
+    from service.init_lock import storage_init_lock
+
+    # The tables of a fresh storage are created check-then-create: one process at a time, or
+    # of several server processes starting together all but one fail.
+    with storage_init_lock(url, sqlite_path):
+        rdb = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=settings.heartbeat_interval,
+            grace_period=settings.grace_period,
+            heartbeat_stale_trial_callback=on_stale,
+        )
+        if sqlite_path is not None:
+            with rdb.engine.begin() as conn:
+                conn.execute(sa.text("PRAGMA journal_mode=WAL"))
+        _metadata.create_all(rdb.engine)
     storage = optuna.storages.get_storage(rdb)
     return Backend(
         storage=storage,

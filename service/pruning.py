@@ -1,0 +1,65 @@
+"""Pruning decisions without re-reading every running trial.
+
+Optuna's cached storage re-reads all running trials of a study, with all their attributes, on
+every `get_trials` call, so a pruner's `get_trials` costs more as more workers run. The
+percentile pruners (median, percentile) compare a trial only with completed trials, which never
+change once complete: each study handle keeps them, and re-reads them only when their count in
+the database changes. Other pruners (successive halving, hyperband) read running trials' rungs
+and get the study itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Container
+from typing import Any
+
+import optuna
+from optuna.pruners import NopPruner, PercentilePruner, ThresholdPruner
+from optuna.trial import FrozenTrial, TrialState
+
+# Pruners that read nothing of the study but its completed trials (or nothing at all).
+_COMPLETED_ONLY = (PercentilePruner, ThresholdPruner, NopPruner)
+
+
+def reads_completed_only(pruner: optuna.pruners.BasePruner) -> bool:
+    return isinstance(pruner, _COMPLETED_ONLY)
+
+
+class CompletedTrials:
+    """A study's completed trials, as this process last read them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._trials: list[FrozenTrial] = []
+
+    def get(self, study: optuna.Study, count: int) -> list[FrozenTrial]:
+        """The completed trials, given how many the database holds now."""
+        with self._lock:
+            if len(self._trials) == count:
+                return self._trials
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        with self._lock:
+            if len(trials) > len(self._trials):
+                self._trials = trials
+            return self._trials
+
+
+class CompletedTrialsStudy:
+    """The study as a percentile pruner sees it: `get_trials` of completed trials answers from
+    `completed`; everything else is the study's own."""
+
+    def __init__(self, study: optuna.Study, completed: list[FrozenTrial]) -> None:
+        self._study = study
+        self._completed = completed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        if states is None or any(s in states for s in TrialState if s != TrialState.COMPLETE):
+            return self._study.get_trials(deepcopy=deepcopy, states=states)
+        return copy.deepcopy(self._completed) if deepcopy else list(self._completed)
