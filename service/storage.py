@@ -21,6 +21,7 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
+from service.init_lock import storage_init_lock
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -284,8 +285,6 @@ def open_backend(settings: Settings, on_stale: Any) -> Backend:
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
-    from service.init_lock import storage_init_lock
-
     # The tables of a fresh storage are created check-then-create: one process at a time, or
     # of several server processes starting together all but one fail.
     with storage_init_lock(url, sqlite_path):
