@@ -35,6 +35,7 @@ from worker.features import FeatureBatches, FeatureCache, cached_features
 from worker.models import (
     ModelSpec,
     Network,
+    TemplateCache,
     WeightsCache,
     build_network,
     normalization,
@@ -77,11 +78,13 @@ class TrialJob:
 @dataclass
 class Caches:
     """What a worker process keeps between trials. ``features=None`` disables the
-    feature cache (frozen backbones then run the whole model every step)."""
+    feature cache (frozen backbones then run the whole model every step), ``templates=None``
+    the pretrained models copied per trial (each trial then builds and loads its own)."""
 
     data: DataCache = field(default_factory=DataCache)
     weights: WeightsCache = field(default_factory=WeightsCache)
     features: FeatureCache | None = field(default_factory=FeatureCache)
+    templates: TemplateCache | None = field(default_factory=TemplateCache)
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Trial:
         image_size=data_spec.image_size,
         seed=job.seed,
         cache=caches.weights,
+        templates=caches.templates,
     )
     module = network.module.to(rt.device)
     if rt.cuda:

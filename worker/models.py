@@ -8,11 +8,12 @@ tried, and when that fails :class:`WeightsUnavailable` says which file to put wh
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
 import threading
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,22 +84,50 @@ class WeightsCache:
         self.allow_download = allow_download
         self._items: BoundedCache[Hashable, StateDict] = BoundedCache(capacity)
 
+    def key(self, spec: ModelSpec) -> Hashable | None:
+        """What identifies the weights of ``spec`` (a file as it is now); None without weights."""
+        source = self._source(spec)
+        return None if source is None else source[0]
+
     def state_dict(self, spec: ModelSpec) -> StateDict | None:
         """The pretrained state dict of ``spec``; None when it names no weights."""
+        source = self._source(spec)
+        return None if source is None else self._items.get_or_create(*source)
+
+    def _source(self, spec: ModelSpec) -> tuple[Hashable, Callable[[], StateDict]] | None:
+        """(key, loader) of the weights of ``spec``."""
         if spec.weights_path:
             path = Path(spec.weights_path)
             if not path.is_file():
                 raise WeightsUnavailable(f"weights_path {path} does not exist")
             stat = path.stat()
             key = ("path", str(path), stat.st_mtime_ns, stat.st_size)
-            return self._items.get_or_create(key, lambda: load_weights_file(path))
+            return key, lambda: load_weights_file(path)
         if spec.weights:
             weights = resolve_weights(spec.arch, spec.weights)
             key = ("torchvision", spec.arch, weights.url)
-            return self._items.get_or_create(
-                key, lambda: load_torchvision_weights(weights, self.allow_download)
-            )
+            return key, lambda: load_torchvision_weights(weights, self.allow_download)
         return None
+
+
+class TemplateCache:
+    """Pretrained modules built by this process, with their old head, as (module, head name).
+
+    Trials get deep copies, several times faster than a new build (resnet18 on a CPU: ~24
+    against ~150 ms); a template itself is never handed out, so nothing a trial does reaches
+    the next one. Each takes as much memory as its weights, hence the small capacity.
+    """
+
+    def __init__(self, capacity: int = 2) -> None:
+        self._items: BoundedCache[Hashable, tuple[nn.Module, str]] = BoundedCache(capacity)
+
+    def get_or_create(
+        self, key: Hashable, create: Callable[[], tuple[nn.Module, str]]
+    ) -> tuple[nn.Module, str]:
+        return self._items.get_or_create(key, create)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def resolve_weights(arch: str, name: str) -> WeightsEnum:
@@ -217,7 +246,9 @@ def _drop_aux_heads(model: nn.Module) -> None:
 def replace_head(model: nn.Module, head: str, num_classes: int, seed: int) -> nn.Linear:
     """Put a new ``nn.Linear`` head for ``num_classes``, initialised from ``seed``."""
     old = model.get_submodule(head)
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    # Made on "meta" and filled below, so that it draws nothing from the process-wide generator.
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None, device="meta")
+    new = new.to_empty(device="cpu")
     # nn.Linear's own init (uniform in +-1/sqrt(fan_in)), from a generator of the trial's own:
     # the process-wide one is shared with trials running beside this one.
     generator = torch.Generator().manual_seed(seed)
@@ -256,28 +287,54 @@ class Network:
 
 
 def build_network(
-    spec: ModelSpec, *, num_classes: int, image_size: int, seed: int, cache: WeightsCache
+    spec: ModelSpec,
+    *,
+    num_classes: int,
+    image_size: int,
+    seed: int,
+    cache: WeightsCache,
+    templates: TemplateCache | None = None,
 ) -> Network:
-    """The model of ``spec`` with its pretrained weights and a fresh head (on the CPU)."""
-    state = cache.state_dict(spec)
+    """The model of ``spec`` with its pretrained weights and a fresh head (on the CPU).
+
+    With ``templates``, a model with pretrained weights is a deep copy of one built once per
+    process, equal to a fresh build: the weights overwrite every tensor the seed initialised
+    but the head's (``load_pretrained`` refuses files that leave any other unset).
+    """
+    weights_key = cache.key(spec)
     weights = resolve_weights(spec.arch, spec.weights) if spec.weights else None
+    kwargs = _builder_kwargs(spec.arch, weights, image_size)
+    if templates is None or weights_key is None:
+        model, head = _seeded_build(spec, cache.state_dict(spec), kwargs, seed)
+    else:
+        # all the module depends on before its head is replaced: not the seed, nor the head
+        key = (spec.arch, weights_key, tuple(sorted(kwargs.items())))
+        template, head = templates.get_or_create(
+            key, lambda: _seeded_build(spec, cache.state_dict(spec), kwargs, seed)
+        )
+        model = copy.deepcopy(template)  # the template stays in the cache, never changed
+    replace_head(model, head, num_classes, seed)
+    if spec.freeze_backbone:
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith(head + "."))
+    return Network(model, head, spec.freeze_backbone)
+
+
+def _seeded_build(
+    spec: ModelSpec, state: StateDict | None, kwargs: dict[str, Any], seed: int
+) -> tuple[nn.Module, str]:
+    """(model with ``state`` loaded and auxiliary heads removed, name of its head)."""
     # torchvision initialises from torch's process-wide generator; trials side by side in one
     # process (--trials-per-gpu) take turns, so a model without pretrained weights is the
     # same for the same seed whatever runs beside it.
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = torchvision.models.get_model(
-            spec.arch, weights=None, **_builder_kwargs(spec.arch, weights, image_size)
-        )
-        head = find_head(model)
-        if state is not None:
-            load_pretrained(model, state, head)
-        _drop_aux_heads(model)
-        replace_head(model, head, num_classes, seed)  # nn.Linear() draws from it too
-    if spec.freeze_backbone:
-        for name, param in model.named_parameters():
-            param.requires_grad_(name.startswith(head + "."))
-    return Network(model, head, spec.freeze_backbone)
+        model = torchvision.models.get_model(spec.arch, weights=None, **kwargs)
+    head = find_head(model)
+    if state is not None:
+        load_pretrained(model, state, head)
+    _drop_aux_heads(model)
+    return model, head
 
 
 def normalization(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -6,6 +6,11 @@ share (PyTorch has no per-thread default generator)."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
 
 from worker.engine import Caches, fine_tune
 
@@ -16,13 +21,17 @@ def _losses(job, caches: Caches) -> list[float]:
     return losses
 
 
-def test_threads_sharing_caches_get_the_serial_result(make_job) -> None:
-    job = make_job(
-        seed=5,
-        model={"arch": "resnet18"},  # no dropout (mobilenet's classifier has some)
-        training={"epochs": 2, "checkpoint_every": 0},
-    )
-    serial = _losses(job, Caches())
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_threads_sharing_caches_get_the_serial_result(
+    make_job, tmp_path: Path, pretrained: bool
+) -> None:
+    model = {"arch": "resnet18"}  # no dropout (mobilenet's classifier has some)
+    if pretrained:  # the threads race for one template; the serial run builds its own model
+        torch.manual_seed(3)
+        torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "w.pt")
+        model["weights_path"] = str(tmp_path / "w.pt")
+    job = make_job(seed=5, model=model, training={"epochs": 2, "checkpoint_every": 0})
+    serial = _losses(job, Caches(templates=None))
     shared = Caches()  # one process's caches, as the supervisor shares them between threads
     results: list[list[float]] = [[], [], []]
 
@@ -35,3 +44,4 @@ def test_threads_sharing_caches_get_the_serial_result(make_job) -> None:
     for t in threads:
         t.join()
     assert all(r == serial for r in results), (serial, results)
+    assert shared.templates is not None and len(shared.templates) == int(pretrained)

@@ -203,3 +203,17 @@ def test_feature_cache_is_per_backbone(make_job) -> None:
     assert key(random, data, cpu, 1) != key(random, data, cpu, 2)  # seed-initialised backbone
     assert key(named, data, cpu, 1) == key(named, data, cpu, 2)
     assert isinstance(FeatureCache(), FeatureCache)
+
+
+def test_trials_from_the_template_cache_train_bit_for_bit_as_without(
+    make_job, caches, pretrained_file
+) -> None:
+    path, _ = pretrained_file
+    job = make_job(model={"weights_path": str(path)}, training={"epochs": 2})
+    uncached, rec_plain = run(job, Caches(data=caches.data, templates=None))
+    run(make_job(seed=9, model=job.model, training={"epochs": 1}), caches)  # builds the template
+    assert caches.templates is not None and len(caches.templates) == 1
+    cached, rec_cached = run(job, caches)  # a copy of it, with dropout (mobilenet's classifier)
+    assert rec_cached.metrics() == rec_plain.metrics()
+    assert_same_state(state_of(cached), state_of(uncached))
+    assert len(caches.templates) == 1

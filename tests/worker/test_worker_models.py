@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from worker.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ModelSpec,
+    TemplateCache,
     WeightsCache,
     WeightsUnavailable,
     build_network,
@@ -40,8 +43,16 @@ def assert_backbone_equal(model: nn.Module, saved: dict, head: str) -> None:
         assert torch.equal(own[key], saved[key]), key
 
 
-def build(spec: ModelSpec, cache: WeightsCache, num_classes: int = 3, seed: int = 0):
-    return build_network(spec, num_classes=num_classes, image_size=32, seed=seed, cache=cache)
+def build(
+    spec: ModelSpec,
+    cache: WeightsCache,
+    num_classes: int = 3,
+    seed: int = 0,
+    templates: TemplateCache | None = None,
+):
+    return build_network(
+        spec, num_classes=num_classes, image_size=32, seed=seed, cache=cache, templates=templates
+    )
 
 
 @pytest.mark.parametrize("wrapped", [False, True])
@@ -195,3 +206,81 @@ def test_normalization(tmp_path: Path) -> None:
     assert normalization(ModelSpec("resnet18")) == (IMAGENET_MEAN, IMAGENET_STD)
     path = str(tmp_path / "w.pt")
     assert normalization(ModelSpec("resnet18", weights_path=path)) == (IMAGENET_MEAN, IMAGENET_STD)
+
+
+def assert_same_module(a: nn.Module, b: nn.Module) -> None:
+    """Same tensors (values, strides, requires_grad), buffers and train/eval modes."""
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert pa.keys() == pb.keys()
+    for key in pa:
+        assert torch.equal(pa[key], pb[key]), key
+        assert pa[key].stride() == pb[key].stride(), key
+        assert pa[key].requires_grad == pb[key].requires_grad, key
+    ba, bb = dict(a.named_buffers()), dict(b.named_buffers())
+    assert ba.keys() == bb.keys()
+    for key in ba:
+        assert torch.equal(ba[key], bb[key]), key
+    assert [m.training for m in a.modules()] == [m.training for m in b.modules()]
+
+
+@pytest.mark.filterwarnings("ignore:The default weight initialization of GoogleNet")
+@pytest.mark.parametrize(
+    ("arch", "freeze"), [("resnet18", False), ("resnet18", True), ("googlenet", False)]
+)
+def test_build_from_template_equals_a_fresh_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str, freeze: bool
+) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(random_state_dict(arch), path)
+    spec = ModelSpec(arch, weights_path=str(path), freeze_backbone=freeze)
+    cache, templates = WeightsCache(), TemplateCache()
+    build(spec, cache, seed=1, templates=templates)  # the first trial builds the template
+    fresh = build(spec, WeightsCache(), seed=7)
+    assert len(templates) == 1
+    monkeypatch.setattr(torchvision.models, "get_model", lambda *a, **k: pytest.fail("built"))
+    before = torch.random.get_rng_state()
+    copied = build(spec, cache, seed=7, templates=templates)
+    assert torch.equal(torch.random.get_rng_state(), before)  # dropout streams stay put
+    assert copied.head_name == fresh.head_name
+    assert_same_module(copied.module, fresh.module)
+    x = torch.randn(2, 3, 32, 32)
+    copied.module.eval()
+    fresh.module.eval()
+    assert torch.equal(copied.module(x), fresh.module(x))
+
+
+def test_changing_a_built_network_leaves_the_template_alone(tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(random_state_dict(), path)
+    spec = ModelSpec("resnet18", weights_path=str(path), freeze_backbone=True)
+    cache, templates = WeightsCache(), TemplateCache()
+    first = build(spec, cache, templates=templates)
+    with torch.no_grad():
+        for tensor in [*first.module.parameters(), *first.module.buffers()]:
+            tensor.add_(1)
+    first.module.layer1[0].conv1.weight.requires_grad_(True)
+    first.module.eval()
+    first.module.layer2 = nn.Identity()
+    second = build(spec, cache, templates=templates)
+    assert_same_module(second.module, build(spec, WeightsCache()).module)
+    assert not {id(p) for p in first.module.parameters()} & {
+        id(p) for p in second.module.parameters()
+    }
+
+
+def test_template_key_is_the_weights_and_builder_arguments(tmp_path: Path) -> None:
+    path = tmp_path / "w.pt"
+    torch.save(random_state_dict(), path)
+    spec = ModelSpec("resnet18", weights_path=str(path))
+    cache, templates = WeightsCache(), TemplateCache(capacity=4)
+    for num_classes, seed in ((3, 0), (5, 1)):  # the head and seed do not matter, nor freezing
+        build(spec, cache, num_classes, seed, templates)
+    build(dataclasses.replace(spec, freeze_backbone=True), cache, 3, 0, templates)
+    assert len(templates) == 1
+    torch.save(random_state_dict(seed=2), path)  # a new file at the same place
+    os.utime(path, ns=(1, 1))
+    network = build(spec, cache, templates=templates)
+    assert len(templates) == 2
+    assert_backbone_equal(network.module, random_state_dict(seed=2), "fc")
+    build(ModelSpec("mobilenet_v3_small"), cache, templates=templates)  # random init: no template
+    assert len(templates) == 2
