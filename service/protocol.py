@@ -130,11 +130,19 @@ class TrialProtocol:
         budget = Budget.from_census(*census, handle.spec.n_trials)
         if budget.counts.waiting == 0 and not budget.can_sample():
             return None
-        # ask() hands out a waiting trial (the baseline, a retry) before starting a new one.
+        # A waiting trial (the baseline, a retry) goes out before a new one: ask() pops it.
+        # Waiting trials are only made under this lock, so the census is still true here.
+        trial = handle.study.ask() if budget.counts.waiting else self._new_trial(handle.study)
         # Should this process die before the heartbeat is recorded, the sweep finds the trial.
-        trial = handle.study.ask()
         self._backend.storage.record_heartbeat(trial._trial_id)
         return trial
+
+    def _new_trial(self, study: optuna.Study) -> optuna.trial.Trial:
+        """What study.ask() does when no trial waits, without its read of every unfinished
+        trial to look for one (the sampler reads them again right after)."""
+        study._thread_local.cached_all_trials = None  # as ask(): the sampler reads afresh
+        trial_id = self._backend.storage.create_new_trial(study._study_id)
+        return optuna.trial.Trial(study, trial_id)
 
     def _hand_out(self, handle: StudyHandle, trial: optuna.trial.Trial,
                   request: TrialClaim) -> ClaimedTrial:
@@ -253,8 +261,7 @@ class TrialProtocol:
         """What Trial.should_prune asks, reading no more of the study than the pruner needs."""
         pruner = handle.study.pruner
         if reads_completed_only(pruner):
-            count = self._backend.count_trials(handle.study_id, TrialState.COMPLETE)
-            completed = handle.completed.get(handle.study, count)
+            completed = handle.completed.get(handle.study, self._backend)
             return pruner.prune(CompletedTrialsStudy(handle.study, completed),  # type: ignore[arg-type]
                                 facts.frozen())
         return pruner.prune(handle.study, self._backend.storage.get_trial(facts.trial_id))

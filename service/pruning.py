@@ -3,8 +3,8 @@
 Optuna's cached storage re-reads all running trials of a study, with all their attributes, on
 every `get_trials` call, so a pruner's `get_trials` costs more as more workers run. The
 percentile pruners (median, percentile) compare a trial only with completed trials, which never
-change once complete: each study handle keeps them, and re-reads them only when their count in
-the database changes. Other pruners (successive halving, hyperband) read running trials' rungs
+change once complete: each study handle keeps them, and reads only the ones completed since it
+last looked. Other pruners (successive halving, hyperband) read running trials' rungs
 and get the study itself.
 """
 
@@ -19,6 +19,8 @@ import optuna
 from optuna.pruners import NopPruner, PercentilePruner, ThresholdPruner
 from optuna.trial import FrozenTrial, TrialState
 
+from service.storage import Backend
+
 # Pruners that read nothing of the study but its completed trials (or nothing at all).
 _COMPLETED_ONLY = (PercentilePruner, ThresholdPruner, NopPruner)
 
@@ -30,19 +32,30 @@ def reads_completed_only(pruner: optuna.pruners.BasePruner) -> bool:
 class CompletedTrials:
     """A study's completed trials, as this process last read them."""
 
+    # More new ones than this are read in one go, with the running trials (a server restart).
+    _ONE_BY_ONE = 16
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._by_id: dict[int, FrozenTrial] = {}
         self._trials: list[FrozenTrial] = []
 
-    def get(self, study: optuna.Study, count: int) -> list[FrozenTrial]:
-        """The completed trials, given how many the database holds now."""
+    def get(self, study: optuna.Study, backend: Backend) -> list[FrozenTrial]:
+        """The completed trials now, reading only those completed since the last call."""
+        if backend.count_trials(study._study_id, TrialState.COMPLETE) == len(self._trials):
+            return self._trials
+        missing = [
+            trial_id
+            for trial_id in backend.trial_ids(study._study_id, TrialState.COMPLETE)
+            if trial_id not in self._by_id
+        ]
+        if len(missing) > self._ONE_BY_ONE:
+            new = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        else:
+            new = [backend.storage.get_trial(trial_id) for trial_id in missing]
         with self._lock:
-            if len(self._trials) == count:
-                return self._trials
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        with self._lock:
-            if len(trials) > len(self._trials):
-                self._trials = trials
+            self._by_id.update((t._trial_id, t) for t in new)
+            self._trials = sorted(self._by_id.values(), key=lambda t: t.number)
             return self._trials
 
 

@@ -223,6 +223,13 @@ class Backend:
             retried = {number for history in histories for number in json.loads(history)}
         return states, failed, retried
 
+    def trial_ids(self, study_id: int, state: TrialState) -> list[int]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                sa.select(_TRIALS.c.trial_id)
+                .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == state)
+            ).scalars())
+
     def count_trials(self, study_id: int, state: TrialState) -> int:
         with self.engine.connect() as conn:
             return conn.execute(

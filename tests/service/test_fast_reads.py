@@ -92,12 +92,11 @@ def test_completed_trials_view_prunes_as_the_study_does(
             study.tell(finished, rng.uniform(0.2, 1.0))
         running = study.ask()  # stays running: the view must not need it
         curve(running, rng.randint(1, 6))
-        count = backend_store.count_trials(study._study_id, TrialState.COMPLETE)
-        trials = completed.get(study, count)
-        assert [t.number for t in trials] == [
-            t.number for t in study.get_trials(states=(TrialState.COMPLETE,))
+        trials = completed.get(study, backend_store)
+        assert [(t.number, t.value) for t in trials] == [
+            (t.number, t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))
         ]
-        assert completed.get(study, count) is trials  # unchanged count: nothing read again
+        assert completed.get(study, backend_store) is trials  # none new: nothing read again
         facts = backend_store.trial_facts(running._trial_id)
         assert facts is not None
         view = CompletedTrialsStudy(study, trials)
@@ -131,3 +130,23 @@ def test_trial_census_gives_the_budget_of_the_trials(backend_store: Backend) -> 
         assert Budget.from_census(*census, n_trials) == expected
     assert expected.counts.waiting == 1 and expected.counts.fail == 2
     assert expected.failed_final == 1
+
+
+def test_completed_trials_read_in_bulk_then_one_by_one(backend_store: Backend) -> None:
+    study = optuna.create_study(storage=backend_store.storage, study_name="bulk")
+
+    def complete(value: float) -> None:
+        trial = study.ask()
+        trial.report(value, 0)
+        study.tell(trial, value)
+
+    for i in range(CompletedTrials._ONE_BY_ONE + 4):  # more than are read one by one
+        complete(i / 10)
+    study.ask()  # running: never among them
+    completed = CompletedTrials()
+    for more in (0, 1, 2):
+        for _ in range(more):
+            complete(0.05 * more)
+        trials = completed.get(study, backend_store)
+        expected = study.get_trials(states=(TrialState.COMPLETE,))
+        assert [(t.number, t.value) for t in trials] == [(t.number, t.value) for t in expected]
