@@ -66,24 +66,32 @@ def plain_loop(
     model: torch.nn.Module,
     batches: Callable[[], Iterator[tuple[Tensor, Tensor]]],
     device: torch.device,
+    tf32: bool = True,
 ) -> Callable[[], int]:
-    """The common recipe as people write it: fp32, NCHW, SGD + StepLR, loss.item() each step."""
+    """The common recipe as people write it: fp32, NCHW, SGD + StepLR, loss.item() each step.
+    PyTorch's defaults let cuDNN run fp32 convolutions as TF32 on tensor cores; `tf32=False`
+    makes them (and matrix products) true fp32."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.1)
 
     def epoch() -> int:
-        model.train()
-        seen = 0
-        for x, y in batches():
-            x, y = x.to(device), y.to(device)
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
-            loss.item()
-            seen += len(y)
-        scheduler.step()
-        return seen
+        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            model.train()
+            seen = 0
+            for x, y in batches():
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                optimizer.step()
+                loss.item()
+                seen += len(y)
+            scheduler.step()
+            return seen
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
     return epoch
 
@@ -94,13 +102,14 @@ def fast_loop(
     iters: int,
     device: torch.device,
     compile: bool = False,
+    fused: bool = True,
 ) -> Callable[[], int]:
-    """The worker's own train_one_epoch on its runtime (bf16 + channels_last on CUDA), with
-    torch.compile as `training.compile: true` adds it."""
+    """The worker's own train_one_epoch on its runtime (bf16 + channels_last on CUDA, fused
+    SGD), with torch.compile as `training.compile: true` adds it."""
     rt = Runtime(device)
     model = model.to(memory_format=torch.channels_last) if rt.cuda else model
     forward = torch.compile(model) if compile else model
-    optimizer = make_optimizer(model.parameters(), RECIPE)
+    optimizer = make_optimizer(model.parameters(), RECIPE, fused=fused and rt.cuda)
     scheduler = make_scheduler(optimizer, RECIPE, iters)
 
     def epoch() -> int:
@@ -165,7 +174,13 @@ def main() -> None:
         ("plain fp32", "synthetic"): plain_loop(
             model(), synthetic(torch.contiguous_format), device
         ),
+        ("plain strict fp32", "synthetic"): plain_loop(
+            model(), synthetic(torch.contiguous_format), device, tf32=False
+        ),
         ("worker fast path", "synthetic"): fast_loop(model(), synthetic(cl), args.iters, device),
+        ("fast, foreach SGD", "synthetic"): fast_loop(
+            model(), synthetic(cl), args.iters, device, fused=False
+        ),
         ("plain fp32", "cached data set"): plain_loop(model(), lambda: iter(loader), device),
         ("worker fast path", "cached data set"): fast_loop(
             model(), lambda: cached.train_batches(0), cached.iters_per_epoch(), device
@@ -181,7 +196,7 @@ def main() -> None:
         rates = timed(run, args.repeats, device)
         results[key] = rates
         print(
-            f"{key[0]:>17} | {key[1]:<15} | median {statistics.median(rates):8.0f} img/s "
+            f"{key[0]:>20} | {key[1]:<15} | median {statistics.median(rates):8.0f} img/s "
             f"| min {min(rates):8.0f} max {max(rates):8.0f}",
             flush=True,
         )
@@ -194,6 +209,9 @@ def main() -> None:
         fast = statistics.median(results[("fast path + compile", "synthetic")])
         plain = statistics.median(results[("plain fp32", "synthetic")])
         print(f"ratio compiled/plain (synthetic): {fast / plain:.2f}x")
+    fast = statistics.median(results[("worker fast path", "synthetic")])
+    strict = statistics.median(results[("plain strict fp32", "synthetic")])
+    print(f"ratio fast/plain strict fp32 (synthetic): {fast / strict:.2f}x")
     for data_kind in ("synthetic", "cached data set"):
         fast = statistics.median(results[("worker fast path", data_kind)])
         plain = statistics.median(results[("plain fp32", data_kind)])

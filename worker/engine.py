@@ -261,7 +261,7 @@ def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Trial:
         forward = evaluated = network.head
     elif rt.cuda and job.training.get("compile", False):
         forward = torch.compile(module)
-    optimizer = make_optimizer(network.trainable_parameters(), job.hparams)
+    optimizer = make_optimizer(network.trainable_parameters(), job.hparams, fused=rt.cuda)
     scheduler = make_scheduler(optimizer, job.hparams, source.iters_per_epoch())
     return _Trial(network, source, forward, evaluated, TrainingState(module, optimizer, scheduler))
 
