@@ -5,7 +5,10 @@
 #  2. a short real study (server + worker on the GPU) with its trials/hour, for
 #     --trials-per-gpu K = 1, 2, 4 (a small model that cannot fill the GPU alone).
 # Run from the repository root in an environment with torch, torchvision and the server's
-# packages (on the project's lent GPU machine the missing ones travel as wheels in .whl/).
+# packages. On the project's lent GPU machine (torch there, no server packages) the missing
+# ones travel as wheels in .whl/ (see bench/RESULTS.md, "GPU check", for the list) and the run
+# starts with: python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#              && export PYTHONPATH=/tmp/site
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any, BinaryIO
 
 import optuna
@@ -100,7 +101,7 @@ class TrialProtocol:
             # takes most of a claim's time) runs after, in parallel with other claims. The new
             # trial already counts as running, so the budget stays exact.
             with self._backend.claim_lock.hold(handle.study_id):
-                started = self._start_trial(handle)
+                started = self._start_trial(handle, _worker_attrs(request))
             if started is not None:
                 trial = self._hand_out(handle, started, request)
                 self._backend.touch_worker(
@@ -124,43 +125,53 @@ class TrialProtocol:
             except NotFound:  # deleted meanwhile
                 continue
 
-    def _start_trial(self, handle: StudyHandle) -> optuna.trial.Trial | None:
-        """Under the claim lock: a new running trial if the budget allows one."""
+    def _start_trial(
+        self, handle: StudyHandle, attrs: dict[str, Any]
+    ) -> optuna.trial.Trial | None:
+        """Under the claim lock: a running trial with the worker's `attrs`, if the budget
+        allows one."""
         census = self._backend.trial_census(handle.study_id)
         budget = Budget.from_census(*census, handle.spec.n_trials)
         if budget.counts.waiting == 0 and not budget.can_sample():
             return None
         # A waiting trial (the baseline, a retry) goes out before a new one: ask() pops it.
         # Waiting trials are only made under this lock, so the census is still true here.
-        trial = handle.study.ask() if budget.counts.waiting else self._new_trial(handle.study)
+        if budget.counts.waiting:
+            trial = handle.study.ask()
+            self._set_worker_attrs(trial, attrs)
+        else:
+            trial = self._new_trial(handle.study, attrs)
         # Should this process die before the heartbeat is recorded, the sweep finds the trial.
         self._backend.storage.record_heartbeat(trial._trial_id)
         return trial
 
-    def _new_trial(self, study: optuna.Study) -> optuna.trial.Trial:
+    def _new_trial(self, study: optuna.Study, attrs: dict[str, Any]) -> optuna.trial.Trial:
         """What study.ask() does when no trial waits, without its read of every unfinished
-        trial to look for one (the sampler reads them again right after)."""
+        trial to look for one (the sampler reads them again right after); the trial is
+        created with the worker's attrs in the same transaction."""
         study._thread_local.cached_all_trials = None  # as ask(): the sampler reads afresh
-        trial_id = self._backend.storage.create_new_trial(study._study_id)
+        template = FrozenTrial(
+            number=0, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs=attrs,
+            system_attrs={}, intermediate_values={}, trial_id=0,
+        )
+        trial_id = self._backend.storage.create_new_trial(study._study_id, template)
         return optuna.trial.Trial(study, trial_id)
+
+    def _set_worker_attrs(self, trial: optuna.trial.Trial, attrs: dict[str, Any]) -> None:
+        """On a trial that waited: the worker's attrs, and none of the per-run attrs a retry
+        copied from its predecessor."""
+        copied = trial.user_attrs
+        attrs = {**{k: None for k in _PER_RUN_ATTRS if copied.get(k) is not None}, **attrs}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
 
     def _hand_out(self, handle: StudyHandle, trial: optuna.trial.Trial,
                   request: TrialClaim) -> ClaimedTrial:
         _suggest_all(trial, handle.distributions)  # a waiting trial's fixed params, or samples
-        trial_id = trial._trial_id
-        storage = self._backend.storage
-        # The trial as ask() read it, with the params just suggested: reading it again from the
-        # database would cost a full read of a running trial.
+        # The trial as ask() read it (its attrs as set since), with the params just suggested:
+        # reading it again from the database would cost a full read of a running trial.
         frozen = copy.deepcopy(trial._cached_frozen_trial)
-        attrs: dict[str, Any] = {"worker": request.worker_id}
-        for key in _PER_RUN_ATTRS:  # a retry's copies of its predecessor's: not its own
-            if frozen.user_attrs.get(key) is not None:
-                attrs[key] = None
-        if request.device:
-            attrs["device"] = request.device
-        for key, value in attrs.items():
-            storage.set_trial_user_attr(trial_id, key, value)
-        frozen.user_attrs.update(attrs)
         resume = self._resume(handle, frozen)
         logger.info("trial %d of %s -> %s%s", frozen.number, handle.name, request.worker_id,
                     f" (resuming after epoch {resume.epoch})" if resume else "")
@@ -261,7 +272,8 @@ class TrialProtocol:
         """What Trial.should_prune asks, reading no more of the study than the pruner needs."""
         pruner = handle.study.pruner
         if reads_completed_only(pruner):
-            completed = handle.completed.get(handle.study, self._backend)
+            completed = handle.completed.get(handle.study, self._backend,
+                                             facts.completed_in_study)
             return pruner.prune(CompletedTrialsStudy(handle.study, completed),  # type: ignore[arg-type]
                                 facts.frozen())
         return pruner.prune(handle.study, self._backend.storage.get_trial(facts.trial_id))
@@ -420,6 +432,13 @@ class TrialProtocol:
                 artifact_id = key.removeprefix("artifacts:")
                 if key.startswith("artifacts:") and artifact_id not in keep:
                     self._remove(artifact_id)
+
+
+def _worker_attrs(request: TrialClaim) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"worker": request.worker_id}
+    if request.device:
+        attrs["device"] = request.device
+    return attrs
 
 
 def _has_artifacts(trial: FrozenTrial) -> bool:

@@ -40,9 +40,10 @@ class CompletedTrials:
         self._by_id: dict[int, FrozenTrial] = {}
         self._trials: list[FrozenTrial] = []
 
-    def get(self, study: optuna.Study, backend: Backend) -> list[FrozenTrial]:
-        """The completed trials now, reading only those completed since the last call."""
-        if backend.count_trials(study._study_id, TrialState.COMPLETE) == len(self._trials):
+    def get(self, study: optuna.Study, backend: Backend, count: int) -> list[FrozenTrial]:
+        """The completed trials, `count` of them in the database now; reads only those
+        completed since the last call."""
+        if count == len(self._trials):
             return self._trials
         missing = [
             trial_id

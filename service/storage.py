@@ -107,7 +107,7 @@ _ARTIFACT_PREFIX = "artifacts:"  # how optuna.artifacts.upload_artifact names it
 
 @dataclass(frozen=True)
 class TrialFacts:
-    """What the protocol's frequent messages need of a trial. Read with four plain queries:
+    """What the protocol's frequent messages need of a trial. Read with two plain queries:
     Optuna's `get_trial` builds every attribute of the trial through its ORM, which was the
     largest cost of a report."""
 
@@ -119,6 +119,7 @@ class TrialFacts:
     intermediate_values: dict[int, float]
     worker: str | None
     has_artifacts: bool
+    completed_in_study: int  # complete trials of its study
 
     def frozen(self) -> FrozenTrial:
         """The trial as a pruner that reads only its learning curve sees it."""
@@ -162,10 +163,27 @@ class Backend:
     def trial_facts(self, trial_id: int) -> TrialFacts | None:
         """The trial's facts, or None when there is no such trial."""
         value_of = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+        worker = (
+            sa.select(_USER_ATTRS.c.value_json)
+            .where(_USER_ATTRS.c.trial_id == _TRIALS.c.trial_id, _USER_ATTRS.c.key == "worker")
+            .scalar_subquery()
+        )
+        artifacts = sa.exists().where(
+            _SYSTEM_ATTRS.c.trial_id == _TRIALS.c.trial_id,
+            _SYSTEM_ATTRS.c.key.startswith(_ARTIFACT_PREFIX, autoescape=True),
+        )
+        others = _TRIALS.alias()
+        completed = (
+            sa.select(sa.func.count())
+            .where(others.c.study_id == _TRIALS.c.study_id,
+                   others.c.state == TrialState.COMPLETE)
+            .scalar_subquery()
+        )
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(_TRIALS.c.study_id, _STUDIES.c.study_name, _TRIALS.c.number,
-                          _TRIALS.c.state)
+                          _TRIALS.c.state, worker.label("worker"),
+                          artifacts.label("has_artifacts"), completed.label("completed"))
                 .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
                 .where(_TRIALS.c.trial_id == trial_id)
             ).first()
@@ -179,15 +197,6 @@ class Backend:
                     .where(_VALUES.c.trial_id == trial_id)
                 )
             }
-            worker = conn.execute(
-                sa.select(_USER_ATTRS.c.value_json)
-                .where(_USER_ATTRS.c.trial_id == trial_id, _USER_ATTRS.c.key == "worker")
-            ).scalar()
-            artifacts = conn.execute(
-                sa.select(sa.func.count()).select_from(_SYSTEM_ATTRS)
-                .where(_SYSTEM_ATTRS.c.trial_id == trial_id,
-                       _SYSTEM_ATTRS.c.key.startswith(_ARTIFACT_PREFIX, autoescape=True))
-            ).scalar()
         return TrialFacts(
             trial_id=trial_id,
             study_id=row.study_id,
@@ -195,8 +204,9 @@ class Backend:
             number=row.number,
             state=row.state,
             intermediate_values=values,
-            worker=json.loads(worker) if worker is not None else None,
-            has_artifacts=bool(artifacts),
+            worker=json.loads(row.worker) if row.worker is not None else None,
+            has_artifacts=bool(row.has_artifacts),
+            completed_in_study=row.completed,
         )
 
     def trial_census(self, study_id: int) -> tuple[dict[str, int], list[int], set[int]]:
@@ -229,13 +239,6 @@ class Backend:
                 sa.select(_TRIALS.c.trial_id)
                 .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == state)
             ).scalars())
-
-    def count_trials(self, study_id: int, state: TrialState) -> int:
-        with self.engine.connect() as conn:
-            return conn.execute(
-                sa.select(sa.func.count()).select_from(_TRIALS)
-                .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == state)
-            ).scalar_one()
 
     def running_without_heartbeat(self, study_id: int) -> list[int]:
         """Ids of the study's RUNNING trials that have no heartbeat row. Optuna's stale check

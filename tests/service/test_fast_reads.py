@@ -54,6 +54,7 @@ def test_trial_facts_equal_optunas_trial(backend_store: Backend) -> None:
             assert facts.intermediate_values[step] == pytest.approx(value, nan_ok=True)
         assert facts.frozen().intermediate_values == facts.intermediate_values
         assert facts.frozen().last_step == stored.last_step
+        assert facts.completed_in_study == 1
     assert backend_store.trial_facts(10**9) is None
     assert backend_store.study_of_trial(done._trial_id) == (study._study_id, "facts")
     assert backend_store.study_of_trial(10**9) is None
@@ -92,13 +93,14 @@ def test_completed_trials_view_prunes_as_the_study_does(
             study.tell(finished, rng.uniform(0.2, 1.0))
         running = study.ask()  # stays running: the view must not need it
         curve(running, rng.randint(1, 6))
-        trials = completed.get(study, backend_store)
+        facts = backend_store.trial_facts(running._trial_id)
+        assert facts is not None
+        trials = completed.get(study, backend_store, facts.completed_in_study)
         assert [(t.number, t.value) for t in trials] == [
             (t.number, t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))
         ]
-        assert completed.get(study, backend_store) is trials  # none new: nothing read again
-        facts = backend_store.trial_facts(running._trial_id)
-        assert facts is not None
+        # none new: nothing read again
+        assert completed.get(study, backend_store, facts.completed_in_study) is trials
         view = CompletedTrialsStudy(study, trials)
         expected = pruner.prune(study, backend_store.storage.get_trial(running._trial_id))
         assert pruner.prune(view, facts.frozen()) == expected  # type: ignore[arg-type]
@@ -147,6 +149,6 @@ def test_completed_trials_read_in_bulk_then_one_by_one(backend_store: Backend) -
     for more in (0, 1, 2):
         for _ in range(more):
             complete(0.05 * more)
-        trials = completed.get(study, backend_store)
         expected = study.get_trials(states=(TrialState.COMPLETE,))
+        trials = completed.get(study, backend_store, len(expected))
         assert [(t.number, t.value) for t in trials] == [(t.number, t.value) for t in expected]
