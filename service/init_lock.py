@@ -27,16 +27,22 @@ PG_INIT_LOCK_KEY = 0x68_70_73_69_6E_69_74
 
 
 @contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path` (created if missing), across the processes of one host."""
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def storage_init_lock(url: str, sqlite_path: Path | None) -> Iterator[None]:
     """Hold the storage's initialisation lock; `sqlite_path` is the SQLite file, if any."""
     if sqlite_path is not None:
-        lock_path = sqlite_path.with_suffix(sqlite_path.suffix + ".init.lock")
-        with open(lock_path, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(sqlite_path.with_suffix(sqlite_path.suffix + ".init.lock")):
+            yield
         return
     if sa.make_url(url).get_backend_name() != "postgresql":
         yield

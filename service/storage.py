@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import threading
@@ -21,7 +20,7 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
-from service.init_lock import storage_init_lock
+from service.init_lock import file_lock, storage_init_lock
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -86,13 +85,8 @@ class ClaimLock:
                     yield
             elif self._sqlite_path is not None:
                 suffix = self._sqlite_path.suffix + f".claim-{study_id}.lock"
-                lock_path = self._sqlite_path.with_suffix(suffix)
-                with open(lock_path, "a+b") as handle:
-                    fcntl.flock(handle, fcntl.LOCK_EX)
-                    try:
-                        yield
-                    finally:
-                        fcntl.flock(handle, fcntl.LOCK_UN)
+                with file_lock(self._sqlite_path.with_suffix(suffix)):
+                    yield
             else:
                 yield
 
