@@ -30,7 +30,7 @@ from service.pruning import CompletedTrialsStudy, reads_completed_only
 from service.registry import StudyHandle, StudyRegistry
 from service.schemas import ClaimedTrial, ReportAnswer, Resume, TrialAck, TrialClaim
 from service.settings import Settings
-from service.storage import Backend, TrialFacts
+from service.storage import ARTIFACT_PREFIX, Backend, TrialFacts
 from service.views import CHECKPOINT_ATTR, WEIGHTS_ATTR, ranked, retry_of, state_name
 
 logger = logging.getLogger(__name__)
@@ -429,8 +429,8 @@ class TrialProtocol:
             if t.state in (TrialState.RUNNING, TrialState.WAITING):
                 continue
             for key in t.system_attrs:
-                artifact_id = key.removeprefix("artifacts:")
-                if key.startswith("artifacts:") and artifact_id not in keep:
+                artifact_id = key.removeprefix(ARTIFACT_PREFIX)
+                if key.startswith(ARTIFACT_PREFIX) and artifact_id not in keep:
                     self._remove(artifact_id)
 
 
@@ -442,7 +442,7 @@ def _worker_attrs(request: TrialClaim) -> dict[str, Any]:
 
 
 def _has_artifacts(trial: FrozenTrial) -> bool:
-    return any(key.startswith("artifacts:") for key in trial.system_attrs)
+    return any(key.startswith(ARTIFACT_PREFIX) for key in trial.system_attrs)
 
 
 def _suggest_all(trial: optuna.trial.Trial, distributions: dict[str, BaseDistribution]) -> None:

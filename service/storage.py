@@ -96,7 +96,7 @@ _STUDIES = models.StudyModel.__table__
 _VALUES = models.TrialIntermediateValueModel.__table__
 _USER_ATTRS = models.TrialUserAttributeModel.__table__
 _SYSTEM_ATTRS = models.TrialSystemAttributeModel.__table__
-_ARTIFACT_PREFIX = "artifacts:"  # how optuna.artifacts.upload_artifact names its system attrs
+ARTIFACT_PREFIX = "artifacts:"  # how optuna.artifacts.upload_artifact names its system attrs
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,39 @@ class TrialFacts:
             system_attrs={}, intermediate_values=dict(self.intermediate_values),
             trial_id=self.trial_id,
         )
+
+
+def _facts_statement() -> sa.Select[Any]:
+    """A trial's row with its worker, whether it has artifacts, and its study's completed
+    count: built once, run for every report and completion."""
+    worker = (
+        sa.select(_USER_ATTRS.c.value_json)
+        .where(_USER_ATTRS.c.trial_id == _TRIALS.c.trial_id, _USER_ATTRS.c.key == "worker")
+        .scalar_subquery()
+    )
+    artifacts = sa.exists().where(
+        _SYSTEM_ATTRS.c.trial_id == _TRIALS.c.trial_id,
+        _SYSTEM_ATTRS.c.key.startswith(ARTIFACT_PREFIX, autoescape=True),
+    )
+    others = _TRIALS.alias()
+    completed = (
+        sa.select(sa.func.count())
+        .where(others.c.study_id == _TRIALS.c.study_id, others.c.state == TrialState.COMPLETE)
+        .scalar_subquery()
+    )
+    return (
+        sa.select(_TRIALS.c.study_id, _STUDIES.c.study_name, _TRIALS.c.number, _TRIALS.c.state,
+                  worker.label("worker"), artifacts.label("has_artifacts"),
+                  completed.label("completed"))
+        .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
+        .where(_TRIALS.c.trial_id == sa.bindparam("trial_id"))
+    )
+
+
+_FACTS = _facts_statement()
+_CURVE = sa.select(
+    _VALUES.c.step, _VALUES.c.intermediate_value, _VALUES.c.intermediate_value_type
+).where(_VALUES.c.trial_id == sa.bindparam("trial_id"))
 
 
 @dataclass
@@ -157,39 +190,13 @@ class Backend:
     def trial_facts(self, trial_id: int) -> TrialFacts | None:
         """The trial's facts, or None when there is no such trial."""
         value_of = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
-        worker = (
-            sa.select(_USER_ATTRS.c.value_json)
-            .where(_USER_ATTRS.c.trial_id == _TRIALS.c.trial_id, _USER_ATTRS.c.key == "worker")
-            .scalar_subquery()
-        )
-        artifacts = sa.exists().where(
-            _SYSTEM_ATTRS.c.trial_id == _TRIALS.c.trial_id,
-            _SYSTEM_ATTRS.c.key.startswith(_ARTIFACT_PREFIX, autoescape=True),
-        )
-        others = _TRIALS.alias()
-        completed = (
-            sa.select(sa.func.count())
-            .where(others.c.study_id == _TRIALS.c.study_id,
-                   others.c.state == TrialState.COMPLETE)
-            .scalar_subquery()
-        )
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(_TRIALS.c.study_id, _STUDIES.c.study_name, _TRIALS.c.number,
-                          _TRIALS.c.state, worker.label("worker"),
-                          artifacts.label("has_artifacts"), completed.label("completed"))
-                .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
-                .where(_TRIALS.c.trial_id == trial_id)
-            ).first()
+            row = conn.execute(_FACTS, {"trial_id": trial_id}).first()
             if row is None:
                 return None
             values = {
                 step: value_of(value, kind)
-                for step, value, kind in conn.execute(
-                    sa.select(_VALUES.c.step, _VALUES.c.intermediate_value,
-                              _VALUES.c.intermediate_value_type)
-                    .where(_VALUES.c.trial_id == trial_id)
-                )
+                for step, value, kind in conn.execute(_CURVE, {"trial_id": trial_id})
             }
         return TrialFacts(
             trial_id=trial_id,

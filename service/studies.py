@@ -13,7 +13,7 @@ from service.errors import NotFound
 from service.registry import STOPPED_ATTR, StudyHandle, StudyRegistry
 from service.schemas import BestList, StudyPublic, TrialPublic
 from service.spec import StudySpec
-from service.storage import Backend
+from service.storage import ARTIFACT_PREFIX, Backend
 from service.views import (
     baseline_trial,
     best_trial,
@@ -114,10 +114,10 @@ class StudyService:
     def delete(self, name: str) -> None:
         handle = self._registry.get(name)
         artifact_ids = [
-            key.removeprefix("artifacts:")
+            key.removeprefix(ARTIFACT_PREFIX)
             for t in handle.study.get_trials(deepcopy=False)
             for key in t.system_attrs
-            if key.startswith("artifacts:")
+            if key.startswith(ARTIFACT_PREFIX)
         ]
         optuna.delete_study(study_name=name, storage=self._backend.storage)
         self._registry.forget(name)

@@ -110,24 +110,13 @@ class WeightsCache:
         return None
 
 
-class TemplateCache:
+class TemplateCache(BoundedCache[Hashable, tuple[nn.Module, str]]):
     """Pretrained modules built by this process, with their old head, as (module, head name).
 
     Trials get deep copies, several times faster than a new build (resnet18 on a CPU: ~24
     against ~150 ms); a template itself is never handed out, so nothing a trial does reaches
-    the next one. Each takes as much memory as its weights, hence the small capacity.
+    the next one. Each takes as much memory as its weights, hence the small capacity (2).
     """
-
-    def __init__(self, capacity: int = 2) -> None:
-        self._items: BoundedCache[Hashable, tuple[nn.Module, str]] = BoundedCache(capacity)
-
-    def get_or_create(
-        self, key: Hashable, create: Callable[[], tuple[nn.Module, str]]
-    ) -> tuple[nn.Module, str]:
-        return self._items.get_or_create(key, create)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def resolve_weights(arch: str, name: str) -> WeightsEnum:
