@@ -35,6 +35,7 @@ def study_line(study: Body) -> str:
         f"study {study['name']}: {study['state']}, {study['finished']}/{study['n_trials']} finished"
         f" ({c.get('running', 0)} running, {c.get('waiting', 0)} waiting,"
         f" {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed)"
+        + (f"; {study['state_reason']}" if study.get("state_reason") else "")
     )
 
 

@@ -113,6 +113,8 @@ def summary_line(study: Body, workers: Sequence[Body], trouble: str) -> str:
     ours, idle, _ = _split(study["name"], workers)
     busy = [f"{w['worker_id']}:#{w.get('trial_number')}" for w in ours]
     parts.append(f"workers {' '.join(busy) or '-'} ({len(idle)} idle)")
+    if study.get("state_reason"):
+        parts.append(study["state_reason"])
     if trouble:
         parts.append(trouble)
     return " | ".join(parts)

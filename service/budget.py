@@ -14,24 +14,25 @@ class Budget:
     counts: TrialCounts
     n_trials: int
     failed_final: int  # failed and not retried: a worker's reported failure or retries exhausted
+    grid_left: int | None = None  # a grid study's combinations no trial has been given
 
     @classmethod
-    def of(cls, trials: list[FrozenTrial], n_trials: int) -> Budget:
+    def of(cls, trials: list[FrozenTrial], n_trials: int, grid_left: int | None = None) -> Budget:
         states: dict[str, int] = {}
         retried: set[int] = set()
         for t in trials:
             states[t.state.name] = states.get(t.state.name, 0) + 1
             retried.update(t.system_attrs.get("retry_history") or [])
         failed = [t.number for t in trials if t.state == TrialState.FAIL]
-        return cls.from_census(states, failed, retried, n_trials)
+        return cls.from_census(states, failed, retried, n_trials, grid_left)
 
     @classmethod
     def from_census(cls, states: dict[str, int], failed: list[int], retried: set[int],
-                    n_trials: int) -> Budget:
+                    n_trials: int, grid_left: int | None = None) -> Budget:
         """From trial counts by state name, the numbers of failed trials and the numbers of
         trials that were retried (the union of every trial's retry history)."""
         counts = TrialCounts(**{name.lower(): n for name, n in states.items()})
-        return cls(counts, n_trials, sum(1 for n in failed if n not in retried))
+        return cls(counts, n_trials, sum(1 for n in failed if n not in retried), grid_left)
 
     @property
     def finished(self) -> int:
@@ -49,8 +50,19 @@ class Budget:
     def can_sample(self) -> bool:
         """Whether a new trial may be sampled. Failed trials do not use up the budget: the
         budget is exactly n_trials finished (COMPLETE + PRUNED) trials."""
-        room = self.finished + self.in_flight < self.n_trials
+        room = self.finished + self.in_flight < self.n_trials and self.grid_left != 0
         return room and self.failed_final < self.fail_limit
 
     def done(self) -> bool:
         return self.in_flight == 0 and not self.can_sample()
+
+    def reason(self) -> str | None:
+        """Why no new trial is sampled, in words; None while new ones may be."""
+        if self.can_sample():
+            return None
+        if self.failed_final >= self.fail_limit:
+            return f"{self.failed_final} trials failed (the limit is {self.fail_limit})"
+        if self.finished + self.in_flight >= self.n_trials:
+            return f"n_trials reached: {self.finished} finished, {self.in_flight} in flight"
+        return ("the grid is exhausted: every combination was handed out"
+                + (f", {self.in_flight} still in flight" if self.in_flight else ""))

@@ -10,6 +10,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.errors import InvalidInput
+from service.grid import ServerGridSampler
 
 Seed = Annotated[int | None, Field(None, ge=0, le=2**32 - 1)]
 
@@ -150,7 +151,7 @@ def _grid_sampler(
     spec: GridSpec, space: dict[str, list[Any]] | None
 ) -> optuna.samplers.BaseSampler:
     assert space is not None, "grid spaces are checked before the sampler is built"
-    return optuna.samplers.GridSampler(space, seed=spec.seed)
+    return ServerGridSampler(space, seed=spec.seed)
 
 
 SAMPLERS: dict[str, Callable[[Any, dict[str, list[Any]] | None], optuna.samplers.BaseSampler]] = {

@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from service import metrics
 from service.budget import Budget
 from service.errors import Conflict, InvalidInput, NotFound
+from service.grid import ServerGridSampler
 from service.pruning import CompletedTrialsStudy, reads_completed_only
 from service.registry import StudyHandle, StudyRegistry
 from service.schemas import ClaimedTrial, ReportAnswer, Resume, TrialAck, TrialClaim
@@ -131,7 +132,10 @@ class TrialProtocol:
         """Under the claim lock: a running trial with the worker's `attrs`, if the budget
         allows one."""
         census = self._backend.trial_census(handle.study_id)
-        budget = Budget.from_census(*census, handle.spec.n_trials)
+        sampler = handle.study.sampler
+        left = (len(sampler.left(self._backend.grid_ids(handle.study_id)))
+                if isinstance(sampler, ServerGridSampler) else None)
+        budget = Budget.from_census(*census, handle.spec.n_trials, left)
         if budget.counts.waiting == 0 and not budget.can_sample():
             return None
         # A waiting trial (the baseline, a retry) goes out before a new one: ask() pops it.

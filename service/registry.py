@@ -15,6 +15,7 @@ from optuna.distributions import BaseDistribution
 from pydantic import ValidationError
 
 from service.errors import Conflict, InvalidInput, NotFound
+from service.grid import mark_grid_point
 from service.optimizers import build_pruner, build_sampler
 from service.pruning import CompletedTrials
 from service.search_space import (
@@ -139,6 +140,7 @@ class StudyRegistry:
             # Enqueued first, so the baseline is the first trial the study hands out.
             params = {name: handle.recipe[name] for name in space.root}
             study.enqueue_trial(params, user_attrs={"baseline": True})
+            mark_grid_point(study, params)
         with self._lock:
             self._handles[spec.name] = handle
         return handle

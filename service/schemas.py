@@ -71,6 +71,10 @@ class TrialCounts(BaseModel):
 class StudyPublic(BaseModel):
     name: str
     state: Literal["running", "stopped", "done"]
+    state_reason: str | None = Field(
+        None, description="Why no new trials are handed out (the budget is spent, the grid "
+        "is exhausted, too many failures, stopped); null while they are"
+    )
     n_trials: int
     finished: int = Field(description="COMPLETE + PRUNED trials, what n_trials counts")
     counts: TrialCounts

@@ -234,6 +234,15 @@ class Backend:
             retried = {number for history in histories for number in json.loads(history)}
         return states, failed, retried
 
+    def grid_ids(self, study_id: int) -> list[int]:
+        """The grid combinations (Optuna's `grid_id` system attr) the study's trials hold."""
+        with self.engine.connect() as conn:
+            return [json.loads(v) for v in conn.execute(
+                sa.select(_SYSTEM_ATTRS.c.value_json)
+                .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
+                .where(_TRIALS.c.study_id == study_id, _SYSTEM_ATTRS.c.key == "grid_id")
+            ).scalars()]
+
     def trial_ids(self, study_id: int, state: TrialState) -> list[int]:
         with self.engine.connect() as conn:
             return list(conn.execute(

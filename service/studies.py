@@ -10,6 +10,7 @@ import optuna
 
 from service.budget import Budget
 from service.errors import NotFound
+from service.grid import grid_left
 from service.registry import STOPPED_ATTR, StudyHandle, StudyRegistry
 from service.schemas import BestList, StudyPublic, TrialPublic
 from service.spec import StudySpec
@@ -58,21 +59,23 @@ class StudyService:
     def summary(self, name: str, base_url: str, handle: StudyHandle | None = None) -> StudyPublic:
         handle = handle or self._registry.get(name)
         trials = handle.study.get_trials(deepcopy=False)
-        budget = Budget.of(trials, handle.spec.n_trials)
+        budget = Budget.of(trials, handle.spec.n_trials, grid_left(handle.study.sampler, trials))
         base = baseline_trial(trials)
         base_loss = base.value if base else None
         ranking = ranked(trials)
         best = best_trial(handle, ranking[0], base_loss) if ranking else None
+        reason = budget.reason()
         if budget.done() or budget.finished >= handle.spec.n_trials:
             state = "done"
         elif self._registry.is_stopped(handle):
-            state = "stopped"
+            state, reason = "stopped", "stopped: no new trials are handed out"
         else:
             state = "running"
         created = handle.study.user_attrs.get("created_at")
         return StudyPublic(
             name=handle.name,
             state=state,
+            state_reason=reason,
             n_trials=handle.spec.n_trials,
             finished=budget.finished,
             counts=budget.counts,
