@@ -1,5 +1,5 @@
-"""`hpsearch serve`: flags become HPSEARCH_* settings, then uvicorn runs the app factory (in
-each of --workers processes)."""
+"""`hpsearch serve`: flags override HPSEARCH_* settings, validated once here, then uvicorn runs
+the app built from exactly these settings (in each of --workers processes)."""
 
 from __future__ import annotations
 
@@ -10,39 +10,31 @@ from pydantic import ValidationError
 
 from cli.errors import CliError
 
-FLAG_TO_ENV = {
-    "storage": "HPSEARCH_STORAGE",
-    "data_dir": "HPSEARCH_DATA_DIR",
-    "artifacts": "HPSEARCH_ARTIFACTS",
-    "heartbeat_interval": "HPSEARCH_HEARTBEAT_INTERVAL",
-    "lease_grace": "HPSEARCH_LEASE_GRACE",
-    "max_retries": "HPSEARCH_MAX_RETRIES",
-    "public_url": "HPSEARCH_PUBLIC_URL",
-}
+FLAGS = ("storage", "data_dir", "artifacts", "heartbeat_interval", "lease_grace", "max_retries",
+         "public_url")
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.app import SETTINGS_ENV, create_app
     from service.settings import Settings
 
-    for flag, env in FLAG_TO_ENV.items():
-        value = getattr(args, flag)
-        if value is not None:
-            os.environ[env] = str(value)
+    given = {flag: getattr(args, flag) for flag in FLAGS if getattr(args, flag) is not None}
     try:
-        settings = Settings()  # validate once here, so a bad setting is one clear line
+        settings = Settings(**given)  # flags over the environment; a bad one is one clear line
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CliError(f"invalid settings: {problems}") from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    uvicorn.run(
-        "service.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level.lower(),
-        timeout_graceful_shutdown=10,
-    )
+    common = dict(host=args.host, port=args.port, log_level=args.log_level.lower(),
+                  timeout_graceful_shutdown=10)
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return 0
+    # Server processes are started by uvicorn from an import string: they get the validated
+    # settings as one JSON document (secrets included: they came from this environment).
+    os.environ[SETTINGS_ENV] = settings.model_dump_json(context={"secrets": True})
+    uvicorn.run("service.app:create_app_from_serve", factory=True, workers=args.workers,
+                **common)
     return 0

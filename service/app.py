@@ -1,27 +1,36 @@
-"""The app factory: `create_app(settings)` builds the API, the dashboard and the lease keeper;
-everything that holds a resource is opened in the lifespan, so tests build their own apps."""
+"""The app factory: `create_app(settings)` builds the API, the dashboard and the lease keeper.
+
+Everything that holds a resource (the database, the artifact store, the lease keeper's thread)
+is opened in the lifespan, and the metrics registry belongs to the app: several apps can live in
+one process, each over its own storage (tests use FastAPI's TestClient, which runs the
+lifespan)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
 import optuna
 from fastapi import FastAPI, Request
+from starlette.routing import Match, Mount
 
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.router import api_router
 from service.api.routes import health
+from service.artifacts import Artifacts
 from service.budget import Budget
+from service.claims import Claims
 from service.dashboard import DashboardMount
-from service.errors import NotFound
+from service.errors import MethodNotAllowed, NotFound
 from service.lease_keeper import LeaseKeeper
-from service.metrics import LatencyMiddleware, StorageCollector
-from service.protocol import TrialProtocol
+from service.leases import Leases
+from service.messages import TrialMessages
+from service.metrics import LatencyMiddleware, Metrics, StorageCollector
 from service.registry import StudyRegistry
 from service.settings import Settings
 from service.storage import Backend, open_backend
@@ -42,7 +51,7 @@ def _trial_counts(registry: StudyRegistry) -> Any:
         for name in registry.names():
             try:
                 handle = registry.get(name)
-            except (NotFound, KeyError):  # deleted meanwhile
+            except NotFound:  # deleted meanwhile
                 continue
             budget = Budget.of(handle.study.get_trials(deepcopy=False), handle.spec.n_trials)
             out[name] = budget.counts.model_dump()
@@ -51,22 +60,28 @@ def _trial_counts(registry: StudyRegistry) -> Any:
     return counts
 
 
-def open_services(settings: Settings) -> Services:
-    protocol_ref: list[TrialProtocol] = []
-    backend: Backend = open_backend(settings, on_stale=lambda s, t: protocol_ref[0].on_stale(s, t))
+def open_services(settings: Settings, metrics: Metrics) -> Services:
+    leases_ref: list[Leases] = []  # the storage calls back into the leases it is built before
+    backend: Backend = open_backend(settings, on_stale=lambda s, t: leases_ref[0].on_stale(s, t))
     registry = StudyRegistry(backend, settings)
-    protocol = TrialProtocol(backend, registry, settings)
-    protocol_ref.append(protocol)
-    collector = StorageCollector(
+    leases = Leases(backend, registry, metrics, settings.heartbeat_interval,
+                    settings.max_retries)
+    leases_ref.append(leases)
+    artifacts = Artifacts(backend, registry, settings.keep_top_k)
+    metrics.registry.register(StorageCollector(
         _trial_counts(registry), lambda: len(backend.list_workers(3 * settings.grace_period))
-    )
+    ))
     return Services(
         settings=settings,
         backend=backend,
         registry=registry,
-        studies=StudyService(backend, registry, settings.public_url, settings.keep_top_k),
-        protocol=protocol,
-        app_collector=collector,
+        studies=StudyService(backend, registry, artifacts, settings.public_url,
+                             settings.keep_top_k),
+        claims=Claims(backend, registry, metrics, settings.heartbeat_interval),
+        messages=TrialMessages(backend, registry, leases, artifacts, metrics),
+        leases=leases,
+        artifacts=artifacts,
+        metrics=metrics,
     )
 
 
@@ -80,22 +95,38 @@ def quiet_optuna() -> None:
     optuna.logging.enable_propagation()
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+# `hpsearch serve --workers N` hands its validated settings to its server processes here.
+SETTINGS_ENV = "HPSEARCH_SERVE_SETTINGS"
+
+
+def create_app_from_serve() -> FastAPI:
+    """The app of one of `hpsearch serve --workers N`'s server processes."""
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app over `settings`; without them, read from the HPSEARCH_* environment."""
     settings = settings or Settings()
+    metrics = Metrics()
     quiet_optuna()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = open_services(settings)
+        services = open_services(settings, metrics)
         app.state.services = services
+
+        def sweep(fail_stale: bool) -> None:
+            services.leases.sweep(fail_stale, services.artifacts.collect_garbage)
+
         keeper = LeaseKeeper(
-            services.protocol.sweep,
+            sweep,
             every_s=max(0.5, settings.heartbeat_interval / 2),
             grace_s=settings.grace_period,
         )
         keeper.start()
-        url = services.backend.engine.url.render_as_string(hide_password=True)
-        logger.info("serving storage %s", url)
+        logger.info("serving storage %s", services.backend.describe())
         try:
             yield
         finally:
@@ -113,14 +144,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
 
     @app.api_route(
-        "/api/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False
+        "/api/v1/{rest:path}", methods=list(_METHODS),
+        include_in_schema=False,
     )
     def unknown_api_path(rest: str, request: Request) -> None:
-        raise NotFound(f"no such endpoint: {request.method} /api/v1/{rest}")
+        """Paths under /api/v1 that no route took: 405 when the path exists with other methods
+        (else the dashboard mounted at / would answer 404), 404 otherwise."""
+        path = f"/api/v1/{rest}"
+        routes = [r for r in app.router.routes if not isinstance(r, Mount)
+                  and getattr(r, "endpoint", None) is not unknown_api_path]
+        allowed = [method for method in _METHODS if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )]
+        if allowed:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {path}", allow=allowed)
+        raise NotFound(f"no such endpoint: {request.method} {path}")
 
     app.mount("/", DashboardMount(app.state), name="dashboard")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(LatencyMiddleware)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app
 
 

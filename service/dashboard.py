@@ -22,12 +22,9 @@ from service.storage import Backend
 
 
 def build_dashboard(backend: Backend) -> Any:
-    import optuna_dashboard
     from a2wsgi import WSGIMiddleware
 
-    return WSGIMiddleware(
-        optuna_dashboard.wsgi(backend.storage, artifact_store=backend.artifacts), workers=8
-    )
+    return WSGIMiddleware(backend.dashboard_wsgi(), workers=8)
 
 
 class DashboardMount:

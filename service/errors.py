@@ -36,6 +36,16 @@ class Forbidden(ServiceError):
     status_code = 403
 
 
+class MethodNotAllowed(ServiceError):
+    """The path exists but not with this method; `allow` lists the methods it has."""
+
+    status_code = 405
+
+    def __init__(self, message: str, *, allow: list[str]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
 

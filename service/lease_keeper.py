@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from service.storage import DATABASE_DOWN
+
 logger = logging.getLogger(__name__)
 
 
@@ -39,9 +41,13 @@ class LeaseKeeper:
         while not self._stop.wait(self._every_s):
             try:
                 self._sweep(time.monotonic() >= hold_until)
-            except Exception as exc:  # the database may be down; try again next round
+            except DATABASE_DOWN as exc:  # try again next round, then give workers a lease
                 hold_until = math.inf
-                logger.warning("lease sweep failed: %s", type(exc).__name__)
+                logger.warning("lease sweep failed, the database is unreachable: %s",
+                               type(exc).__name__)
+                continue
+            except Exception:  # noqa: BLE001 - a fault of ours: logged whole; the keeper lives on
+                logger.exception("lease sweep failed")
                 continue
             if hold_until == math.inf:  # the database is back: give the workers a lease period
                 hold_until = time.monotonic() + self._grace_s

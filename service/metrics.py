@@ -7,24 +7,50 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-CLAIMS = Counter("hpsearch_claims", "Trials handed out to workers", ["study"])
-REPORTS = Counter("hpsearch_reports", "Epoch reports received", ["study"])
-STALE_TRIALS = Counter(
-    "hpsearch_stale_trials_failed", "Trials failed for lack of heartbeats", ["study"]
-)
-RETRIES = Counter(
-    "hpsearch_retries", "Trials re-queued after a worker died or handed back", ["study"]
-)
-LATENCY = Histogram(
-    "hpsearch_request_seconds",
-    "API latency by route",
-    ["method", "route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
+
+class Metrics:
+    """One app's metrics, in a registry of its own: two apps in one process (tests, embedding)
+    count apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.claims = Counter("hpsearch_claims", "Trials handed out to workers", ["study"],
+                              registry=self.registry)
+        self.reports = Counter("hpsearch_reports", "Epoch reports received", ["study"],
+                               registry=self.registry)
+        self.stale_trials = Counter(
+            "hpsearch_stale_trials_failed", "Trials failed for lack of heartbeats", ["study"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "hpsearch_retries", "Trials re-queued after a worker died or handed back", ["study"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "hpsearch_request_seconds",
+            "API latency by route",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # stateless
+            self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class StorageCollector(Collector):
@@ -43,12 +69,6 @@ class StorageCollector(Collector):
         yield trials
         yield GaugeMetricFamily("hpsearch_connected_workers", "Workers seen within the lease",
                                 value=self._workers())
-
-
-def render(collector: StorageCollector) -> bytes:
-    registry = CollectorRegistry()
-    registry.register(collector)
-    return generate_latest(REGISTRY) + generate_latest(registry)
 
 
 def route_template(scope: dict[str, Any]) -> str | None:
@@ -74,8 +94,9 @@ def route_template(scope: dict[str, Any]) -> str | None:
 class LatencyMiddleware:
     """Times every API request by its route template (pure ASGI: no per-request task)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -87,4 +108,5 @@ class LatencyMiddleware:
         finally:
             path = route_template(scope)
             if path is not None and path.startswith("/api/v1/"):
-                LATENCY.labels(scope["method"], path).observe(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                self.metrics.latency.labels(scope["method"], path).observe(elapsed)

@@ -19,6 +19,7 @@ import optuna
 from optuna.pruners import NopPruner, PercentilePruner, ThresholdPruner
 from optuna.trial import FrozenTrial, TrialState
 
+from service import optuna_internals as internals
 from service.storage import Backend
 
 # Pruners that read nothing of the study but its completed trials (or nothing at all).
@@ -47,15 +48,15 @@ class CompletedTrials:
             return self._trials
         missing = [
             trial_id
-            for trial_id in backend.trial_ids(study._study_id, TrialState.COMPLETE)
+            for trial_id in backend.trial_ids(internals.study_id(study), TrialState.COMPLETE)
             if trial_id not in self._by_id
         ]
         if len(missing) > self._ONE_BY_ONE:
             new = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         else:
-            new = [backend.storage.get_trial(trial_id) for trial_id in missing]
+            new = [backend.trial(trial_id) for trial_id in missing]
         with self._lock:
-            self._by_id.update((t._trial_id, t) for t in new)
+            self._by_id.update((internals.trial_id(t), t) for t in new)
             self._trials = sorted(self._by_id.values(), key=lambda t: t.number)
             return self._trials
 

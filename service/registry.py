@@ -14,7 +14,9 @@ import yaml
 from optuna.distributions import BaseDistribution
 from pydantic import ValidationError
 
-from service.errors import Conflict, InvalidInput, NotFound
+from service import keys
+from service import optuna_internals as internals
+from service.errors import InvalidInput, NotFound
 from service.grid import mark_grid_point
 from service.optimizers import build_pruner, build_sampler
 from service.pruning import CompletedTrials
@@ -33,9 +35,6 @@ from service.validation import format_errors
 
 logger = logging.getLogger(__name__)
 
-SPEC_ATTR = "spec"
-SPACE_ATTR = "search_space"
-STOPPED_ATTR = "hpsearch:stopped"
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ class StudyHandle:
 
     @property
     def study_id(self) -> int:
-        return self.study._study_id
+        return internals.study_id(self.study)
 
     def config(self, params: dict[str, Any]) -> dict[str, Any]:
         """Every hyperparameter of a trial: the recipe overridden by its sampled params."""
@@ -122,24 +121,16 @@ class StudyRegistry:
 
     def create(self, spec: StudySpec) -> StudyHandle:
         space, sampler, pruner = self.check(spec)
-        try:
-            study = optuna.create_study(
-                storage=self._backend.storage,
-                study_name=spec.name,
-                direction="minimize",
-                sampler=sampler,
-                pruner=pruner,
-            )
-        except optuna.exceptions.DuplicatedStudyError as exc:
-            raise Conflict(f"a study named {spec.name!r} exists", field="name") from exc
-        study.set_user_attr(SPEC_ATTR, spec.model_dump(mode="json"))
-        study.set_user_attr(SPACE_ATTR, space.model_dump(mode="json"))
-        study.set_user_attr("created_at", utcnow().isoformat())
+        study = self._backend.create_study(spec.name, sampler, pruner, {
+            keys.SPEC: spec.model_dump(mode="json"),
+            keys.SPACE: space.model_dump(mode="json"),
+            keys.CREATED_AT: utcnow().isoformat(),
+        })
         handle = self._handle(study, spec, space)
         if spec.baseline is not False:
             # Enqueued first, so the baseline is the first trial the study hands out.
             params = {name: handle.recipe[name] for name in space.root}
-            study.enqueue_trial(params, user_attrs={"baseline": True})
+            study.enqueue_trial(params, user_attrs={keys.BASELINE: True})
             mark_grid_point(study, params)
         with self._lock:
             self._handles[spec.name] = handle
@@ -156,23 +147,21 @@ class StudyRegistry:
         process may have deleted the study, or deleted it and created a new one of that name,
         since this process opened it."""
         try:
-            study_id = self._backend.storage.get_study_id_from_name(name)
-        except KeyError as exc:
+            study_id = self._backend.study_id(name)
+        except NotFound:
             self.forget(name)
-            raise NotFound(f"no study named {name!r}") from exc
+            raise
         with self._lock:
             handle = self._handles.get(name)
         if handle is not None and handle.study_id == study_id:
             return handle
-        attrs = self._backend.storage.get_study_user_attrs(study_id)
-        if SPEC_ATTR not in attrs:
+        attrs = self._backend.study_user_attrs(study_id)
+        if keys.SPEC not in attrs:
             raise NotFound(f"study {name!r} was not created by hpsearch")
-        spec = StudySpec.model_validate(attrs[SPEC_ATTR])
-        space = SearchSpace.model_validate(attrs[SPACE_ATTR])
+        spec = StudySpec.model_validate(attrs[keys.SPEC])
+        space = SearchSpace.model_validate(attrs[keys.SPACE])
         sampler, pruner = self._build(spec, space)
-        study = optuna.load_study(
-            study_name=name, storage=self._backend.storage, sampler=sampler, pruner=pruner
-        )
+        study = self._backend.load_study(name, sampler, pruner)
         handle = self._handle(study, spec, space)
         with self._lock:
             current = self._handles.get(name)
@@ -186,11 +175,7 @@ class StudyRegistry:
             self._handles.pop(name, None)
 
     def names(self) -> list[str]:
-        return [
-            s.study_name
-            for s in self._backend.storage.get_all_studies()
-            if SPEC_ATTR in s.user_attrs
-        ]
+        return self._backend.study_names()
 
     def for_trial(self, trial_id: int) -> tuple[StudyHandle, optuna.trial.FrozenTrial]:
         """The study of a trial and the trial as stored now. Raises NotFound.
@@ -200,16 +185,11 @@ class StudyRegistry:
         study = self._backend.study_of_trial(trial_id)
         if study is None:
             raise NotFound(f"no trial with id {trial_id}")
-        try:
-            return self._open(*study), self._backend.storage.get_trial(trial_id)
-        except KeyError as exc:  # deleted meanwhile
-            raise NotFound(f"no trial with id {trial_id}") from exc
+        return self._open(*study), self._backend.trial(trial_id)
 
     def facts(self, trial_id: int) -> tuple[StudyHandle, TrialFacts]:
         """for_trial for the frequent messages: the trial's facts instead of all of it."""
         facts = self._backend.trial_facts(trial_id)
-        if facts is None:
-            raise NotFound(f"no trial with id {trial_id}")
         return self._open(facts.study_id, facts.study_name), facts
 
     def _open(self, study_id: int, name: str) -> StudyHandle:
@@ -223,4 +203,4 @@ class StudyRegistry:
         return handle
 
     def is_stopped(self, handle: StudyHandle) -> bool:
-        return bool(self._backend.storage.get_study_system_attrs(handle.study_id).get(STOPPED_ATTR))
+        return self._backend.is_stopped(handle.study_id)

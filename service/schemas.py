@@ -6,8 +6,10 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from service import keys
+
 Finite = Field(allow_inf_nan=False)
-WORKER_ID = r"^[A-Za-z0-9._:@-]{1,128}$"
+WORKER_ID = keys.WORKER_ID_PATTERN
 TrialStateName = Literal["waiting", "running", "complete", "pruned", "fail"]
 
 
@@ -36,6 +38,9 @@ class TrialPublic(BaseModel):
     val_accuracy: float | None
     epochs: int = Field(description="Epochs reported")
     intermediate_values: dict[int, float] = Field(description="Validation loss by epoch (0-based)")
+    train_loss: dict[int, float] = Field(
+        default_factory=dict, description="Training loss by epoch, as the worker reported it"
+    )
     is_baseline: bool
     worker: str | None
     device: str | None
@@ -96,7 +101,7 @@ class BestList(BaseModel):
 
 class TrialClaim(_In):
     worker_id: str = Field(pattern=WORKER_ID)
-    study: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,128}$")
+    study: str | None = Field(None, pattern=keys.STUDY_NAME_PATTERN)
     device: str | None = Field(None, max_length=64)
     host: str | None = Field(None, max_length=255)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, FieldSerializationInfo, SecretStr, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # search_spaces/ sits next to the packages in a checkout and is copied beside them in images.
@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         if (self.worker_token or self.read_token) and not self.admin_token:
             raise ValueError("HPSEARCH_ADMIN_TOKEN must be set when other tokens are")
         return self
+
+    @field_serializer("storage", "admin_token", "worker_token", "read_token", when_used="json")
+    def _secret(self, value: SecretStr | None, info: FieldSerializationInfo) -> str | None:
+        """Masked in JSON, unless the dump is for `hpsearch serve`'s own server processes."""
+        if value is None:
+            return None
+        return value.get_secret_value() if (info.context or {}).get("secrets") else str(value)
 
     @property
     def grace_period(self) -> int:

@@ -18,10 +18,11 @@ from pydantic import (
     model_validator,
 )
 
+from service import keys
 from service.optimizers import MedianSpec, PrunerSpec, SamplerSpec, TPESpec
 from service.search_space import COMMON_RECIPE, HYPERPARAMETERS, SearchSpace
 
-NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+NAME_PATTERN = keys.STUDY_NAME_PATTERN
 
 
 class _Strict(BaseModel):

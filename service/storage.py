@@ -1,29 +1,54 @@
-"""The process's one connection to the database and artifact store, and the cross-process lock
-that serialises claims. Only the registry and the trial protocol use this module."""
+"""The storage boundary: everything the server reads and writes, in the database and the artifact
+store, goes through `Backend`. Optuna's storage, its tables and its private parts stay behind
+it (and `service.queries`, `service.optuna_internals`).
+
+The contract, as Optuna's `BaseStorage` states its own:
+- thread-safe: one Backend per server process, shared by every request thread;
+- every read is of the database now (Optuna's cache holds only finished trials, which never
+  change), so several server processes on one database see each other's writes;
+- a study, trial or artifact that does not exist raises `NotFound`; the database being
+  unreachable raises SQLAlchemy's or Optuna's own errors, which the API answers with 503;
+- returned FrozenTrials are shared: callers must not change them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
-import threading
-from collections.abc import Iterator
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import optuna
 import sqlalchemy as sa
-from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts._protocol import ArtifactStore
-from optuna.storages._rdb import models
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from service.init_lock import file_lock, storage_init_lock
+from service import keys, queries
+from service import optuna_internals as internals
+from service.claim_lock import ClaimLock
+from service.errors import Conflict, NotFound
+from service.init_lock import storage_init_lock
+from service.queries import TrialFacts
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["DATABASE_DOWN", "Backend", "TrialFacts", "open_backend", "utcnow"]
+
+# Errors that mean "the database cannot be reached right now" (never shown to a client: their
+# text can hold the connection URL).
+DATABASE_DOWN = (
+    optuna.exceptions.StorageInternalError,
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    sa.exc.TimeoutError,
+)
 
 _metadata = sa.MetaData()
 
@@ -57,217 +82,203 @@ def open_artifact_store(settings: Settings) -> ArtifactStore:
     return FileSystemArtifactStore(location)
 
 
-class ClaimLock:
-    """Serialises claims and stale-trial sweeps of one study across threads and processes.
-
-    PostgreSQL: a transaction-scoped advisory lock, so any number of server processes on any
-    hosts agree. SQLite: an flock on a file beside the database (SQLite is single-host anyway).
-    """
-
-    def __init__(self, engine: sa.Engine, sqlite_path: Path | None) -> None:
-        self._engine = engine
-        self._sqlite_path = sqlite_path
-        self._local: dict[int, threading.Lock] = {}
-        self._guard = threading.Lock()
-
-    def _thread_lock(self, study_id: int) -> threading.Lock:
-        with self._guard:
-            return self._local.setdefault(study_id, threading.Lock())
-
-    @contextlib.contextmanager
-    def hold(self, study_id: int) -> Iterator[None]:
-        # The thread lock first: one database connection per process waits, not one per thread.
-        with self._thread_lock(study_id):
-            if self._engine.dialect.name == "postgresql":
-                with self._engine.begin() as conn:
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:a, :b)"),
-                                 {"a": 0x6870, "b": study_id})
-                    yield
-            elif self._sqlite_path is not None:
-                suffix = self._sqlite_path.suffix + f".claim-{study_id}.lock"
-                with file_lock(self._sqlite_path.with_suffix(suffix)):
-                    yield
-            else:
-                yield
-
-
-_TRIALS = models.TrialModel.__table__
-_STUDIES = models.StudyModel.__table__
-_VALUES = models.TrialIntermediateValueModel.__table__
-_USER_ATTRS = models.TrialUserAttributeModel.__table__
-_SYSTEM_ATTRS = models.TrialSystemAttributeModel.__table__
-ARTIFACT_PREFIX = "artifacts:"  # how optuna.artifacts.upload_artifact names its system attrs
-
-
-@dataclass(frozen=True)
-class TrialFacts:
-    """What the protocol's frequent messages need of a trial. Read with two plain queries:
-    Optuna's `get_trial` builds every attribute of the trial through its ORM, which was the
-    largest cost of a report."""
-
-    trial_id: int
-    study_id: int
-    study_name: str
-    number: int
-    state: TrialState
-    intermediate_values: dict[int, float]
-    worker: str | None
-    has_artifacts: bool
-    completed_in_study: int  # complete trials of its study
-
-    def frozen(self) -> FrozenTrial:
-        """The trial as a pruner that reads only its learning curve sees it."""
-        return FrozenTrial(
-            number=self.number, state=self.state, value=None, datetime_start=None,
-            datetime_complete=None, params={}, distributions={}, user_attrs={},
-            system_attrs={}, intermediate_values=dict(self.intermediate_values),
-            trial_id=self.trial_id,
-        )
-
-
-def _facts_statement() -> sa.Select[Any]:
-    """A trial's row with its worker, whether it has artifacts, and its study's completed
-    count: built once, run for every report and completion."""
-    worker = (
-        sa.select(_USER_ATTRS.c.value_json)
-        .where(_USER_ATTRS.c.trial_id == _TRIALS.c.trial_id, _USER_ATTRS.c.key == "worker")
-        .scalar_subquery()
-    )
-    artifacts = sa.exists().where(
-        _SYSTEM_ATTRS.c.trial_id == _TRIALS.c.trial_id,
-        _SYSTEM_ATTRS.c.key.startswith(ARTIFACT_PREFIX, autoescape=True),
-    )
-    others = _TRIALS.alias()
-    completed = (
-        sa.select(sa.func.count())
-        .where(others.c.study_id == _TRIALS.c.study_id, others.c.state == TrialState.COMPLETE)
-        .scalar_subquery()
-    )
-    return (
-        sa.select(_TRIALS.c.study_id, _STUDIES.c.study_name, _TRIALS.c.number, _TRIALS.c.state,
-                  worker.label("worker"), artifacts.label("has_artifacts"),
-                  completed.label("completed"))
-        .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
-        .where(_TRIALS.c.trial_id == sa.bindparam("trial_id"))
-    )
-
-
-_FACTS = _facts_statement()
-_CURVE = sa.select(
-    _VALUES.c.step, _VALUES.c.intermediate_value, _VALUES.c.intermediate_value_type
-).where(_VALUES.c.trial_id == sa.bindparam("trial_id"))
-
-
 @dataclass
 class Backend:
     """What one server process holds open: Optuna's storage (with its cache), the artifact store,
-    the claim lock and the engine for hpsearch's own small table."""
+    the claim lock and the engine for hpsearch's own table."""
 
-    storage: optuna.storages.BaseStorage
-    rdb: optuna.storages.RDBStorage
-    artifacts: ArtifactStore
+    _storage: optuna.storages.BaseStorage
+    _rdb: optuna.storages.RDBStorage
+    _artifacts: ArtifactStore
     claim_lock: ClaimLock
 
     @property
-    def engine(self) -> sa.Engine:
-        return self.rdb.engine
+    def _engine(self) -> sa.Engine:
+        return self._rdb.engine
 
     def close(self) -> None:
-        self.rdb.remove_session()
-        self.rdb.engine.dispose()
+        self._rdb.remove_session()
+        self._rdb.engine.dispose()
 
-    # --- queries Optuna's storage API has no call for ----------------------------------------
+    def ping(self) -> str:
+        """Runs one statement; returns the database's kind (sqlite, postgresql)."""
+        with self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return self._engine.dialect.name
+
+    def describe(self) -> str:
+        """The database URL without its password, for logs."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def dashboard_wsgi(self) -> Any:
+        import optuna_dashboard
+
+        return optuna_dashboard.wsgi(self._storage, artifact_store=self._artifacts)
+
+    # --- studies -------------------------------------------------------------------------------
+    def create_study(self, name: str, sampler: Any, pruner: Any,
+                     user_attrs: dict[str, Any]) -> optuna.Study:
+        """A new minimising study with these attrs. Raises Conflict when the name is taken."""
+        try:
+            study = optuna.create_study(storage=self._storage, study_name=name,
+                                        direction="minimize", sampler=sampler, pruner=pruner)
+        except optuna.exceptions.DuplicatedStudyError as exc:
+            raise Conflict(f"a study named {name!r} exists", field="name") from exc
+        for key, value in user_attrs.items():
+            study.set_user_attr(key, value)
+        return study
+
+    def load_study(self, name: str, sampler: Any, pruner: Any) -> optuna.Study:
+        try:
+            return optuna.load_study(study_name=name, storage=self._storage, sampler=sampler,
+                                     pruner=pruner)
+        except KeyError as exc:
+            raise NotFound(f"no study named {name!r}") from exc
+
+    def delete_study(self, name: str) -> None:
+        try:
+            optuna.delete_study(study_name=name, storage=self._storage)
+        except KeyError as exc:
+            raise NotFound(f"no study named {name!r}") from exc
+
+    def study_id(self, name: str) -> int:
+        try:
+            return self._storage.get_study_id_from_name(name)
+        except KeyError as exc:
+            raise NotFound(f"no study named {name!r}") from exc
+
+    def study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        try:
+            return self._storage.get_study_user_attrs(study_id)
+        except KeyError as exc:
+            raise NotFound(f"no study with id {study_id}") from exc
+
+    def is_stopped(self, study_id: int) -> bool:
+        try:
+            return bool(self._storage.get_study_system_attrs(study_id).get(keys.STOPPED))
+        except KeyError as exc:
+            raise NotFound(f"no study with id {study_id}") from exc
+
+    def set_stopped(self, study_id: int, stopped: bool) -> None:
+        self._storage.set_study_system_attr(study_id, keys.STOPPED, stopped)
+
+    def study_names(self) -> list[str]:
+        """The names of the studies hpsearch created (others in the database are not ours)."""
+        return [s.study_name for s in self._storage.get_all_studies() if keys.SPEC in s.user_attrs]
+
     def study_of_trial(self, trial_id: int) -> tuple[int, str] | None:
         """(id, name) of the study that holds the trial, or None when there is no such trial."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(_STUDIES.c.study_id, _STUDIES.c.study_name)
-                .join(_TRIALS, _STUDIES.c.study_id == _TRIALS.c.study_id)
-                .where(_TRIALS.c.trial_id == trial_id)
-            ).first()
-        return (row.study_id, row.study_name) if row is not None else None
+        with self._engine.connect() as conn:
+            return queries.study_of_trial(conn, trial_id)
 
-    def trial_facts(self, trial_id: int) -> TrialFacts | None:
-        """The trial's facts, or None when there is no such trial."""
-        value_of = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
-        with self.engine.connect() as conn:
-            row = conn.execute(_FACTS, {"trial_id": trial_id}).first()
-            if row is None:
-                return None
-            values = {
-                step: value_of(value, kind)
-                for step, value, kind in conn.execute(_CURVE, {"trial_id": trial_id})
-            }
-        return TrialFacts(
-            trial_id=trial_id,
-            study_id=row.study_id,
-            study_name=row.study_name,
-            number=row.number,
-            state=row.state,
-            intermediate_values=values,
-            worker=json.loads(row.worker) if row.worker is not None else None,
-            has_artifacts=bool(row.has_artifacts),
-            completed_in_study=row.completed,
-        )
+    # --- trials: reads -------------------------------------------------------------------------
+    def trial(self, trial_id: int) -> FrozenTrial:
+        try:
+            return self._storage.get_trial(trial_id)
+        except KeyError as exc:
+            raise NotFound(f"no trial with id {trial_id}") from exc
+
+    def trial_by_number(self, study_id: int, number: int) -> FrozenTrial:
+        try:
+            return self.trial(
+                self._storage.get_trial_id_from_study_id_trial_number(study_id, number))
+        except KeyError as exc:
+            raise NotFound(f"no trial number {number}") from exc
+
+    def trial_facts(self, trial_id: int) -> TrialFacts:
+        """The trial's facts in two plain queries. Raises NotFound."""
+        with self._engine.connect() as conn:
+            facts = queries.trial_facts(conn, trial_id)
+        if facts is None:
+            raise NotFound(f"no trial with id {trial_id}")
+        return facts
 
     def trial_census(self, study_id: int) -> tuple[dict[str, int], list[int], set[int]]:
         """What a study's budget counts, without reading its trials: the number of trials in
         each state (by name), the numbers of the failed ones and of those retried."""
-        with self.engine.connect() as conn:
-            states = {
-                state.name: n
-                for state, n in conn.execute(
-                    sa.select(_TRIALS.c.state, sa.func.count())
-                    .where(_TRIALS.c.study_id == study_id)
-                    .group_by(_TRIALS.c.state)
-                )
-            }
-            failed = list(conn.execute(
-                sa.select(_TRIALS.c.number)
-                .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == TrialState.FAIL)
-            ).scalars())
-            histories = conn.execute(
-                sa.select(_SYSTEM_ATTRS.c.value_json)
-                .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
-                .where(_TRIALS.c.study_id == study_id, _SYSTEM_ATTRS.c.key == "retry_history")
-            ).scalars() if failed else []
-            retried = {number for history in histories for number in json.loads(history)}
-        return states, failed, retried
+        with self._engine.connect() as conn:
+            return queries.trial_census(conn, study_id)
+
+    def trial_ids(self, study_id: int, state: TrialState) -> list[int]:
+        with self._engine.connect() as conn:
+            return queries.trial_ids(conn, study_id, state)
 
     def grid_ids(self, study_id: int) -> list[int]:
         """The grid combinations (Optuna's `grid_id` system attr) the study's trials hold."""
-        with self.engine.connect() as conn:
-            return [json.loads(v) for v in conn.execute(
-                sa.select(_SYSTEM_ATTRS.c.value_json)
-                .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
-                .where(_TRIALS.c.study_id == study_id, _SYSTEM_ATTRS.c.key == "grid_id")
-            ).scalars()]
-
-    def trial_ids(self, study_id: int, state: TrialState) -> list[int]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(
-                sa.select(_TRIALS.c.trial_id)
-                .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == state)
-            ).scalars())
+        with self._engine.connect() as conn:
+            return queries.system_attr_values(conn, study_id, keys.GRID_ID)
 
     def running_without_heartbeat(self, study_id: int) -> list[int]:
         """Ids of the study's RUNNING trials that have no heartbeat row. Optuna's stale check
         skips such trials forever; a server process that died between handing out a trial and
         recording its first heartbeat leaves one behind."""
-        query = sa.text(
-            "SELECT t.trial_id FROM trials t"
-            " LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id"
-            " WHERE t.study_id = :s AND t.state = 'RUNNING' AND h.trial_id IS NULL"
-        )
-        with self.engine.connect() as conn:
-            return [row[0] for row in conn.execute(query, {"s": study_id})]
+        with self._engine.connect() as conn:
+            return queries.running_without_heartbeat(conn, study_id)
 
-    # --- connected workers -------------------------------------------------------------------
+    # --- trials: writes ------------------------------------------------------------------------
+    def new_running_trial(self, study: optuna.Study,
+                          user_attrs: dict[str, Any]) -> optuna.trial.Trial:
+        """What study.ask() does when no trial waits, without its read of every unfinished
+        trial to look for one (the sampler reads them again right after); the trial is created
+        with `user_attrs` in the same transaction."""
+        internals.forget_cached_trials(study)
+        template = FrozenTrial(
+            number=0, state=TrialState.RUNNING, value=None, datetime_start=dt.datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs=user_attrs,
+            system_attrs={}, intermediate_values={}, trial_id=0,
+        )
+        trial_id = self._storage.create_new_trial(internals.study_id(study), template)
+        return optuna.trial.Trial(study, trial_id)
+
+    def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            self._storage.set_trial_user_attr(trial_id, key, value)
+
+    def set_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._storage.set_trial_system_attr(trial_id, key, value)
+
+    def set_curve(self, trial_id: int, values: dict[int, float]) -> None:
+        """Intermediate values (validation loss by epoch)."""
+        for step, value in sorted(values.items()):
+            self._storage.set_trial_intermediate_value(trial_id, step, value)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self._storage.record_heartbeat(trial_id)
+
+    # --- artifacts -----------------------------------------------------------------------------
+    def upload_artifact(self, trial: FrozenTrial, path: Path, filename: str) -> str:
+        """Store the file at `path` (which is moved away) as an artifact of the trial named
+        `filename`; returns its id. The file is read once, in chunks, by the store."""
+        folder = tempfile.mkdtemp(prefix="hpsearch-upload-", dir=path.parent)
+        named = os.path.join(folder, filename)  # Optuna names the artifact after the file
+        os.replace(path, named)
+        try:
+            return upload_artifact(artifact_store=self._artifacts, file_path=named,
+                                   study_or_trial=trial, storage=self._storage,
+                                   mimetype="application/octet-stream")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(named)
+            os.rmdir(folder)
+
+    def open_artifact(self, artifact_id: str, what: str) -> BinaryIO:
+        try:
+            return self._artifacts.open_reader(artifact_id)
+        except ArtifactNotFound as exc:
+            raise NotFound(f"the {what} file is gone from the artifact store") from exc
+
+    def remove_artifact(self, artifact_id: str) -> None:
+        """Remove it; one already gone (another server process removed it) is fine."""
+        try:
+            self._artifacts.remove(artifact_id)
+        except ArtifactNotFound:
+            logger.debug("artifact %s already gone", artifact_id)
+
+    # --- connected workers ---------------------------------------------------------------------
     def touch_worker(self, worker_id: str, **fields: Any) -> None:
         values = {"worker_id": worker_id, "last_seen": utcnow(), **fields}
-        dialect = self.engine.dialect.name
         insert: Any
-        if dialect == "postgresql":
+        if self._engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
@@ -276,7 +287,7 @@ class Backend:
             index_elements=[workers_table.c.worker_id],
             set_={k: stmt.excluded[k] for k in values if k != "worker_id"},
         )
-        with self.engine.begin() as conn:
+        with self._engine.begin() as conn:
             conn.execute(stmt)
 
     def list_workers(self, seen_within: float) -> list[dict[str, Any]]:
@@ -286,7 +297,7 @@ class Backend:
             .where(workers_table.c.last_seen >= since)
             .order_by(workers_table.c.worker_id)
         )
-        with self.engine.connect() as conn:
+        with self._engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
 
@@ -320,9 +331,4 @@ def open_backend(settings: Settings, on_stale: Any) -> Backend:
                 conn.execute(sa.text("PRAGMA journal_mode=WAL"))
         _metadata.create_all(rdb.engine)
     storage = optuna.storages.get_storage(rdb)
-    return Backend(
-        storage=storage,
-        rdb=rdb,
-        artifacts=open_artifact_store(settings),
-        claim_lock=ClaimLock(rdb.engine, sqlite_path),
-    )
+    return Backend(storage, rdb, open_artifact_store(settings), ClaimLock(rdb.engine, sqlite_path))

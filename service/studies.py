@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 
-import optuna
-
+from service import keys
+from service.artifacts import Artifacts
 from service.budget import Budget
 from service.errors import NotFound
 from service.grid import grid_left
-from service.registry import STOPPED_ATTR, StudyHandle, StudyRegistry
+from service.registry import StudyHandle, StudyRegistry
 from service.schemas import BestList, StudyPublic, TrialPublic
 from service.spec import StudySpec
-from service.storage import ARTIFACT_PREFIX, Backend
+from service.storage import Backend
 from service.views import (
     baseline_trial,
     best_trial,
@@ -29,10 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 class StudyService:
-    def __init__(self, backend: Backend, registry: StudyRegistry, public_url: str | None,
-                 keep_top_k: int) -> None:
+    def __init__(self, backend: Backend, registry: StudyRegistry, artifacts: Artifacts,
+                 public_url: str | None, keep_top_k: int) -> None:
         self._backend = backend
         self._registry = registry
+        self._artifacts = artifacts
         self._public_url = (public_url or "").rstrip("/")
         self._keep_top_k = keep_top_k
 
@@ -48,11 +48,11 @@ class StudyService:
     def list(self, base_url: str) -> list[StudyPublic]:
         out = []
         for name in self._registry.names():
-            # A study deleted meanwhile by another process is skipped (Optuna's storage says
-            # KeyError); anything else, the database gone above all, is no shorter list.
+            # A study deleted meanwhile by another process is skipped; anything else, the
+            # database gone above all, is no shorter list.
             try:
                 out.append(self.summary(name, base_url))
-            except (NotFound, KeyError):
+            except NotFound:
                 logger.debug("skipping study %s", name, exc_info=True)
         return out
 
@@ -71,7 +71,7 @@ class StudyService:
             state, reason = "stopped", "stopped: no new trials are handed out"
         else:
             state = "running"
-        created = handle.study.user_attrs.get("created_at")
+        created = handle.study.user_attrs.get(keys.CREATED_AT)
         return StudyPublic(
             name=handle.name,
             state=state,
@@ -110,21 +110,14 @@ class StudyService:
 
     def stop(self, name: str, base_url: str) -> StudyPublic:
         handle = self._registry.get(name)
-        self._backend.storage.set_study_system_attr(handle.study_id, STOPPED_ATTR, True)
+        self._backend.set_stopped(handle.study_id, True)
         logger.info("stopped study %s", name)
         return self.summary(name, base_url, handle=handle)
 
     def delete(self, name: str) -> None:
         handle = self._registry.get(name)
-        artifact_ids = [
-            key.removeprefix(ARTIFACT_PREFIX)
-            for t in handle.study.get_trials(deepcopy=False)
-            for key in t.system_attrs
-            if key.startswith(ARTIFACT_PREFIX)
-        ]
-        optuna.delete_study(study_name=name, storage=self._backend.storage)
+        trials = handle.study.get_trials(deepcopy=False)
+        self._backend.delete_study(name)
         self._registry.forget(name)
-        for artifact_id in artifact_ids:
-            with contextlib.suppress(Exception):  # already collected
-                self._backend.artifacts.remove(artifact_id)
+        self._artifacts.remove_all(trials)
         logger.info("deleted study %s", name)

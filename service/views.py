@@ -7,11 +7,10 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from service import keys
+from service import optuna_internals as internals
 from service.registry import StudyHandle
 from service.schemas import BestTrial, TrialPublic
-
-WEIGHTS_ATTR = "hpsearch:weights"
-CHECKPOINT_ATTR = "hpsearch:checkpoint"
 
 
 def state_name(state: TrialState) -> str:
@@ -35,7 +34,7 @@ def duration_s(trial: FrozenTrial) -> float | None:
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
-    history = trial.system_attrs.get("retry_history") or []
+    history = trial.system_attrs.get(keys.RETRY_HISTORY) or []
     return history[-1] if history else None
 
 
@@ -51,25 +50,26 @@ def trial_public(handle: StudyHandle, trial: FrozenTrial, top_k: set[int]) -> Tr
     """`top_k`: the numbers of the trials whose final weights are kept."""
     attrs = trial.user_attrs
     return TrialPublic(
-        trial_id=trial._trial_id,
+        trial_id=internals.trial_id(trial),
         number=trial.number,
         state=state_name(trial.state),  # type: ignore[arg-type]
         params=trial.params,
         config=handle.config(trial.params),
         val_loss=val_loss(trial),
-        val_accuracy=attrs.get("val_accuracy"),
+        val_accuracy=attrs.get(keys.VAL_ACCURACY),
         epochs=len(trial.intermediate_values),
         intermediate_values=dict(sorted(trial.intermediate_values.items())),
-        is_baseline=bool(attrs.get("baseline")),
-        worker=attrs.get("worker"),
-        device=attrs.get("device"),
+        train_loss=keys.train_losses(attrs),
+        is_baseline=bool(attrs.get(keys.BASELINE)),
+        worker=attrs.get(keys.WORKER),
+        device=attrs.get(keys.DEVICE),
         retry_of=retry_of(trial),
-        resumed_from_epoch=attrs.get("resumed_from_epoch"),
-        fail_reason=attrs.get("fail_reason"),
+        resumed_from_epoch=attrs.get(keys.RESUMED_FROM_EPOCH),
+        fail_reason=attrs.get(keys.FAIL_REASON),
         started_at=local_time(trial.datetime_start),
         finished_at=local_time(trial.datetime_complete),
         duration_s=duration_s(trial),
-        has_weights=WEIGHTS_ATTR in trial.system_attrs
+        has_weights=keys.WEIGHTS in trial.system_attrs
         and (trial.state == TrialState.RUNNING or trial.number in top_k),
     )
 
@@ -98,10 +98,10 @@ def best_trial(handle: StudyHandle, trial: FrozenTrial, baseline_loss: float | N
         number=trial.number,
         params=trial.params,
         val_loss=trial.value,
-        val_accuracy=trial.user_attrs.get("val_accuracy"),
+        val_accuracy=trial.user_attrs.get(keys.VAL_ACCURACY),
         epochs=len(trial.intermediate_values),
         duration_s=duration_s(trial),
-        is_baseline=bool(trial.user_attrs.get("baseline")),
+        is_baseline=bool(trial.user_attrs.get(keys.BASELINE)),
         improvement_over_baseline_pct=improvement_pct(trial.value, baseline_loss),
         config=training_config(handle, trial.params),
     )
@@ -116,6 +116,6 @@ def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:
     for trial in trials:
-        if trial.user_attrs.get("baseline") and trial.state == TrialState.COMPLETE:
+        if trial.user_attrs.get(keys.BASELINE) and trial.state == TrialState.COMPLETE:
             return trial
     return None

@@ -8,9 +8,13 @@ from typing import Annotated, BinaryIO
 
 from fastapi import Depends, Header, Path, Request
 
+from service import keys
+from service.artifacts import Artifacts
 from service.auth import Role, authorize
-from service.metrics import StorageCollector
-from service.protocol import TrialProtocol
+from service.claims import Claims
+from service.leases import Leases
+from service.messages import TrialMessages
+from service.metrics import Metrics
 from service.registry import StudyRegistry
 from service.settings import Settings
 from service.storage import Backend
@@ -23,8 +27,11 @@ class Services:
     backend: Backend
     registry: StudyRegistry
     studies: StudyService
-    protocol: TrialProtocol
-    app_collector: StorageCollector
+    claims: Claims
+    messages: TrialMessages
+    leases: Leases
+    artifacts: Artifacts
+    metrics: Metrics
 
 
 def get_services(request: Request) -> Services:
@@ -45,7 +52,7 @@ READ = _requires(Role.READ)
 WORKER = _requires(Role.WORKER)
 ADMIN = _requires(Role.ADMIN)
 
-StudyName = Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,128}$", description="Study name")]
+StudyName = Annotated[str, Path(pattern=keys.STUDY_NAME_PATTERN, description="Study name")]
 TrialId = Annotated[int, Path(ge=0, le=2**62, description="The trial_id a claim returned")]
 
 

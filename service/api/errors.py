@@ -8,25 +8,17 @@ from __future__ import annotations
 import logging
 
 import optuna
-import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.errors import Conflict, ServiceError, Unavailable
+from service.errors import Conflict, MethodNotAllowed, ServiceError, Unavailable
+from service.storage import DATABASE_DOWN
 from service.validation import format_errors
 
 logger = logging.getLogger(__name__)
 
-# Errors that mean "the database cannot be reached right now" (never shown to the client:
-# their text can hold the connection URL).
-DATABASE_DOWN = (
-    optuna.exceptions.StorageInternalError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-)
 
 # Library errors a request can run into, as the service error they mean.
 TRANSLATED: dict[type[Exception], ServiceError] = {
@@ -50,7 +42,11 @@ def _body(
 
 
 def _service_error(exc: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Unavailable) else None
+    headers = None
+    if isinstance(exc, Unavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, MethodNotAllowed):
+        headers = {"Allow": ", ".join(exc.allow)}
     errors = [{"field": exc.field, "reason": exc.message}] if exc.field else None
     return JSONResponse(_body(exc.message, exc.field, errors), exc.status_code, headers=headers)
 

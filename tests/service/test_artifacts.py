@@ -11,7 +11,8 @@ import httpx
 import optuna
 from optuna.trial import TrialState
 
-from service.views import CHECKPOINT_ATTR, WEIGHTS_ATTR
+from service.keys import CHECKPOINT as CHECKPOINT_ATTR
+from service.keys import WEIGHTS as WEIGHTS_ATTR
 from tests.servers import Server
 from tests.service.scripted import API, ScriptedWorker, create_study, trials, unique
 

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from service.app import quiet_optuna
 from service.budget import Budget
+from service.errors import NotFound
 from service.pruning import CompletedTrials, CompletedTrialsStudy, reads_completed_only
 from service.settings import Settings
 from service.storage import Backend, open_backend
@@ -22,27 +23,41 @@ from tests.service.conftest import StorageMaker
 
 
 @pytest.fixture
-def backend_store(new_storage: StorageMaker, tmp_path: Path) -> Iterator[Backend]:
+def storage_url(new_storage: StorageMaker) -> str:
+    return new_storage()
+
+
+@pytest.fixture
+def backend_store(storage_url: str, tmp_path: Path) -> Iterator[Backend]:
     quiet_optuna()
-    backend = open_backend(Settings(storage=new_storage(), data_dir=tmp_path), on_stale=None)
+    backend = open_backend(Settings(storage=storage_url, data_dir=tmp_path), on_stale=None)
     yield backend
     backend.close()
 
 
-def test_trial_facts_equal_optunas_trial(backend_store: Backend) -> None:
-    study = optuna.create_study(storage=backend_store.storage, study_name="facts")
+@pytest.fixture
+def raw(storage_url: str, backend_store: Backend) -> optuna.storages.BaseStorage:
+    """Optuna's own storage on the same database, to make and read trials the Backend's way
+    is compared with."""
+    return optuna.storages.RDBStorage(storage_url)
+
+
+def test_trial_facts_equal_optunas_trial(
+    raw: optuna.storages.BaseStorage, backend_store: Backend
+) -> None:
+    study = optuna.create_study(storage=raw, study_name="facts")
     curve = {0: 1.5, 1: math.inf, 2: -math.inf, 3: math.nan, 4: -0.25}
     running = study.ask()
     for step, value in curve.items():
         running.report(value, step)
     running.set_user_attr("worker", "gpu-host-3")
-    backend_store.storage.set_trial_system_attr(running._trial_id, "artifacts:abc", {"x": 1})
+    raw.set_trial_system_attr(running._trial_id, "artifacts:abc", {"x": 1})
     done = study.ask()
     done.report(0.5, 0)
     study.tell(done, 0.4)
 
     for trial in (running, done):
-        stored = backend_store.storage.get_trial(trial._trial_id)
+        stored = raw.get_trial(trial._trial_id)
         facts = backend_store.trial_facts(trial._trial_id)
         assert facts is not None
         assert (facts.study_id, facts.study_name) == (study._study_id, "facts")
@@ -55,7 +70,8 @@ def test_trial_facts_equal_optunas_trial(backend_store: Backend) -> None:
         assert facts.frozen().intermediate_values == facts.intermediate_values
         assert facts.frozen().last_step == stored.last_step
         assert facts.completed_in_study == 1
-    assert backend_store.trial_facts(10**9) is None
+    with pytest.raises(NotFound):
+        backend_store.trial_facts(10**9)
     assert backend_store.study_of_trial(done._trial_id) == (study._study_id, "facts")
     assert backend_store.study_of_trial(10**9) is None
 
@@ -69,11 +85,11 @@ def test_trial_facts_equal_optunas_trial(backend_store: Backend) -> None:
     ],
     ids=["median", "percentile", "threshold"],
 )
-def test_completed_trials_view_prunes_as_the_study_does(
+def test_completed_trials_view_prunes_as_the_study_does(raw: optuna.storages.BaseStorage, 
     backend_store: Backend, pruner: optuna.pruners.BasePruner
 ) -> None:
     assert reads_completed_only(pruner)
-    study = optuna.create_study(storage=backend_store.storage, pruner=pruner,
+    study = optuna.create_study(storage=raw, pruner=pruner,
                                 study_name=f"view-{type(pruner).__name__}")
     rng = random.Random(7)
 
@@ -102,7 +118,7 @@ def test_completed_trials_view_prunes_as_the_study_does(
         # none new: nothing read again
         assert completed.get(study, backend_store, facts.completed_in_study) is trials
         view = CompletedTrialsStudy(study, trials)
-        expected = pruner.prune(study, backend_store.storage.get_trial(running._trial_id))
+        expected = pruner.prune(study, raw.get_trial(running._trial_id))
         assert pruner.prune(view, facts.frozen()) == expected  # type: ignore[arg-type]
         decisions.add(expected)
     assert decisions == {True, False}  # both outcomes were compared
@@ -113,8 +129,10 @@ def test_successive_halving_reads_the_study_itself() -> None:
     assert not reads_completed_only(optuna.pruners.HyperbandPruner())
 
 
-def test_trial_census_gives_the_budget_of_the_trials(backend_store: Backend) -> None:
-    study = optuna.create_study(storage=backend_store.storage, study_name="census")
+def test_trial_census_gives_the_budget_of_the_trials(
+    raw: optuna.storages.BaseStorage, backend_store: Backend
+) -> None:
+    study = optuna.create_study(storage=raw, study_name="census")
     retry = optuna.storages.RetryFailedTrialCallback(max_retry=2)
     census = backend_store.trial_census(study._study_id)
     assert Budget.from_census(*census, 10) == Budget.of([], 10)
@@ -125,7 +143,7 @@ def test_trial_census_gives_the_budget_of_the_trials(backend_store: Backend) -> 
     study.tell(study.ask(), state=TrialState.FAIL)  # fails for good
     handed_back = study.ask()  # fails and is retried: not a final failure
     study.tell(handed_back, state=TrialState.FAIL)
-    retry(study, backend_store.storage.get_trial(handed_back._trial_id))  # a waiting copy
+    retry(study, raw.get_trial(handed_back._trial_id))  # a waiting copy
     for n_trials in (3, 6, 8):
         expected = Budget.of(study.get_trials(deepcopy=False), n_trials)
         census = backend_store.trial_census(study._study_id)
@@ -134,8 +152,10 @@ def test_trial_census_gives_the_budget_of_the_trials(backend_store: Backend) -> 
     assert expected.failed_final == 1
 
 
-def test_completed_trials_read_in_bulk_then_one_by_one(backend_store: Backend) -> None:
-    study = optuna.create_study(storage=backend_store.storage, study_name="bulk")
+def test_completed_trials_read_in_bulk_then_one_by_one(
+    raw: optuna.storages.BaseStorage, backend_store: Backend
+) -> None:
+    study = optuna.create_study(storage=raw, study_name="bulk")
 
     def complete(value: float) -> None:
         trial = study.ask()

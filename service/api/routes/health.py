@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Response
 
-from service import metrics
 from service.api.deps import READ, ServicesDep
 from service.schemas import ErrorBody, Health
 
@@ -15,9 +13,7 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", responses={503: {"model": ErrorBody, "description": "No database"}})
 def healthz(services: ServicesDep) -> Health:
     """OK when the database answers."""
-    with services.backend.engine.connect() as conn:
-        conn.execute(sa.text("SELECT 1"))
-    return Health(status="ok", storage=services.backend.engine.dialect.name)
+    return Health(status="ok", storage=services.backend.ping())
 
 
 @router.get(
@@ -32,5 +28,5 @@ def healthz(services: ServicesDep) -> Health:
 )
 def prometheus_metrics(services: ServicesDep) -> Response:
     return Response(
-        metrics.render(services.app_collector), media_type="text/plain; version=0.0.4"
+        services.metrics.render(), media_type="text/plain; version=0.0.4"
     )

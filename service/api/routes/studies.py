@@ -74,7 +74,7 @@ async def download_weights(
     name: StudyName, number: Annotated[int, Path(ge=0, le=2**31)], services: ServicesDep
 ) -> StreamingResponse:
     """The final weights (a PyTorch state dict) of one of the top-k complete trials."""
-    reader = await run_in_threadpool(services.protocol.open_weights, name, number)
+    reader = await run_in_threadpool(services.artifacts.open_weights, name, number)
     return StreamingResponse(
         stream_file(reader),
         media_type="application/octet-stream",

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -36,7 +41,7 @@ ERRORS = {
 )
 def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> ClaimedTrial | None:
     """Lease the next trial: a waiting one (the baseline, a retry) first, else a new sample."""
-    claimed = services.protocol.claim(body)
+    claimed = services.claims.claim(body)
     if claimed is None:
         response.status_code = 204
         return None
@@ -47,12 +52,13 @@ def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> 
 def report_epoch(trial_id: TrialId, body: TrialReport, services: ServicesDep) -> ReportAnswer:
     """Record one epoch's validation loss and ask the pruner; prune=true means the trial is
     already finished as PRUNED and the worker should stop."""
-    return services.protocol.report(trial_id, body.epoch, body.val_loss, body.val_accuracy)
+    return services.messages.report(trial_id, body.epoch, body.val_loss, body.val_accuracy,
+                                    body.train_loss)
 
 
 @router.post("/{trial_id}/heartbeat", responses=ERRORS)
 def heartbeat(trial_id: TrialId, services: ServicesDep) -> HeartbeatAnswer:
-    services.protocol.heartbeat(trial_id)
+    services.messages.heartbeat(trial_id)
     return HeartbeatAnswer(
         trial_id=trial_id, heartbeat_interval=services.settings.heartbeat_interval
     )
@@ -60,26 +66,35 @@ def heartbeat(trial_id: TrialId, services: ServicesDep) -> HeartbeatAnswer:
 
 @router.post("/{trial_id}/complete", responses=ERRORS)
 def complete_trial(trial_id: TrialId, body: TrialComplete, services: ServicesDep) -> TrialAck:
-    return services.protocol.complete(trial_id, body.val_loss, body.val_accuracy)
+    return services.messages.complete(trial_id, body.val_loss, body.val_accuracy)
 
 
 @router.post("/{trial_id}/fail", responses=ERRORS)
 def fail_trial(trial_id: TrialId, body: TrialFail, services: ServicesDep) -> TrialAck:
     """Fail the trial with a reason; retry=true hands it back to be run again at once."""
-    return services.protocol.fail(trial_id, body.reason, body.retry)
+    return services.messages.fail(trial_id, body.reason, body.retry)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+@contextlib.asynccontextmanager
+async def _spooled_body(request: Request, limit: int) -> AsyncIterator[Path]:
+    """The request body, written to a temporary file chunk by chunk as it arrives (never whole
+    in memory); the file is removed afterwards unless the artifact store took it."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    fd, name = tempfile.mkstemp(prefix="hpsearch-upload-")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
+                out.write(chunk)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 UPLOAD = {
@@ -104,16 +119,16 @@ async def upload_checkpoint(
     services: ServicesDep,
 ) -> Response:
     """Store the training state after `epoch`; a retry of this trial resumes from it."""
-    body = await _read_body(request, services.settings.max_artifact_bytes)
-    await run_in_threadpool(services.protocol.save_checkpoint, trial_id, epoch, body)
+    async with _spooled_body(request, services.settings.max_artifact_bytes) as upload:
+        await run_in_threadpool(services.artifacts.save_checkpoint, trial_id, epoch, upload)
     return Response(status_code=204)
 
 
 @router.put("/{trial_id}/weights", **UPLOAD)
 async def upload_weights(trial_id: TrialId, request: Request, services: ServicesDep) -> Response:
     """Store the trial's final weights (before it completes); the top-k are kept."""
-    body = await _read_body(request, services.settings.max_artifact_bytes)
-    await run_in_threadpool(services.protocol.save_weights, trial_id, body)
+    async with _spooled_body(request, services.settings.max_artifact_bytes) as upload:
+        await run_in_threadpool(services.artifacts.save_weights, trial_id, upload)
     return Response(status_code=204)
 
 
@@ -123,6 +138,6 @@ async def upload_weights(trial_id: TrialId, request: Request, services: Services
     responses={200: {"content": {"application/octet-stream": {}}}, **ERRORS},
 )
 async def download_checkpoint(trial_id: TrialId, services: ServicesDep) -> StreamingResponse:
-    reader = await run_in_threadpool(services.protocol.open_checkpoint, trial_id)
+    reader = await run_in_threadpool(services.artifacts.open_checkpoint, trial_id)
     return StreamingResponse(stream_file(reader), media_type="application/octet-stream")
 

@@ -1,0 +1,160 @@
+"""Claims: a worker asks for a trial and gets one, with a lease, or nothing (204).
+
+A waiting trial (the baseline, a retry) goes out before a new one. Only the budget check and
+the trial's creation are serialised (the claim lock, across server processes); sampling, most
+of a claim's time with TPE, runs after, in parallel with other claims.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial
+
+from service import keys
+from service import optuna_internals as internals
+from service.budget import Budget
+from service.errors import NotFound
+from service.grid import ServerGridSampler
+from service.metrics import Metrics
+from service.registry import StudyHandle, StudyRegistry
+from service.schemas import ClaimedTrial, Resume, TrialClaim
+from service.storage import Backend
+from service.views import retry_of
+
+logger = logging.getLogger(__name__)
+
+
+class Claims:
+    def __init__(self, backend: Backend, registry: StudyRegistry, metrics: Metrics,
+                 heartbeat_interval: float) -> None:
+        self._backend = backend
+        self._registry = registry
+        self._metrics = metrics
+        self._heartbeat_interval = heartbeat_interval
+
+    def claim(self, request: TrialClaim) -> ClaimedTrial | None:
+        fields = {"host": request.host, "device": request.device}
+        for handle in self._claimable(request.study):
+            if self._registry.is_stopped(handle):
+                continue
+            # The new trial already counts as running once the lock is released, so the
+            # budget stays exact while it is sampled.
+            with self._backend.claim_lock.hold(handle.study_id):
+                started = self._start_trial(handle, _worker_attrs(request))
+            if started is not None:
+                trial = self._hand_out(handle, started, request)
+                self._backend.touch_worker(
+                    request.worker_id, study=handle.name, trial_number=trial.number,
+                    trial_id=trial.trial_id, **fields,
+                )
+                self._metrics.claims.labels(handle.name).inc()
+                return trial
+        self._backend.touch_worker(
+            request.worker_id, study=None, trial_number=None, trial_id=None, **fields
+        )
+        return None
+
+    def _claimable(self, study: str | None) -> Iterator[StudyHandle]:
+        if study:
+            yield self._registry.get(study)  # 404 for an unknown study
+            return
+        for name in self._registry.names():
+            try:
+                yield self._registry.get(name)
+            except NotFound:  # deleted meanwhile
+                continue
+
+    def _budget(self, handle: StudyHandle) -> Budget:
+        census = self._backend.trial_census(handle.study_id)
+        sampler = handle.study.sampler
+        left = (len(sampler.left(self._backend.grid_ids(handle.study_id)))
+                if isinstance(sampler, ServerGridSampler) else None)
+        return Budget.from_census(*census, handle.spec.n_trials, left)
+
+    def _start_trial(
+        self, handle: StudyHandle, attrs: dict[str, Any]
+    ) -> optuna.trial.Trial | None:
+        """Under the claim lock: a running trial with the worker's `attrs`, if the budget
+        allows one."""
+        budget = self._budget(handle)
+        if budget.counts.waiting == 0 and not budget.can_sample():
+            return None
+        # ask() pops a waiting trial. Waiting trials are only made under this lock, so the
+        # census is still true here.
+        if budget.counts.waiting:
+            trial = handle.study.ask()
+            self._set_worker_attrs(trial, attrs)
+        else:
+            trial = self._backend.new_running_trial(handle.study, attrs)
+        # Should this process die before the heartbeat is recorded, the sweep finds the trial.
+        self._backend.record_heartbeat(internals.trial_id(trial))
+        return trial
+
+    def _set_worker_attrs(self, trial: optuna.trial.Trial, attrs: dict[str, Any]) -> None:
+        """On a trial that waited: the worker's attrs, and none of the per-run attrs a retry
+        copied from its predecessor."""
+        copied = trial.user_attrs
+        cleared = {k: None for k in keys.PER_RUN if copied.get(k) is not None}
+        for key, value in {**cleared, **attrs}.items():
+            trial.set_user_attr(key, value)  # the Trial's own copy of its attrs follows
+
+    def _hand_out(self, handle: StudyHandle, trial: optuna.trial.Trial,
+                  request: TrialClaim) -> ClaimedTrial:
+        _suggest_all(trial, handle.distributions)  # a waiting trial's fixed params, or samples
+        frozen = internals.frozen_copy(trial)
+        resume = self._resume(handle, frozen)
+        logger.info("trial %d of %s -> %s%s", frozen.number, handle.name, request.worker_id,
+                    f" (resuming after epoch {resume.epoch})" if resume else "")
+        return ClaimedTrial(
+            trial_id=internals.trial_id(frozen),
+            study=handle.name,
+            number=frozen.number,
+            params=frozen.params,
+            config=handle.config(frozen.params),
+            spec=handle.spec.model_dump(mode="json"),
+            seed=handle.spec.training.seed,
+            is_baseline=bool(frozen.user_attrs.get(keys.BASELINE)),
+            heartbeat_interval=self._heartbeat_interval,
+            resume=resume,
+        )
+
+    def _resume(self, handle: StudyHandle, trial: FrozenTrial) -> Resume | None:
+        """A retried trial continues from its predecessor's last checkpoint: copy the epochs the
+        checkpoint covers so the learning curve (and the pruner) sees them."""
+        previous = retry_of(trial)
+        if previous is None:
+            return None
+        trial_id = internals.trial_id(trial)
+        self._backend.set_user_attrs(trial_id, {keys.RETRY_OF: previous})
+        checkpoint = trial.system_attrs.get(keys.CHECKPOINT)
+        if not checkpoint:
+            return None
+        epoch = int(checkpoint["epoch"])
+        predecessor = self._backend.trial_by_number(handle.study_id, previous)
+        self._backend.set_curve(trial_id, {step: value for step, value
+                                           in predecessor.intermediate_values.items()
+                                           if step <= epoch})
+        self._backend.set_user_attrs(trial_id, {keys.RESUMED_FROM_EPOCH: epoch + 1})
+        return Resume(epoch=epoch, checkpoint_url=f"/api/v1/trials/{trial_id}/checkpoint")
+
+
+def _worker_attrs(request: TrialClaim) -> dict[str, Any]:
+    attrs: dict[str, Any] = {keys.WORKER: request.worker_id}
+    if request.device:
+        attrs[keys.DEVICE] = request.device
+    return attrs
+
+
+def _suggest_all(trial: optuna.trial.Trial, distributions: dict[str, BaseDistribution]) -> None:
+    for name, dist in distributions.items():
+        if isinstance(dist, FloatDistribution):
+            trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+        elif isinstance(dist, IntDistribution):
+            trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+        else:
+            trial.suggest_categorical(name, dist.choices)  # type: ignore[attr-defined]

@@ -1,0 +1,52 @@
+"""Every name hpsearch stores in Optuna's attributes, and the patterns of its identifiers.
+
+Attributes are data that outlives a release: a key spelled in one place cannot drift between the
+module that writes it and the one that reads it.
+"""
+
+from __future__ import annotations
+
+# --- identifiers ------------------------------------------------------------------------------
+STUDY_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+WORKER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+
+# --- study user attrs (read by every server process to open the study) ------------------------
+SPEC = "spec"  # the validated spec, as JSON
+SPACE = "search_space"  # the resolved search space, as JSON
+CREATED_AT = "created_at"  # UTC, ISO 8601
+
+# --- study system attrs -----------------------------------------------------------------------
+STOPPED = "hpsearch:stopped"
+
+# --- trial user attrs (shown in the dashboard) -----------------------------------------------
+BASELINE = "baseline"
+WORKER = "worker"
+DEVICE = "device"
+VAL_ACCURACY = "val_accuracy"
+TRAIN_LOSS_PREFIX = "train_loss:"  # one attr per epoch: train_loss:<epoch>
+FAIL_REASON = "fail_reason"
+RETRY_OF = "retry_of"
+RESUMED_FROM_EPOCH = "resumed_from_epoch"
+# What a retry copies from the trial it retries that describes that trial's own run.
+PER_RUN = (FAIL_REASON, VAL_ACCURACY, RESUMED_FROM_EPOCH, DEVICE)
+
+# --- trial system attrs -----------------------------------------------------------------------
+CHECKPOINT = "hpsearch:checkpoint"  # {"artifact_id", "epoch"}
+WEIGHTS = "hpsearch:weights"  # artifact id
+# Optuna's own names, read by Optuna and the dashboard.
+RETRY_HISTORY = "retry_history"  # Optuna's retry callback: numbers of the trials retried
+ARTIFACT_PREFIX = "artifacts:"  # optuna.artifacts.upload_artifact: artifacts:<artifact id>
+GRID_ID = "grid_id"  # GridSampler: the combination a trial runs
+GRID_SPACE = "search_space"  # GridSampler: the grid it was drawn from
+
+
+def train_loss_key(epoch: int) -> str:
+    return f"{TRAIN_LOSS_PREFIX}{epoch}"
+
+
+def train_losses(user_attrs: dict[str, object]) -> dict[int, float]:
+    """The training loss by epoch, from a trial's user attrs."""
+    return dict(sorted(
+        (int(key.removeprefix(TRAIN_LOSS_PREFIX)), float(value))  # type: ignore[arg-type]
+        for key, value in user_attrs.items() if key.startswith(TRAIN_LOSS_PREFIX)
+    ))

@@ -1,0 +1,151 @@
+"""Messages from the worker holding a trial's lease: heartbeat, report, complete, fail.
+
+Every message is idempotent (the same report or completion twice gets the same answer), so
+workers can retry any of them after a network error or a server restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from service import keys
+from service.artifacts import Artifacts, has_artifacts
+from service.errors import InvalidInput
+from service.leases import Leases, lease_ended, running_trial
+from service.metrics import Metrics
+from service.pruning import CompletedTrialsStudy, reads_completed_only
+from service.registry import StudyHandle, StudyRegistry
+from service.schemas import ReportAnswer, TrialAck
+from service.storage import Backend, TrialFacts
+
+logger = logging.getLogger(__name__)
+
+
+class TrialMessages:
+    def __init__(self, backend: Backend, registry: StudyRegistry, leases: Leases,
+                 artifacts: Artifacts, metrics: Metrics) -> None:
+        self._backend = backend
+        self._registry = registry
+        self._leases = leases
+        self._artifacts = artifacts
+        self._metrics = metrics
+
+    def heartbeat(self, trial_id: int) -> None:
+        handle, facts = self._registry.facts(trial_id)
+        if facts.state != TrialState.RUNNING:
+            raise lease_ended(handle, facts.number, facts.state)
+        self._backend.record_heartbeat(trial_id)
+        if facts.worker:
+            self._backend.touch_worker(facts.worker, study=handle.name,
+                                       trial_number=facts.number, trial_id=trial_id)
+
+    def report(self, trial_id: int, epoch: int, val_loss: float, val_accuracy: float | None,
+               train_loss: float | None = None) -> ReportAnswer:
+        handle, facts = self._registry.facts(trial_id)
+        values = facts.intermediate_values  # our own copy
+        if facts.state == TrialState.PRUNED and epoch in values:
+            return ReportAnswer(prune=True)  # the same report again, after it pruned the trial
+        if facts.state != TrialState.RUNNING:
+            raise lease_ended(handle, facts.number, facts.state)
+        self._leases.renew(trial_id)
+        if epoch not in values:  # else a retried report: answer it again
+            expected = max(values, default=-1) + 1
+            if epoch != expected:
+                raise InvalidInput(f"epochs must be reported in order: expected epoch {expected}",
+                                   field="epoch")
+            attrs: dict[str, float] = {}
+            if val_accuracy is not None:
+                attrs[keys.VAL_ACCURACY] = val_accuracy
+            if train_loss is not None:
+                attrs[keys.train_loss_key(epoch)] = train_loss
+            self._backend.set_user_attrs(trial_id, attrs)
+            self._backend.set_curve(trial_id, {epoch: val_loss})
+            values[epoch] = val_loss
+        self._metrics.reports.labels(handle.name).inc()
+        # A trial that has trained its last epoch is not pruned: its result is complete.
+        last_epoch = epoch >= handle.spec.training.epochs - 1
+        prune = not last_epoch and self._should_prune(handle, facts)
+        if prune:
+            self._finish(handle, facts.number, trial_id, TrialState.PRUNED)
+            logger.info("trial %d of %s pruned after epoch %d", facts.number, handle.name, epoch)
+            self._finished(handle, facts.worker, facts.has_artifacts)
+        return ReportAnswer(prune=prune)
+
+    def _should_prune(self, handle: StudyHandle, facts: TrialFacts) -> bool:
+        """What Trial.should_prune asks, reading no more of the study than the pruner needs."""
+        pruner = handle.study.pruner
+        if reads_completed_only(pruner):
+            completed = handle.completed.get(handle.study, self._backend,
+                                             facts.completed_in_study)
+            return pruner.prune(CompletedTrialsStudy(handle.study, completed),  # type: ignore[arg-type]
+                                facts.frozen())
+        return pruner.prune(handle.study, self._backend.trial(facts.trial_id))
+
+    def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None) -> TrialAck:
+        handle, facts = self._registry.facts(trial_id)
+        if facts.state == TrialState.COMPLETE:
+            return TrialAck(trial_id=trial_id, state="complete")  # a retried completion
+        if facts.state != TrialState.RUNNING:
+            raise lease_ended(handle, facts.number, facts.state)
+        # If it finished meanwhile, _finish says how.
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if val_accuracy is not None:
+                self._backend.set_user_attrs(trial_id, {keys.VAL_ACCURACY: val_accuracy})
+        ended = self._finish(handle, facts.number, trial_id, TrialState.COMPLETE, val_loss)
+        if ended != TrialState.COMPLETE:  # the lease sweep failed it, or a report pruned it
+            raise lease_ended(handle, facts.number, ended)
+        logger.info("trial %d of %s complete: val_loss %.4g", facts.number, handle.name,
+                    val_loss)
+        self._finished(handle, facts.worker, facts.has_artifacts)
+        return TrialAck(trial_id=trial_id, state="complete")
+
+    def fail(self, trial_id: int, reason: str, retry: bool) -> TrialAck:
+        handle, trial = running_trial(self._registry, trial_id)
+        # Under the claim lock: between the FAIL and the re-queued copy, a claim would count
+        # one trial fewer in flight and sample one too many.
+        with self._backend.claim_lock.hold(handle.study_id):
+            handle, trial = running_trial(self._registry, trial_id)
+            self._backend.set_user_attrs(trial_id, {keys.FAIL_REASON: reason})
+            # The sweep takes the same lock: FAIL can only be ours.
+            ended = self._finish(handle, trial.number, trial_id, TrialState.FAIL)
+            if ended != TrialState.FAIL:  # completed or pruned meanwhile
+                raise lease_ended(handle, trial.number, ended)
+            logger.info("trial %d of %s failed%s: %s", trial.number, handle.name,
+                        " (handed back)" if retry else "", reason)
+            if retry:
+                self._leases.requeue(handle.study, self._backend.trial(trial_id))
+        self._finished(handle, trial.user_attrs.get(keys.WORKER), has_artifacts(trial))
+        return TrialAck(trial_id=trial_id, state="fail")
+
+    def _finish(self, handle: StudyHandle, number: int, trial_id: int, state: TrialState,
+                value: float | None = None) -> TrialState:
+        """Tell Optuna how the trial ended; returns the state it is in afterwards. Another
+        request or server process may have finished it first (the same message sent twice at
+        once, the lease sweep): then the state is the one they gave it."""
+        try:
+            return handle.study.tell(number, value, state=state, skip_if_finished=True).state
+        except optuna.exceptions.UpdateFinishedTrialError:  # finished between check and write
+            return self._backend.trial(trial_id).state
+
+    def _finished(self, handle: StudyHandle, worker: str | None, had_artifacts: bool) -> None:
+        if worker:
+            self._backend.touch_worker(worker, study=None, trial_number=None, trial_id=None)
+        # A finished trial's checkpoint goes now. Weights that drop out of the top k because a
+        # trial without any got better wait for the lease keeper's sweep, which collects too:
+        # collecting walks every trial, too much for each message.
+        if had_artifacts:
+            _best_effort(self._artifacts.collect_garbage, handle)
+
+
+def _best_effort(collect: Callable[[StudyHandle], None], handle: StudyHandle) -> None:
+    """The trial has ended whatever happens here; the sweep collects what this could not."""
+    try:
+        collect(handle)
+    except Exception:  # noqa: BLE001 - any store fault: logged whole, the message still succeeds
+        logger.exception("collecting the artifacts of %s failed; the lease sweep retries",
+                         handle.name)

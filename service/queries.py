@@ -1,0 +1,159 @@
+"""The plain SQL reads of Optuna's tables that its storage API has no call for (or answers only
+by building whole trials through its ORM, the largest cost of a report). Only `service.storage`
+runs them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
+
+from service import keys
+
+_TRIALS = models.TrialModel.__table__
+_STUDIES = models.StudyModel.__table__
+_VALUES = models.TrialIntermediateValueModel.__table__
+_USER_ATTRS = models.TrialUserAttributeModel.__table__
+_SYSTEM_ATTRS = models.TrialSystemAttributeModel.__table__
+
+
+@dataclass(frozen=True)
+class TrialFacts:
+    """What the protocol's frequent messages need of a trial. Read with two plain queries:
+    Optuna's `get_trial` builds every attribute of the trial through its ORM, which was the
+    largest cost of a report."""
+
+    trial_id: int
+    study_id: int
+    study_name: str
+    number: int
+    state: TrialState
+    intermediate_values: dict[int, float]
+    worker: str | None
+    has_artifacts: bool
+    completed_in_study: int  # complete trials of its study
+
+    def frozen(self) -> FrozenTrial:
+        """The trial as a pruner that reads only its learning curve sees it."""
+        return FrozenTrial(
+            number=self.number, state=self.state, value=None, datetime_start=None,
+            datetime_complete=None, params={}, distributions={}, user_attrs={},
+            system_attrs={}, intermediate_values=dict(self.intermediate_values),
+            trial_id=self.trial_id,
+        )
+
+
+def _facts_statement() -> sa.Select[Any]:
+    """A trial's row with its worker, whether it has artifacts, and its study's completed
+    count: built once, run for every report and completion."""
+    worker = (
+        sa.select(_USER_ATTRS.c.value_json)
+        .where(_USER_ATTRS.c.trial_id == _TRIALS.c.trial_id, _USER_ATTRS.c.key == keys.WORKER)
+        .scalar_subquery()
+    )
+    artifacts = sa.exists().where(
+        _SYSTEM_ATTRS.c.trial_id == _TRIALS.c.trial_id,
+        _SYSTEM_ATTRS.c.key.startswith(keys.ARTIFACT_PREFIX, autoescape=True),
+    )
+    others = _TRIALS.alias()
+    completed = (
+        sa.select(sa.func.count())
+        .where(others.c.study_id == _TRIALS.c.study_id, others.c.state == TrialState.COMPLETE)
+        .scalar_subquery()
+    )
+    return (
+        sa.select(_TRIALS.c.study_id, _STUDIES.c.study_name, _TRIALS.c.number, _TRIALS.c.state,
+                  worker.label("worker"), artifacts.label("has_artifacts"),
+                  completed.label("completed"))
+        .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
+        .where(_TRIALS.c.trial_id == sa.bindparam("trial_id"))
+    )
+
+
+_FACTS = _facts_statement()
+_CURVE = sa.select(
+    _VALUES.c.step, _VALUES.c.intermediate_value, _VALUES.c.intermediate_value_type
+).where(_VALUES.c.trial_id == sa.bindparam("trial_id"))
+
+
+_VALUE_OF = models.TrialIntermediateValueModel.stored_repr_to_intermediate_value
+
+
+def trial_facts(conn: sa.Connection, trial_id: int) -> TrialFacts | None:
+    row = conn.execute(_FACTS, {"trial_id": trial_id}).first()
+    if row is None:
+        return None
+    values = {step: _VALUE_OF(value, kind)
+              for step, value, kind in conn.execute(_CURVE, {"trial_id": trial_id})}
+    return TrialFacts(
+        trial_id=trial_id,
+        study_id=row.study_id,
+        study_name=row.study_name,
+        number=row.number,
+        state=row.state,
+        intermediate_values=values,
+        worker=json.loads(row.worker) if row.worker is not None else None,
+        has_artifacts=bool(row.has_artifacts),
+        completed_in_study=row.completed,
+    )
+
+
+def study_of_trial(conn: sa.Connection, trial_id: int) -> tuple[int, str] | None:
+    row = conn.execute(
+        sa.select(_STUDIES.c.study_id, _STUDIES.c.study_name)
+        .join(_TRIALS, _STUDIES.c.study_id == _TRIALS.c.study_id)
+        .where(_TRIALS.c.trial_id == trial_id)
+    ).first()
+    return (row.study_id, row.study_name) if row is not None else None
+
+
+def trial_census(conn: sa.Connection,
+                 study_id: int) -> tuple[dict[str, int], list[int], set[int]]:
+    states = {
+        state.name: n
+        for state, n in conn.execute(
+            sa.select(_TRIALS.c.state, sa.func.count())
+            .where(_TRIALS.c.study_id == study_id)
+            .group_by(_TRIALS.c.state)
+        )
+    }
+    failed = list(conn.execute(
+        sa.select(_TRIALS.c.number)
+        .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == TrialState.FAIL)
+    ).scalars())
+    retried: set[int] = set()
+    if failed:
+        for history in system_attr_values(conn, study_id, keys.RETRY_HISTORY):
+            retried.update(history)
+    return states, failed, retried
+
+
+def system_attr_values(conn: sa.Connection, study_id: int, key: str) -> list[Any]:
+    """The values of one system attr over the study's trials that have it."""
+    return [json.loads(v) for v in conn.execute(
+        sa.select(_SYSTEM_ATTRS.c.value_json)
+        .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
+        .where(_TRIALS.c.study_id == study_id, _SYSTEM_ATTRS.c.key == key)
+    ).scalars()]
+
+
+def trial_ids(conn: sa.Connection, study_id: int, state: TrialState) -> list[int]:
+    return list(conn.execute(
+        sa.select(_TRIALS.c.trial_id)
+        .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == state)
+    ).scalars())
+
+
+_NO_HEARTBEAT = sa.text(
+    "SELECT t.trial_id FROM trials t"
+    " LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id"
+    " WHERE t.study_id = :s AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+)
+
+
+def running_without_heartbeat(conn: sa.Connection, study_id: int) -> list[int]:
+    return [row[0] for row in conn.execute(_NO_HEARTBEAT, {"s": study_id})]
