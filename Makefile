@@ -19,6 +19,14 @@ install: $(BIN)/hpsearch
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# Everyday work: no real training, no browser.
+test-fast: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not browser" tests
+
+# The protocol benchmark against a throwaway server (bench/RESULTS.md lists the others).
+bench: install
+	$(BIN)/python -m bench.protocol_overhead
+
 lint: install
 	$(BIN)/ruff check service worker cli tests bench
 

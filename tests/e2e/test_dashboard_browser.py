@@ -22,7 +22,7 @@ import pytest
 
 from tests.servers import Server, digits_spec, free_port, server_env
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.browser]
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 WINDOW = (1400, 1000)

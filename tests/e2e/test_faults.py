@@ -14,7 +14,13 @@ from optuna.trial import FrozenTrial, TrialState
 from tests.servers import digits_spec
 from tests.workers import start_worker
 
-pytestmark = pytest.mark.slow
+# Real training on one backend: the backend-specific parts (restarts, requeues, checkpoints)
+# are covered on SQLite and PostgreSQL by tests/service/test_restart.py, test_leases.py and
+# test_artifacts.py with scripted workers.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True),
+]
 
 FAST_LEASES = {"heartbeat_interval": 1, "lease_grace": 3}
 

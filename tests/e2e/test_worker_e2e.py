@@ -9,7 +9,11 @@ from optuna.trial import TrialState
 from tests.servers import digits_spec
 from tests.workers import start_worker
 
-pytestmark = pytest.mark.slow
+# Real training on one backend: the protocol on PostgreSQL is covered by tests/service/.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True),
+]
 
 
 def test_two_workers_finish_a_digits_study(server, api, tmp_path):

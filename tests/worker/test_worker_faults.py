@@ -23,6 +23,7 @@ def _faults(method: str, kind: str, count: int) -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 def test_worker_rides_out_503_and_dropped_connections(server, api, tmp_path):
     spec = digits_spec(
