@@ -23,11 +23,11 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
+
+from worker.folders import DatasetError, find_layout, open_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +142,19 @@ class DataCache:
     def __init__(self, capacity: int = 2) -> None:
         self._decoded: BoundedCache[tuple[Hashable, ...], ImageData] = BoundedCache(capacity)
         self._placed: BoundedCache[tuple[Hashable, ...], ImageData] = BoundedCache(capacity)
+        # a faulty data set fails every trial the same way: decode it once, not per trial
+        self._failed: dict[tuple[Hashable, ...], str] = {}
 
     def get(self, spec: DataSpec, device: torch.device | str = "cpu") -> ImageData:
         device = torch.device(device)
         key = spec.decode_key()
-        decoded = self._decoded.get_or_create(key, lambda: load_data(spec))
+        if key in self._failed:
+            raise DatasetError(self._failed[key])
+        try:
+            decoded = self._decoded.get_or_create(key, lambda: load_data(spec))
+        except DatasetError as exc:
+            self._failed[key] = str(exc)
+            raise
         if device.type == "cpu":
             return decoded
         placed = self._placed.get_or_create((*key, str(device)), lambda: place(decoded, device))
@@ -223,9 +231,9 @@ def load_digits(spec: DataSpec) -> ImageData:
 
 
 def decode_image(path: str, size: int) -> Tensor:
-    """RGB uint8 [3, size, size]: shorter side resized to ``size``, then center-cropped."""
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
+    """RGB uint8 [3, size, size]: shorter side resized to ``size``, then center-cropped.
+    Raises :class:`~worker.folders.DatasetError` naming the file when it cannot be decoded."""
+    rgb = open_rgb(path)
     rgb = TF.resize(rgb, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     return TF.pil_to_tensor(TF.center_crop(rgb, [size, size]))
 
@@ -243,27 +251,31 @@ def _decode_all(samples: Sequence[tuple[str, int]], size: int) -> Split:
 
 
 def load_imagefolder(spec: DataSpec) -> ImageData:
+    """Train and validation splits of ``spec.root`` (see :mod:`worker.folders` for the
+    layouts); without a validation folder, validation is split from train by val_fraction.
+    A ``test`` folder is never used here: :func:`load_test_split` reads it."""
     if spec.root is None:
         raise ValueError("data.root is required for kind 'imagefolder'")
-    root = Path(spec.root)
-    train_dir, val_dir = root / "train", root / "val"
+    layout = find_layout(spec.root)
     size = spec.stored_size
-    if train_dir.is_dir() and val_dir.is_dir():
-        class_names, class_to_idx = find_classes(train_dir)
-        train = _decode_all(make_dataset(train_dir, class_to_idx, IMG_EXTENSIONS), size)
-        val_samples = make_dataset(val_dir, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
-        if not val_samples:
-            raise ValueError(f"no images found in {val_dir}")
-        val = _decode_all(val_samples, size)
+    if layout.val is not None:
+        train, val = _decode_all(layout.train, size), _decode_all(layout.val, size)
     else:
-        class_names, class_to_idx = find_classes(root)
-        everything = _decode_all(make_dataset(root, class_to_idx, IMG_EXTENSIONS), size)
+        everything = _decode_all(layout.train, size)
         train_idx, val_idx = stratified_split(
             everything.labels.tolist(), spec.val_fraction, SPLIT_SEED
         )
         train = Split(everything.images[train_idx], everything.labels[train_idx])
         val = Split(everything.images[val_idx], everything.labels[val_idx])
-    return ImageData(train, val, tuple(class_names), spec.image_size, flip=True)
+    return ImageData(train, val, layout.class_names, spec.image_size, flip=True)
+
+
+def load_test_split(spec: DataSpec) -> Split | None:
+    """The decoded ``test`` folder of an image-folder data set, or None when it has none."""
+    if spec.kind != "imagefolder" or spec.root is None:
+        return None
+    layout = find_layout(spec.root)
+    return None if layout.test is None else _decode_all(layout.test, spec.stored_size)
 
 
 def place(data: ImageData, device: torch.device) -> ImageData:
