@@ -47,6 +47,9 @@ class DataSpec(_Strict):
         None, min_length=2, max_length=10
     )
     augment: bool = True
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="An undecodable image fails the trial, or is left out and counted"
+    )
 
     @field_validator("root")
     @classmethod

@@ -88,6 +88,7 @@ class DataSpec:
     root: str | None = None
     classes: tuple[int, ...] | None = None
     augment: bool = True
+    on_bad_image: str = "error"  # or "skip": leave undecodable files out, counted
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataSpec:
@@ -101,6 +102,7 @@ class DataSpec:
             root=str(Path(root).expanduser().resolve()) if root else None,
             classes=tuple(sorted(int(c) for c in classes)) if classes else None,
             augment=bool(data.get("augment", True)),
+            on_bad_image=str(data.get("on_bad_image", "error")),
         )
 
     @property
@@ -109,7 +111,10 @@ class DataSpec:
 
     def decode_key(self) -> tuple[Hashable, ...]:
         """What the decoded tensors depend on (not the batch size or augmentation)."""
-        return (self.kind, self.root, self.image_size, self.val_fraction, self.classes)
+        return (
+            self.kind, self.root, self.image_size, self.val_fraction, self.classes,
+            self.on_bad_image,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class ImageData:
     class_names: tuple[str, ...]
     image_size: int  # the crop the model sees
     flip: bool  # whether a horizontal flip is a valid augmentation
+    skipped: int = 0  # undecodable files left out (data.on_bad_image: skip)
 
     @property
     def num_classes(self) -> int:
@@ -238,16 +244,33 @@ def decode_image(path: str, size: int) -> Tensor:
     return TF.pil_to_tensor(TF.center_crop(rgb, [size, size]))
 
 
-def _decode_all(samples: Sequence[tuple[str, int]], size: int) -> Split:
-    if not samples:
-        return Split(
-            torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-        )
-    paths = [path for path, _ in samples]
+def _decode_all(
+    samples: Sequence[tuple[str, int]], size: int, skip_bad: bool = False
+) -> tuple[Split, int]:
+    """(the decoded split, how many undecodable files ``skip_bad`` left out)."""
+
+    def decode(path: str) -> Tensor | None:
+        try:
+            return decode_image(path, size)
+        except DatasetError as exc:
+            if not skip_bad:
+                raise
+            logger.warning("skipped: %s", exc)
+            return None
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(lambda p: decode_image(p, size), paths))
-    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-    return Split(torch.stack(images), labels)
+        decoded = list(pool.map(decode, [path for path, _ in samples]))
+    kept = [
+        (image, label)
+        for image, (_, label) in zip(decoded, samples, strict=True)
+        if image is not None
+    ]
+    skipped = len(samples) - len(kept)
+    if not kept:
+        empty = torch.empty(0, 3, size, size, dtype=torch.uint8)
+        return Split(empty, torch.empty(0, dtype=torch.int64)), skipped
+    labels = torch.tensor([label for _, label in kept], dtype=torch.int64)
+    return Split(torch.stack([image for image, _ in kept]), labels), skipped
 
 
 def load_imagefolder(spec: DataSpec) -> ImageData:
@@ -257,17 +280,21 @@ def load_imagefolder(spec: DataSpec) -> ImageData:
     if spec.root is None:
         raise ValueError("data.root is required for kind 'imagefolder'")
     layout = find_layout(spec.root)
-    size = spec.stored_size
+    size, skip = spec.stored_size, spec.on_bad_image == "skip"
     if layout.val is not None:
-        train, val = _decode_all(layout.train, size), _decode_all(layout.val, size)
+        train, skipped = _decode_all(layout.train, size, skip)
+        val, val_skipped = _decode_all(layout.val, size, skip)
+        skipped += val_skipped
     else:
-        everything = _decode_all(layout.train, size)
+        everything, skipped = _decode_all(layout.train, size, skip)
         train_idx, val_idx = stratified_split(
             everything.labels.tolist(), spec.val_fraction, SPLIT_SEED
         )
         train = Split(everything.images[train_idx], everything.labels[train_idx])
         val = Split(everything.images[val_idx], everything.labels[val_idx])
-    return ImageData(train, val, layout.class_names, spec.image_size, flip=True)
+    if skipped:
+        logger.warning("%d undecodable image(s) under %s skipped", skipped, spec.root)
+    return ImageData(train, val, layout.class_names, spec.image_size, flip=True, skipped=skipped)
 
 
 def load_test_split(spec: DataSpec) -> Split | None:
@@ -275,7 +302,9 @@ def load_test_split(spec: DataSpec) -> Split | None:
     if spec.kind != "imagefolder" or spec.root is None:
         return None
     layout = find_layout(spec.root)
-    return None if layout.test is None else _decode_all(layout.test, spec.stored_size)
+    if layout.test is None:
+        return None
+    return _decode_all(layout.test, spec.stored_size, spec.on_bad_image == "skip")[0]
 
 
 def place(data: ImageData, device: torch.device) -> ImageData:
@@ -295,6 +324,7 @@ def place(data: ImageData, device: torch.device) -> ImageData:
         class_names=data.class_names,
         image_size=data.image_size,
         flip=data.flip,
+        skipped=data.skipped,
     )
 
 

@@ -128,3 +128,14 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     Image.new("RGB", (40, 20), (90, 90, 90)).save(path, exif=exif)
     assert open_rgb(str(path)).size == (20, 40)
+
+
+def test_skip_leaves_bad_files_out_and_counts_them(tmp_path: Path) -> None:
+    make_split(tmp_path / "train")
+    make_split(tmp_path / "val", n=2)
+    for bad in (tmp_path / "train" / "cat" / "1.jpg", tmp_path / "val" / "dog" / "0.png"):
+        bad.write_bytes(b"not an image")
+    data = load_data(spec(tmp_path, on_bad_image="skip"))
+    assert (len(data.train), len(data.val), data.skipped) == (5, 3, 2)
+    with pytest.raises(DatasetError, match=r"cat/1\.jpg"):
+        load_data(spec(tmp_path))
