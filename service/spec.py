@@ -20,7 +20,12 @@ from pydantic import (
 
 from service import keys
 from service.optimizers import MedianSpec, PrunerSpec, SamplerSpec, TPESpec
-from service.search_space import COMMON_RECIPE, HYPERPARAMETERS, SearchSpace
+from service.search_space import (
+    COMMON_RECIPE,
+    HYPERPARAMETERS,
+    CategoricalParam,
+    SearchSpace,
+)
 
 NAME_PATTERN = keys.STUDY_NAME_PATTERN
 
@@ -48,6 +53,9 @@ class DataSpec(_Strict):
         None, min_length=2, max_length=10
     )
     augment: bool = True
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error", description="An undecodable image fails the trial, or is left out and counted"
+    )
 
     @field_validator("root")
     @classmethod
@@ -129,6 +137,52 @@ class StudySpec(_Strict):
     def _baseline_true(cls, value: Any) -> Any:
         return {} if value is True or value is None else value
 
+    # Fields validate in order, so training is known here; a named space is checked by
+    # schedule_problems once it is loaded.
+    @field_validator("search_space")
+    @classmethod
+    def _space_warmup(cls, space: str | SearchSpace, info: ValidationInfo) -> str | SearchSpace:
+        training = info.data.get("training")
+        if isinstance(space, SearchSpace) and training is not None:
+            why = _warmup_problem(_highest_warmup(space), training.epochs)
+            if why is not None:
+                raise ValueError(why)
+        return space
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline_warmup(cls, baseline: Any, info: ValidationInfo) -> Any:
+        training = info.data.get("training")
+        if isinstance(baseline, Baseline) and training is not None:
+            why = _warmup_problem(baseline.warmup_epochs, training.epochs)
+            if why is not None:
+                raise ValueError(why)
+        return baseline
+
+
+def _highest_warmup(space: SearchSpace) -> int | None:
+    param = space.root.get("warmup_epochs")
+    if param is None:
+        return None
+    if isinstance(param, CategoricalParam):
+        return max(int(c) for c in param.choices)
+    return int(param.high)
+
+
+def _warmup_problem(warmup_epochs: int | None, epochs: int) -> str | None:
+    if warmup_epochs is not None and warmup_epochs >= epochs:
+        return (
+            f"warmup_epochs may reach {warmup_epochs}, but training.epochs is {epochs}: "
+            "warmup must end before training does"
+        )
+    return None
+
+
+def schedule_problems(spec: StudySpec, space: SearchSpace) -> list[tuple[str, str]]:
+    """What in the (loaded) search space cannot run for ``training.epochs``, as (field, reason)."""
+    why = _warmup_problem(_highest_warmup(space), spec.training.epochs)
+    return [] if why is None else [("search_space.warmup_epochs", why)]
+
 
 def recipe(spec: StudySpec) -> dict[str, Any]:
     """The values of every hyperparameter before sampling: the baseline's, or the common recipe."""
@@ -154,4 +208,3 @@ def check_paths(spec: StudySpec, allowed_roots: list[Path]) -> list[tuple[str, s
             allowed = ", ".join(map(str, roots))
             problems.append((field, f"must lie under one of the allowed folders ({allowed})"))
     return problems
-

@@ -1,8 +1,9 @@
 """Training state to and from bytes, and atomic file writes.
 
-A checkpoint holds what torchvision's references keep (model, optimizer, scheduler,
-scaler and the epoch just finished) plus the torch RNG states, so a run resumed
-from it continues exactly where it stopped. It loads with ``weights_only=True``.
+A checkpoint holds what torchvision's references keep (model, optimizer, scheduler
+and the epoch just finished; no GradScaler, as CUDA runs bf16 autocast, which needs
+none) plus the torch RNG states, so a run resumed from it continues exactly where it
+stopped. It loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ class TrainingState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None = None
 
 
 def _to_bytes(obj: Any) -> bytes:
@@ -54,7 +54,6 @@ def save_training_state(
             "model": state.model.state_dict(),
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
-            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
             "rng": rng,
         }
     )
@@ -71,8 +70,6 @@ def load_training_state(
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
-    if state.scaler is not None and ckpt["scaler"] is not None:
-        state.scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["cpu"])
     if "cuda" in ckpt["rng"] and device.type == "cuda":
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)

@@ -23,11 +23,11 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
+
+from worker.folders import DatasetError, find_layout, open_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class DataSpec:
     root: str | None = None
     classes: tuple[int, ...] | None = None
     augment: bool = True
+    on_bad_image: str = "error"  # or "skip": leave undecodable files out, counted
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataSpec:
@@ -101,6 +102,7 @@ class DataSpec:
             root=str(Path(root).expanduser().resolve()) if root else None,
             classes=tuple(sorted(int(c) for c in classes)) if classes else None,
             augment=bool(data.get("augment", True)),
+            on_bad_image=str(data.get("on_bad_image", "error")),
         )
 
     @property
@@ -109,7 +111,10 @@ class DataSpec:
 
     def decode_key(self) -> tuple[Hashable, ...]:
         """What the decoded tensors depend on (not the batch size or augmentation)."""
-        return (self.kind, self.root, self.image_size, self.val_fraction, self.classes)
+        return (
+            self.kind, self.root, self.image_size, self.val_fraction, self.classes,
+            self.on_bad_image,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ class ImageData:
     class_names: tuple[str, ...]
     image_size: int  # the crop the model sees
     flip: bool  # whether a horizontal flip is a valid augmentation
+    skipped: int = 0  # undecodable files left out (data.on_bad_image: skip)
 
     @property
     def num_classes(self) -> int:
@@ -142,11 +148,19 @@ class DataCache:
     def __init__(self, capacity: int = 2) -> None:
         self._decoded: BoundedCache[tuple[Hashable, ...], ImageData] = BoundedCache(capacity)
         self._placed: BoundedCache[tuple[Hashable, ...], ImageData] = BoundedCache(capacity)
+        # a faulty data set fails every trial the same way: decode it once, not per trial
+        self._failed: dict[tuple[Hashable, ...], str] = {}
 
     def get(self, spec: DataSpec, device: torch.device | str = "cpu") -> ImageData:
         device = torch.device(device)
         key = spec.decode_key()
-        decoded = self._decoded.get_or_create(key, lambda: load_data(spec))
+        if key in self._failed:
+            raise DatasetError(self._failed[key])
+        try:
+            decoded = self._decoded.get_or_create(key, lambda: load_data(spec))
+        except DatasetError as exc:
+            self._failed[key] = str(exc)
+            raise
         if device.type == "cpu":
             return decoded
         placed = self._placed.get_or_create((*key, str(device)), lambda: place(decoded, device))
@@ -223,47 +237,74 @@ def load_digits(spec: DataSpec) -> ImageData:
 
 
 def decode_image(path: str, size: int) -> Tensor:
-    """RGB uint8 [3, size, size]: shorter side resized to ``size``, then center-cropped."""
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
+    """RGB uint8 [3, size, size]: shorter side resized to ``size``, then center-cropped.
+    Raises :class:`~worker.folders.DatasetError` naming the file when it cannot be decoded."""
+    rgb = open_rgb(path)
     rgb = TF.resize(rgb, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     return TF.pil_to_tensor(TF.center_crop(rgb, [size, size]))
 
 
-def _decode_all(samples: Sequence[tuple[str, int]], size: int) -> Split:
-    if not samples:
-        return Split(
-            torch.empty(0, 3, size, size, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-        )
-    paths = [path for path, _ in samples]
+def _decode_all(
+    samples: Sequence[tuple[str, int]], size: int, skip_bad: bool = False
+) -> tuple[Split, int]:
+    """(the decoded split, how many undecodable files ``skip_bad`` left out)."""
+
+    def decode(path: str) -> Tensor | None:
+        try:
+            return decode_image(path, size)
+        except DatasetError as exc:
+            if not skip_bad:
+                raise
+            logger.warning("skipped: %s", exc)
+            return None
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(lambda p: decode_image(p, size), paths))
-    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-    return Split(torch.stack(images), labels)
+        decoded = list(pool.map(decode, [path for path, _ in samples]))
+    kept = [
+        (image, label)
+        for image, (_, label) in zip(decoded, samples, strict=True)
+        if image is not None
+    ]
+    skipped = len(samples) - len(kept)
+    if not kept:
+        empty = torch.empty(0, 3, size, size, dtype=torch.uint8)
+        return Split(empty, torch.empty(0, dtype=torch.int64)), skipped
+    labels = torch.tensor([label for _, label in kept], dtype=torch.int64)
+    return Split(torch.stack([image for image, _ in kept]), labels), skipped
 
 
 def load_imagefolder(spec: DataSpec) -> ImageData:
+    """Train and validation splits of ``spec.root`` (see :mod:`worker.folders` for the
+    layouts); without a validation folder, validation is split from train by val_fraction.
+    A ``test`` folder is never used here: :func:`load_test_split` reads it."""
     if spec.root is None:
         raise ValueError("data.root is required for kind 'imagefolder'")
-    root = Path(spec.root)
-    train_dir, val_dir = root / "train", root / "val"
-    size = spec.stored_size
-    if train_dir.is_dir() and val_dir.is_dir():
-        class_names, class_to_idx = find_classes(train_dir)
-        train = _decode_all(make_dataset(train_dir, class_to_idx, IMG_EXTENSIONS), size)
-        val_samples = make_dataset(val_dir, class_to_idx, IMG_EXTENSIONS, allow_empty=True)
-        if not val_samples:
-            raise ValueError(f"no images found in {val_dir}")
-        val = _decode_all(val_samples, size)
+    layout = find_layout(spec.root)
+    size, skip = spec.stored_size, spec.on_bad_image == "skip"
+    if layout.val is not None:
+        train, skipped = _decode_all(layout.train, size, skip)
+        val, val_skipped = _decode_all(layout.val, size, skip)
+        skipped += val_skipped
     else:
-        class_names, class_to_idx = find_classes(root)
-        everything = _decode_all(make_dataset(root, class_to_idx, IMG_EXTENSIONS), size)
+        everything, skipped = _decode_all(layout.train, size, skip)
         train_idx, val_idx = stratified_split(
             everything.labels.tolist(), spec.val_fraction, SPLIT_SEED
         )
         train = Split(everything.images[train_idx], everything.labels[train_idx])
         val = Split(everything.images[val_idx], everything.labels[val_idx])
-    return ImageData(train, val, tuple(class_names), spec.image_size, flip=True)
+    if skipped:
+        logger.warning("%d undecodable image(s) under %s skipped", skipped, spec.root)
+    return ImageData(train, val, layout.class_names, spec.image_size, flip=True, skipped=skipped)
+
+
+def load_test_split(spec: DataSpec) -> Split | None:
+    """The decoded ``test`` folder of an image-folder data set, or None when it has none."""
+    if spec.kind != "imagefolder" or spec.root is None:
+        return None
+    layout = find_layout(spec.root)
+    if layout.test is None:
+        return None
+    return _decode_all(layout.test, spec.stored_size, spec.on_bad_image == "skip")[0]
 
 
 def place(data: ImageData, device: torch.device) -> ImageData:
@@ -283,6 +324,7 @@ def place(data: ImageData, device: torch.device) -> ImageData:
         class_names=data.class_names,
         image_size=data.image_size,
         flip=data.flip,
+        skipped=data.skipped,
     )
 
 

@@ -18,6 +18,7 @@ from worker.data import (
     load_data,
     stratified_split,
 )
+from worker.folders import DatasetError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -127,7 +128,7 @@ def test_imagefolder_single_folder_is_split(tmp_path: Path) -> None:
 
 def test_imagefolder_without_classes_fails(tmp_path: Path) -> None:
     spec = {"kind": "imagefolder", "root": str(tmp_path), "image_size": 16, "batch_size": 4}
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DatasetError, match="0 class folder"):
         load_data(DataSpec.from_dict({**spec, "val_fraction": 0.4}))
 
 
