@@ -24,7 +24,9 @@ FLAG_TO_ENV = {
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.artifact_store import ArtifactStoreError
     from service.settings import Settings
+    from service.storage import open_artifact_store
 
     for flag, env in FLAG_TO_ENV.items():
         value = getattr(args, flag)
@@ -36,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CliError(f"invalid settings: {problems}") from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:  # a missing or refused bucket is one line here, not a 500 at the first upload
+        open_artifact_store(settings)
+    except ArtifactStoreError as exc:
+        raise CliError(str(exc)) from None
     uvicorn.run(
         "service.app:create_app",
         factory=True,

@@ -15,11 +15,11 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
+from service.artifact_store import open_location
 from service.init_lock import file_lock, storage_init_lock
 from service.settings import Settings
 
@@ -46,15 +46,8 @@ def utcnow() -> dt.datetime:
 
 
 def open_artifact_store(settings: Settings) -> ArtifactStore:
-    location = settings.artifacts or str(settings.data_dir / "artifacts")
-    if location.startswith("s3://"):
-        import boto3  # only with the s3 extra
-        from optuna.artifacts import Boto3ArtifactStore
-
-        bucket, _, _prefix = location.removeprefix("s3://").partition("/")
-        return Boto3ArtifactStore(bucket, client=boto3.client("s3"))
-    Path(location).mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(location)
+    """Raises ArtifactStoreError (one line) when the store cannot be used."""
+    return open_location(settings.artifacts or str(settings.data_dir / "artifacts"))
 
 
 class ClaimLock:
