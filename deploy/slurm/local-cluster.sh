@@ -24,6 +24,8 @@ AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
+# Cores only: jobs without --mem would otherwise each take the whole memory of the node.
+SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
