@@ -11,7 +11,7 @@ $(BIN)/hpsearch: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[server,worker,dev]'
+	$(BIN)/pip install --quiet -e '.[server,worker,s3,dev]'
 	touch $(BIN)/hpsearch
 
 install: $(BIN)/hpsearch

@@ -10,6 +10,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from cli import slurm
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
@@ -117,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(delete)
     delete.add_argument("study")
     delete.set_defaults(run="cli.commands:delete")
+
+    slurm.add_parser(sub, _client_flags, _positive)
 
     demo = sub.add_parser("demo", help="run the whole product on this machine (CPU, no network)")
     demo.add_argument("--port", type=int, default=8765)

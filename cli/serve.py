@@ -18,7 +18,9 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import SETTINGS_ENV, create_app
+    from service.artifact_store import ArtifactStoreError
     from service.settings import Settings
+    from service.storage import open_artifact_store
 
     given = {flag: getattr(args, flag) for flag in FLAGS if getattr(args, flag) is not None}
     try:
@@ -27,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CliError(f"invalid settings: {problems}") from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:  # a missing or refused bucket is one line here, not a 500 at the first upload
+        open_artifact_store(settings)
+    except ArtifactStoreError as exc:
+        raise CliError(str(exc)) from None
     common = dict(host=args.host, port=args.port, log_level=args.log_level.lower(),
                   timeout_graceful_shutdown=10)
     if args.workers == 1:

@@ -24,13 +24,14 @@ from typing import Any, BinaryIO
 
 import optuna
 import sqlalchemy as sa
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.artifacts import upload_artifact
 from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
 from service import keys, queries
 from service import optuna_internals as internals
+from service.artifact_store import open_location
 from service.claim_lock import ClaimLock
 from service.errors import Conflict, NotFound
 from service.init_lock import storage_init_lock
@@ -71,15 +72,8 @@ def utcnow() -> dt.datetime:
 
 
 def open_artifact_store(settings: Settings) -> ArtifactStore:
-    location = settings.artifacts or str(settings.data_dir / "artifacts")
-    if location.startswith("s3://"):
-        import boto3  # only with the s3 extra
-        from optuna.artifacts import Boto3ArtifactStore
-
-        bucket, _, _prefix = location.removeprefix("s3://").partition("/")
-        return Boto3ArtifactStore(bucket, client=boto3.client("s3"))
-    Path(location).mkdir(parents=True, exist_ok=True)
-    return FileSystemArtifactStore(location)
+    """Raises ArtifactStoreError (one line) when the store cannot be used."""
+    return open_location(settings.artifacts or str(settings.data_dir / "artifacts"))
 
 
 @dataclass

@@ -147,6 +147,11 @@ def _guarded(runner: Runner) -> int:
 
 
 def default_worker_id(device: str | None = None) -> str:
-    """host-pid, plus the device when there is one: unique per process and readable."""
+    """host-pid, plus the device when there is one: unique per process and readable. Inside a
+    Slurm job it starts with slurm-<job>[_<array task>], so `hpsearch workers` names the job."""
     base = f"{socket.gethostname()}-{os.getpid()}"
+    job = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    if job:
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        base = f"slurm-{job}{f'_{task}' if task else ''}-{base}"
     return f"{base}-{device.replace(':', '')}" if device else base
