@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from cli.main import main
-from service.views import CHECKPOINT_ATTR
+from service.keys import CHECKPOINT as CHECKPOINT_ATTR
 from tests.servers import REPO, Server, digits_spec, free_port, server_env
 from tests.workers import worker_env
 

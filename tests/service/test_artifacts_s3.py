@@ -15,7 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from service.views import CHECKPOINT_ATTR, WEIGHTS_ATTR
+from service.keys import CHECKPOINT as CHECKPOINT_ATTR
+from service.keys import WEIGHTS as WEIGHTS_ATTR
 from tests.s3 import S3Server, start_s3, wait_for_bucket, weed_binary
 from tests.servers import REPO, Server, free_port, server_env
 from tests.service.scripted import API, ScriptedWorker, create_study, unique
