@@ -19,7 +19,7 @@ from service import keys
 from service import optuna_internals as internals
 from service.budget import Budget
 from service.errors import NotFound
-from service.grid import ServerGridSampler
+from service.grid import ServerGridSampler, grid_left
 from service.metrics import Metrics
 from service.registry import StudyHandle, StudyRegistry
 from service.schemas import ClaimedTrial, Resume, TrialClaim
@@ -72,9 +72,9 @@ class Claims:
     def _budget(self, handle: StudyHandle) -> Budget:
         census = self._backend.trial_census(handle.study_id)
         sampler = handle.study.sampler
-        left = (len(sampler.left(self._backend.grid_ids(handle.study_id)))
-                if isinstance(sampler, ServerGridSampler) else None)
-        return Budget.from_census(*census, handle.spec.n_trials, left)
+        assigned = (self._backend.grid_ids(handle.study_id)
+                    if isinstance(sampler, ServerGridSampler) else ())
+        return Budget.from_census(*census, handle.spec.n_trials, grid_left(sampler, assigned))
 
     def _start_trial(
         self, handle: StudyHandle, attrs: dict[str, Any]

@@ -60,11 +60,12 @@ def assigned_grid_ids(trials: Iterable[FrozenTrial]) -> list[int]:
     return [t.system_attrs[keys.GRID_ID] for t in trials if keys.GRID_ID in t.system_attrs]
 
 
-def grid_left(sampler: optuna.samplers.BaseSampler, trials: Iterable[FrozenTrial]) -> int | None:
-    """How many combinations no trial has been given; None for other samplers."""
+def grid_left(sampler: optuna.samplers.BaseSampler, assigned: Iterable[int]) -> int | None:
+    """How many combinations no trial has been given, from the grid ids trials hold (read
+    lazily: only a grid study reads them); None for other samplers."""
     if not isinstance(sampler, ServerGridSampler):
         return None
-    return len(sampler.left(assigned_grid_ids(trials)))
+    return len(sampler.left(assigned))
 
 
 def mark_grid_point(study: optuna.Study, params: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from service import keys
 from service.artifacts import Artifacts
 from service.budget import Budget
 from service.errors import NotFound
-from service.grid import grid_left
+from service.grid import assigned_grid_ids, grid_left
 from service.registry import StudyHandle, StudyRegistry
 from service.schemas import BestList, StudyPublic, TrialPublic
 from service.spec import StudySpec
@@ -59,7 +59,8 @@ class StudyService:
     def summary(self, name: str, base_url: str, handle: StudyHandle | None = None) -> StudyPublic:
         handle = handle or self._registry.get(name)
         trials = handle.study.get_trials(deepcopy=False)
-        budget = Budget.of(trials, handle.spec.n_trials, grid_left(handle.study.sampler, trials))
+        left = grid_left(handle.study.sampler, assigned_grid_ids(trials))
+        budget = Budget.of(trials, handle.spec.n_trials, left)
         base = baseline_trial(trials)
         base_loss = base.value if base else None
         ranking = ranked(trials)
