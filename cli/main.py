@@ -15,6 +15,13 @@ from cli import slurm
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0.1:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be at least 0.1")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -51,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--artifacts", help="artifact folder or s3://bucket (HPSEARCH_ARTIFACTS)")
     serve.add_argument("--workers", type=_positive, default=1, help="server processes")
     serve.add_argument(
-        "--heartbeat-interval", type=_positive, help="seconds (env HPSEARCH_HEARTBEAT_INTERVAL)"
+        "--heartbeat-interval", type=_seconds, help="seconds (env HPSEARCH_HEARTBEAT_INTERVAL)"
     )
-    serve.add_argument("--lease-grace", type=_positive, help="seconds (env HPSEARCH_LEASE_GRACE)")
+    serve.add_argument("--lease-grace", type=_seconds, help="seconds (env HPSEARCH_LEASE_GRACE)")
     serve.add_argument("--max-retries", type=int, help="retries of a trial whose worker died")
     serve.add_argument("--public-url", help="base URL users reach the server at")
     serve.set_defaults(run="cli.serve:run")

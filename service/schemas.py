@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 
 from service import keys
 
 Finite = Field(allow_inf_nan=False)
+# Whole seconds stay integers on the wire (as they were before sub-second leases existed).
+Seconds = Annotated[
+    float, PlainSerializer(lambda v: int(v) if v.is_integer() else v, return_type=int | float)
+]
 WORKER_ID = keys.WORKER_ID_PATTERN
 TrialStateName = Literal["waiting", "running", "complete", "pruned", "fail"]
 
@@ -122,7 +126,7 @@ class ClaimedTrial(BaseModel):
     spec: dict[str, Any]
     seed: int
     is_baseline: bool
-    heartbeat_interval: int
+    heartbeat_interval: Seconds
     resume: Resume | None
 
 
@@ -154,7 +158,7 @@ class TrialAck(BaseModel):
 
 class HeartbeatAnswer(BaseModel):
     trial_id: int
-    heartbeat_interval: int
+    heartbeat_interval: Seconds
 
 
 class WorkerPublic(BaseModel):

@@ -34,9 +34,10 @@ class Settings(BaseSettings):
         None, description="Base URL users reach the server at, used in dashboard_url"
     )
 
-    heartbeat_interval: int = Field(10, ge=1, le=3600)
-    lease_grace: int | None = Field(
-        None, ge=1, description="Seconds; default 3x heartbeat_interval"
+    # Floats so that tests (and impatient clusters) can run sub-second leases.
+    heartbeat_interval: float = Field(10, ge=0.1, le=3600, description="Seconds")
+    lease_grace: float | None = Field(
+        None, ge=0.1, description="Seconds; default 3x heartbeat_interval"
     )
     max_retries: int = Field(3, ge=0, le=100, description="Retries of a trial whose worker died")
     keep_top_k: int = Field(5, ge=1, le=1000, description="Trials whose final weights are kept")
@@ -66,7 +67,7 @@ class Settings(BaseSettings):
         return value.get_secret_value() if (info.context or {}).get("secrets") else str(value)
 
     @property
-    def grace_period(self) -> int:
+    def grace_period(self) -> float:
         return self.lease_grace or 3 * self.heartbeat_interval
 
     @property

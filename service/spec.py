@@ -15,7 +15,6 @@ from pydantic import (
     Tag,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from service import keys
@@ -43,38 +42,75 @@ class ModelSpec(_Strict):
     freeze_backbone: bool = False
 
 
-class DataSpec(_Strict):
-    kind: Literal["imagefolder", "digits"] = "imagefolder"
-    root: str | None = Field(None, min_length=1, max_length=4096, validate_default=True)
+class _DataCommon(_Strict):
     image_size: int = Field(224, ge=8, le=1024)
     batch_size: int = Field(64, ge=1, le=8192)
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(
-        None, min_length=2, max_length=10
-    )
     augment: bool = True
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="An undecodable image fails the trial, or is left out and counted"
     )
 
-    @field_validator("root")
-    @classmethod
-    def _root_for_kind(cls, root: str | None, info: ValidationInfo) -> str | None:
-        kind = info.data.get("kind")
-        if kind == "imagefolder" and root is None:
-            raise ValueError("root is required for kind imagefolder")
-        if kind == "digits" and root is not None:
-            raise ValueError("kind digits ships with scikit-learn and takes no root")
-        return root
 
-    @model_validator(mode="after")
-    def _kind_fields(self) -> DataSpec:
-        if self.classes is not None:
-            if self.kind != "digits":
-                raise ValueError("classes selects digit classes and needs kind digits")
-            if len(set(self.classes)) != len(self.classes):
-                raise ValueError("classes must be distinct")
-        return self
+class ImageFolderData(_DataCommon):
+    """Image folders on the workers' disks: `root/train/<class>/...`, `root/val/<class>/...`."""
+
+    kind: Literal["imagefolder"] = "imagefolder"
+    root: str = Field(
+        min_length=1, max_length=4096, description="root is required for kind imagefolder"
+    )
+    classes: None = Field(None, description="Only for kind digits")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _no_classes(cls, classes: Any) -> None:
+        if classes is not None:
+            raise ValueError("classes selects digit classes and needs kind digits")
+        return None
+
+
+class DigitsData(_DataCommon):
+    """scikit-learn's digits, shipped with the package (demos and tests)."""
+
+    kind: Literal["digits"]
+    root: None = Field(None, description="kind digits ships with scikit-learn and takes no root")
+    classes: list[Annotated[int, Field(ge=0, le=9)]] | None = Field(
+        None, min_length=2, max_length=10
+    )
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _no_root(cls, root: Any) -> None:
+        if root is not None:
+            raise ValueError("kind digits ships with scikit-learn and takes no root")
+        return None
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[int] | None) -> list[int] | None:
+        if classes is not None and len(set(classes)) != len(classes):
+            raise ValueError("classes must be distinct")
+        return classes
+
+
+def _data_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        kind = value.get("kind", "imagefolder")
+    else:
+        kind = getattr(value, "kind", None)
+    return kind if kind in ("imagefolder", "digits") else None
+
+
+# A union on `kind` (imagefolder when absent), so the OpenAPI document says which fields each
+# kind takes: `root` is required for imagefolder only.
+DataSpec = Annotated[
+    Annotated[ImageFolderData, Tag("imagefolder")] | Annotated[DigitsData, Tag("digits")],
+    Discriminator(
+        _data_kind,
+        custom_error_type="data_kind",
+        custom_error_message="must be an object whose kind is 'imagefolder' (the default) or 'digits'",
+    ),
+]
 
 
 class TrainingSpec(_Strict):

@@ -61,3 +61,34 @@ def test_two_apps_in_one_process_count_apart(tmp_path: Path) -> None:
             assert first.post(f"{API}/trials/claim", json={"worker_id": "w"}).status_code == 200
         assert _claims_total(first) == 2
         assert _claims_total(second) == 0
+
+
+def _resolve(document: dict, ref: str) -> dict:
+    node = document
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def test_the_claim_links_to_the_operations_on_its_trial(client: httpx.Client) -> None:
+    document = client.get("/openapi.json").json()
+    links = document["paths"]["/api/v1/trials/claim"]["post"]["responses"]["200"]["links"]
+    reached = set()
+    for link in links.values():
+        operation = _resolve(document, link["operationRef"])
+        assert [p["name"] for p in operation["parameters"] if p["in"] == "path"] == ["trial_id"]
+        assert link["parameters"] == {"trial_id": "$response.body#/trial_id"}
+        reached.add(operation["operationId"].split("_api_v1_")[0])
+    assert reached == {"report_epoch", "heartbeat", "complete_trial", "fail_trial",
+                       "upload_checkpoint", "upload_weights"}
+
+
+def test_the_schema_says_which_data_kind_needs_a_root(client: httpx.Client) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    kinds = {}
+    for ref in schemas["StudySpec"]["properties"]["data"]["oneOf"]:
+        schema = _resolve({"components": {"schemas": schemas}}, ref["$ref"])
+        kinds[tuple(schema["properties"]["kind"].get("enum", [schema["properties"]["kind"].get(
+            "const")]))] = schema
+    assert "root" in kinds[("imagefolder",)]["required"]
+    assert "root" not in kinds[("digits",)].get("required", [])

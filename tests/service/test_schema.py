@@ -39,7 +39,7 @@ def test_every_response_conforms_to_the_schema(schema_server: Server, tmp_path: 
         str(Path(sys.executable).with_name("schemathesis")), "run",
         f"{schema_server.url}/openapi.json",
         "--checks", CHECKS,
-        "--phases", "examples,coverage,fuzzing",
+        "--phases", "examples,coverage,fuzzing,stateful",  # stateful: claim -> its trial (links)
         "--max-examples", "10",
         "--seed", "20261128",
         "--workers", "1",  # its coverage phase is not thread-safe on this Python

@@ -35,9 +35,26 @@ ERRORS = {
 }
 
 
+def _links_to_the_trial() -> dict[str, dict]:
+    """OpenAPI links from a claim to the operations on the claimed trial, so that clients and
+    stateful API fuzzers know that `trial_id` of the answer feeds them."""
+    operations = {"Report": ("report", "post"), "Heartbeat": ("heartbeat", "post"),
+                  "Complete": ("complete", "post"), "Fail": ("fail", "post"),
+                  "UploadCheckpoint": ("checkpoint", "put"), "UploadWeights": ("weights", "put")}
+    return {
+        name: {
+            # A JSON pointer into this document: "/" in the path is written "~1".
+            "operationRef": f"#/paths/~1api~1v1~1trials~1{{trial_id}}~1{path}/{method}",
+            "parameters": {"trial_id": "$response.body#/trial_id"},
+        }
+        for name, (path, method) in operations.items()
+    }
+
+
 @router.post(
     "/claim",
-    responses={204: {"description": "Nothing to run now"}, 404: ERRORS[404]},
+    responses={200: {"description": "The leased trial", "links": _links_to_the_trial()},
+               204: {"description": "Nothing to run now"}, 404: ERRORS[404]},
 )
 def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> ClaimedTrial | None:
     """Lease the next trial: a waiting one (the baseline, a retry) first, else a new sample."""
