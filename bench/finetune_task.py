@@ -34,8 +34,9 @@ def pretrained_weights(image_size: int = 32) -> Path:
 
 
 def data_section(image_size: int, batch_size: int = 64, augment: bool = True) -> dict[str, Any]:
-    return {"kind": "digits", "classes": list(FINETUNE_CLASSES), "image_size": image_size,
-            "batch_size": batch_size, "augment": augment}
+    return {"kind": "digits", "root": None, "classes": list(FINETUNE_CLASSES),
+            "image_size": image_size, "batch_size": batch_size, "val_fraction": 0.2,
+            "augment": augment, "on_bad_image": "error"}
 
 
 def model_section(weights: Path, freeze_backbone: bool = False) -> dict[str, Any]:

@@ -22,16 +22,19 @@ from torch import Tensor
 from worker.data import ImageBatches, ImageData, Split, place
 from worker.engine import Runtime, train_one_epoch
 from worker.schedule import make_optimizer, make_scheduler
+from worker.trial import Hyperparameters
 
-RECIPE = {
-    "lr": 0.01,
-    "momentum": 0.9,
-    "step_size": 10,
-    "gamma": 0.1,
-    "warmup_epochs": 0,
-    "weight_decay": 0.0,
-    "nesterov": False,
-}
+# The common recipe; the batch size is the batches' own (SGD and its schedule do not read it).
+RECIPE = Hyperparameters(
+    lr=0.01,
+    momentum=0.9,
+    step_size=10,
+    gamma=0.1,
+    warmup_epochs=0,
+    weight_decay=0.0,
+    nesterov=False,
+    batch_size=0,
+)
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 

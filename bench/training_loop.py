@@ -140,15 +140,14 @@ def plain_epoch(model: nn.Module, data: Tensors, batch_size: int, seed: int) -> 
 
 # --- (a) epoch time ----------------------------------------------------------------------------
 def worker_job(weights: Path, image_size: int, batch_size: int, augment: bool, seed: int) -> Any:
-    from worker.engine import TrialJob
+    from worker.trial import TrialJob
 
-    return TrialJob(
-        model=model_section(weights),
-        data=data_section(image_size, batch_size, augment),
-        training={"epochs": 1, "seed": seed, "checkpoint_every": 0},
-        hparams={**BASELINE, "batch_size": batch_size},
-        seed=seed,
-    )
+    spec = {
+        "model": model_section(weights),
+        "data": data_section(image_size, batch_size, augment),
+        "training": {"epochs": 1, "compile": False, "checkpoint_every": 0},
+    }
+    return TrialJob.from_parts(spec, {**BASELINE, "batch_size": batch_size}, seed)
 
 
 def worker_epoch(job: Any, caches: Any, n_train: int) -> tuple[float, float]:
@@ -158,7 +157,7 @@ def worker_epoch(job: Any, caches: Any, n_train: int) -> tuple[float, float]:
 
     reports: list[Any] = []
     fine_tune(job, caches, lambda r: reports.append(r) or False)
-    batch = job.data["batch_size"]
+    batch = job.hparams.batch_size
     return batch * (n_train // batch) / reports[0].images_per_s, reports[0].seconds
 
 

@@ -116,7 +116,7 @@ class Claims:
             number=frozen.number,
             params=frozen.params,
             config=handle.config(frozen.params),
-            spec=handle.spec.model_dump(mode="json"),
+            spec=handle.spec.model_dump(mode="json"),  # defaults filled in: the worker has none
             seed=handle.spec.training.seed,
             is_baseline=bool(frozen.user_attrs.get(keys.BASELINE)),
             heartbeat_interval=self._heartbeat_interval,

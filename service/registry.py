@@ -55,7 +55,8 @@ class StudyHandle:
         return internals.study_id(self.study)
 
     def config(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Every hyperparameter of a trial: the recipe overridden by its sampled params."""
+        """Every hyperparameter of a trial, resolved: the recipe (batch_size included) overridden
+        by its sampled params. The claim answer carries it; the worker adds no defaults."""
         return {**self.recipe, **params}
 
 

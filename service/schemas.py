@@ -118,13 +118,21 @@ class Resume(BaseModel):
 
 
 class ClaimedTrial(BaseModel):
+    """A trial to train, with every value resolved by the server: a worker keeps no defaults."""
+
     trial_id: int
     study: str
     number: int
-    params: dict[str, Any]
-    config: dict[str, Any]
-    spec: dict[str, Any]
-    seed: int
+    params: dict[str, Any] = Field(description="The hyperparameters sampled (or fixed) for it")
+    config: dict[str, Any] = Field(
+        description="Every hyperparameter the trial trains with: the recipe overridden by "
+        "params; batch_size included (the baseline's, else data.batch_size)"
+    )
+    spec: dict[str, Any] = Field(
+        description="The study spec with every default filled in; the trial's batch size is "
+        "config.batch_size"
+    )
+    seed: int = Field(description="training.seed")
     is_baseline: bool
     heartbeat_interval: Seconds
     resume: Resume | None

@@ -79,30 +79,30 @@ class BoundedCache(Generic[K, V]):
 
 @dataclass(frozen=True)
 class DataSpec:
-    """The ``data`` section of a study spec, with defaults filled in."""
+    """The ``data`` section of a study spec, as the server resolved it (the trial's batch size
+    is a hyperparameter: :class:`worker.trial.Hyperparameters`)."""
 
     kind: str
     image_size: int
-    batch_size: int
     val_fraction: float
-    root: str | None = None
-    classes: tuple[int, ...] | None = None
-    augment: bool = True
-    on_bad_image: str = "error"  # or "skip": leave undecodable files out, counted
+    root: str | None
+    classes: tuple[int, ...] | None
+    augment: bool
+    on_bad_image: str  # or "skip": leave undecodable files out, counted
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataSpec:
-        classes = data.get("classes")
-        root = data.get("root")
+        """From the section's JSON, every field present (other keys are ignored); the root
+        resolved on this machine, the classes sorted."""
+        classes, root = data["classes"], data["root"]
         return cls(
             kind=str(data["kind"]),
             image_size=int(data["image_size"]),
-            batch_size=int(data.get("batch_size", 64)),
-            val_fraction=float(data.get("val_fraction", 0.2)),
+            val_fraction=float(data["val_fraction"]),
             root=str(Path(root).expanduser().resolve()) if root else None,
             classes=tuple(sorted(int(c) for c in classes)) if classes else None,
-            augment=bool(data.get("augment", True)),
-            on_bad_image=str(data.get("on_bad_image", "error")),
+            augment=bool(data["augment"]),
+            on_bad_image=str(data["on_bad_image"]),
         )
 
     @property

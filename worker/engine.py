@@ -1,7 +1,8 @@
 """The training loop of one trial, in the style of torchvision's references.
 
-``fine_tune`` builds the model and batches of a :class:`TrialJob`, trains it epoch
-by epoch, reports after each epoch (the callback answers whether the trial is
+``fine_tune`` builds the model and batches of a :class:`~worker.trial.TrialJob`
+(``_prepare``), trains it epoch by epoch (``run_epoch``: ``train_one_epoch``, then
+``evaluate``), reports after each epoch (the callback answers whether the trial is
 pruned), hands out checkpoints and resumes from one. Epochs are 0-based. On the
 CPU the arithmetic is plain fp32 and deterministic: a trial run twice, or stopped
 after epoch k and resumed, gives the same losses bit for bit. On CUDA the same
@@ -15,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -30,10 +31,9 @@ from worker.checkpoints import (
     save_training_state,
     weights_bytes,
 )
-from worker.data import DataCache, DataSpec, ImageBatches
+from worker.data import DataCache, ImageBatches
 from worker.features import FeatureBatches, FeatureCache, cached_features
 from worker.models import (
-    ModelSpec,
     Network,
     TemplateCache,
     WeightsCache,
@@ -42,6 +42,7 @@ from worker.models import (
     seed_process_rng,
 )
 from worker.schedule import make_optimizer, make_scheduler
+from worker.trial import Training, TrialJob
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +62,6 @@ class Interrupted(Exception):
 
 class NonFiniteLoss(FloatingPointError):
     """A training or validation loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class TrialJob:
-    """One trial: the study spec's sections (plain dicts), its hyperparameters, seed, device."""
-
-    model: Mapping[str, Any]
-    data: Mapping[str, Any]
-    training: Mapping[str, Any]
-    hparams: Mapping[str, Any]
-    seed: int
-    device: str = "cpu"
 
 
 @dataclass
@@ -214,7 +203,7 @@ def evaluate(
 
 
 @dataclass
-class _Trial:
+class _Prepared:
     """What ``fine_tune`` trains: the network, its batches and the step function."""
 
     network: Network
@@ -224,14 +213,23 @@ class _Trial:
     state: TrainingState
 
 
-def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Trial:
-    model_spec, data_spec = ModelSpec.from_dict(job.model), DataSpec.from_dict(job.data)
-    batch_size = int(job.hparams.get("batch_size") or data_spec.batch_size)
-    data = caches.data.get(data_spec, rt.device)
+def _runtime(device: str, should_stop: Callable[[], bool], progress: bool) -> Runtime:
+    """How steps run on ``device``; on CUDA, that device made current and cuDNN autotuned."""
+    rt = Runtime(torch.device(device), should_stop, progress)
+    if rt.cuda:
+        if rt.device.index is not None:
+            torch.cuda.set_device(rt.device)
+        torch.backends.cudnn.benchmark = True
+    return rt
+
+
+def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Prepared:
+    """The job's network on the device, its batches, its optimizer and scheduler."""
+    data = caches.data.get(job.data, rt.device)
     network = build_network(
-        model_spec,
+        job.model,
         num_classes=data.num_classes,
-        image_size=data_spec.image_size,
+        image_size=job.data.image_size,
         seed=job.seed,
         cache=caches.weights,
         templates=caches.templates,
@@ -239,31 +237,90 @@ def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Trial:
     module = network.module.to(rt.device)
     if rt.cuda:
         module = module.to(memory_format=torch.channels_last)
-    mean, std = normalization(model_spec)
+    mean, std = normalization(job.model)
     images = ImageBatches(
         data,
-        batch_size=batch_size,
-        augment=data_spec.augment and not model_spec.freeze_backbone,
+        batch_size=job.hparams.batch_size,
+        augment=job.data.augment and not job.model.freeze_backbone,
         seed=job.seed,
         device=rt.device,
         mean=mean,
         std=std,
         channels_last=rt.cuda,
     )
-    source: BatchSource = images
-    forward: Callable[[Tensor], Tensor] = module
-    evaluated: nn.Module = module
-    if model_spec.freeze_backbone and caches.features is not None:
-        features = cached_features(
-            caches.features, model_spec, data_spec, network, images, job.seed, rt.autocast
-        )
-        source = FeatureBatches(features, batch_size=batch_size, seed=job.seed)
-        forward = evaluated = network.head
-    elif rt.cuda and job.training.get("compile", False):
-        forward = torch.compile(module)
+    source, forward, evaluated = _what_trains(job, network, module, images, caches, rt)
     optimizer = make_optimizer(network.trainable_parameters(), job.hparams, fused=rt.cuda)
     scheduler = make_scheduler(optimizer, job.hparams, source.iters_per_epoch())
-    return _Trial(network, source, forward, evaluated, TrainingState(module, optimizer, scheduler))
+    state = TrainingState(module, optimizer, scheduler)
+    return _Prepared(network, source, forward, evaluated, state)
+
+
+def _what_trains(
+    job: TrialJob,
+    network: Network,
+    module: nn.Module,
+    images: ImageBatches,
+    caches: Caches,
+    rt: Runtime,
+) -> tuple[BatchSource, Callable[[Tensor], Tensor], nn.Module]:
+    """(batches, training forward, evaluated module): a frozen backbone's head on its cached
+    features, or the whole model on images (compiled if the spec asks, on CUDA)."""
+    if job.model.freeze_backbone and caches.features is not None:
+        features = cached_features(
+            caches.features, job.model, job.data, network, images, job.seed, rt.autocast
+        )
+        batches = FeatureBatches(features, batch_size=job.hparams.batch_size, seed=job.seed)
+        return batches, network.head, network.head
+    if rt.cuda and job.training.compile:
+        return images, torch.compile(module), module
+    return images, module, module
+
+
+def _first_epoch(prepared: _Prepared, resume: bytes | None, rt: Runtime) -> int:
+    """0, or the epoch after the one checkpoint ``resume`` ends with, its state loaded."""
+    if resume is None:
+        return 0
+    start = load_training_state(resume, prepared.state, rt.device) + 1
+    logger.info("resuming after epoch %d", start - 1)
+    return start
+
+
+def run_epoch(prepared: _Prepared, epoch: int, rt: Runtime) -> EpochReport:
+    """Train one epoch, evaluate, and say how it went."""
+    began = time.perf_counter()
+    prepared.network.train_mode()
+    train_loss, lr, seen = train_one_epoch(
+        prepared.forward,
+        prepared.state.optimizer,
+        prepared.state.scheduler,
+        prepared.source.train_batches(epoch),
+        epoch=epoch,
+        iters=prepared.source.iters_per_epoch(),
+        rt=rt,
+    )
+    trained = time.perf_counter()
+    val_loss, val_accuracy = evaluate(
+        prepared.evaluated, prepared.source.val_batches(), epoch=epoch, rt=rt
+    )
+    report = EpochReport(
+        epoch=epoch,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_accuracy=val_accuracy,
+        lr=lr,
+        images_per_s=seen / max(trained - began, 1e-9),
+        seconds=time.perf_counter() - began,
+    )
+    logger.info(
+        "epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f lr %.3g %.0f img/s %.1fs",
+        epoch, train_loss, val_loss, val_accuracy, lr, report.images_per_s, report.seconds,
+    )  # fmt: skip
+    return report
+
+
+def _checkpoint_due(training: Training, epoch: int) -> bool:
+    every = training.checkpoint_every
+    return every > 0 and (epoch + 1) % every == 0
 
 
 def fine_tune(
@@ -271,12 +328,13 @@ def fine_tune(
     caches: Caches,
     on_epoch: Callable[[EpochReport], bool],
     *,
+    device: str = "cpu",
     on_checkpoint: Callable[[int, bytes], None] | None = None,
     resume: bytes | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = False,
 ) -> TrialOutcome:
-    """Train ``job`` and return how it ended.
+    """Train ``job`` on ``device`` and return how it ended.
 
     ``on_epoch`` gets an :class:`EpochReport` after every epoch and returns True to
     prune (training stops at once, status "pruned"). ``on_checkpoint(epoch, bytes)``
@@ -286,61 +344,25 @@ def fine_tune(
     :class:`NonFiniteLoss` on a NaN/inf loss, and
     :class:`~worker.models.WeightsUnavailable` when pretrained weights are missing.
     """
-    rt = Runtime(torch.device(job.device), should_stop, progress)
-    if rt.cuda:
-        if rt.device.index is not None:
-            torch.cuda.set_device(rt.device)
-        torch.backends.cudnn.benchmark = True
+    rt = _runtime(device, should_stop, progress)
     seed_process_rng(job.seed)
-    trial = _prepare(job, caches, rt)
-    epochs = int(job.training["epochs"])
-    every = int(job.training.get("checkpoint_every", 1))
-    start = 0
-    if resume is not None:
-        start = load_training_state(resume, trial.state, rt.device) + 1
-        logger.info("resuming after epoch %d", start - 1)
+    prepared = _prepare(job, caches, rt)
+    start, epochs = _first_epoch(prepared, resume, rt), job.training.epochs
     val_loss, val_accuracy = math.nan, math.nan
     if start >= epochs:  # nothing left to train: report where the checkpoint ended
         val_loss, val_accuracy = evaluate(
-            trial.evaluated, trial.source.val_batches(), epoch=start - 1, rt=rt
+            prepared.evaluated, prepared.source.val_batches(), epoch=start - 1, rt=rt
         )
-    iters = trial.source.iters_per_epoch()
     for epoch in range(start, epochs):
-        began = time.perf_counter()
-        trial.network.train_mode()
-        train_loss, lr, seen = train_one_epoch(
-            trial.forward,
-            trial.state.optimizer,
-            trial.state.scheduler,
-            trial.source.train_batches(epoch),
-            epoch=epoch,
-            iters=iters,
-            rt=rt,
-        )
-        trained = time.perf_counter()
-        val_loss, val_accuracy = evaluate(
-            trial.evaluated, trial.source.val_batches(), epoch=epoch, rt=rt
-        )
-        report = EpochReport(
-            epoch=epoch,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            lr=lr,
-            images_per_s=seen / max(trained - began, 1e-9),
-            seconds=time.perf_counter() - began,
-        )
-        logger.info(
-            "epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f lr %.3g %.0f img/s %.1fs",
-            epoch, train_loss, val_loss, val_accuracy, lr, report.images_per_s, report.seconds,
-        )  # fmt: skip
+        report = run_epoch(prepared, epoch, rt)
+        val_loss, val_accuracy = report.val_loss, report.val_accuracy
         if on_epoch(report):
             logger.info("pruned after epoch %d", epoch)
             return TrialOutcome(
-                "pruned", val_loss, val_accuracy, epoch + 1 - start, trial.state.model
+                "pruned", val_loss, val_accuracy, epoch + 1 - start, prepared.state.model
             )
-        if on_checkpoint is not None and every > 0 and (epoch + 1) % every == 0:
-            on_checkpoint(epoch, save_training_state(trial.state, epoch, rt.device))
+        if on_checkpoint is not None and _checkpoint_due(job.training, epoch):
+            on_checkpoint(epoch, save_training_state(prepared.state, epoch, rt.device))
     return TrialOutcome(
-        "completed", val_loss, val_accuracy, max(0, epochs - start), trial.state.model
+        "completed", val_loss, val_accuracy, max(0, epochs - start), prepared.state.model
     )

@@ -36,6 +36,7 @@ def seed_process_rng(seed: int) -> None:
     with _GLOBAL_RNG:
         torch.manual_seed(seed)
 
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -55,21 +56,22 @@ class WeightsUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The ``model`` section of a study spec."""
+    """The ``model`` section of a study spec, as the server resolved it."""
 
     arch: str
-    weights: str | None = None
-    weights_path: str | None = None
-    freeze_backbone: bool = False
+    weights: str | None  # a torchvision weights name
+    weights_path: str | None
+    freeze_backbone: bool
 
     @classmethod
     def from_dict(cls, model: Mapping[str, Any]) -> ModelSpec:
-        path = model.get("weights_path")
+        """From the section's JSON, every field present; the path resolved on this machine."""
+        path = model["weights_path"]
         return cls(
             arch=str(model["arch"]),
-            weights=model.get("weights") or None,
+            weights=model["weights"] or None,
             weights_path=str(Path(path).expanduser().resolve()) if path else None,
-            freeze_backbone=bool(model.get("freeze_backbone", False)),
+            freeze_backbone=bool(model["freeze_backbone"]),
         )
 
     @property

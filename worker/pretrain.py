@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker.checkpoints import atomic_write
-from worker.engine import Caches, TrialJob, fine_tune
+from worker.engine import Caches, fine_tune
+from worker.trial import TrialJob
 
 logger = logging.getLogger(__name__)
 
@@ -47,24 +48,21 @@ def pretrain_digits(
     if out.exists():
         logger.info("pretrained digits model %s exists", out)
         return out
-    job = TrialJob(
-        model={"arch": arch, "weights": None, "weights_path": None, "freeze_backbone": False},
-        data={
+    spec = {
+        "model": {"arch": arch, "weights": None, "weights_path": None, "freeze_backbone": False},
+        "data": {
             "kind": "digits",
             "root": None,
             "image_size": image_size,
-            "batch_size": PRETRAIN_HPARAMS["batch_size"],
             "val_fraction": 0.2,
             "classes": list(classes),
             "augment": True,
+            "on_bad_image": "error",
         },
-        training={"epochs": epochs, "seed": seed, "compile": False, "checkpoint_every": 0},
-        hparams=PRETRAIN_HPARAMS,
-        seed=seed,
-        device=device,
-    )
-
-    outcome = fine_tune(job, caches or Caches(), lambda report: False)
+        "training": {"epochs": epochs, "compile": False, "checkpoint_every": 0},
+    }
+    job = TrialJob.from_parts(spec, PRETRAIN_HPARAMS, seed)
+    outcome = fine_tune(job, caches or Caches(), lambda report: False, device=device)
     logger.info(
         "pretrained %s on digits %s: val_accuracy %.3f, saving %s",
         arch, list(classes), outcome.val_accuracy, out,

@@ -1,19 +1,29 @@
-"""The worker loop: claim a trial, fine-tune it, report every epoch, obey pruning, complete or
-fail it with a reason, claim the next. One loop per device slot."""
+"""The worker loop: claim a trial, read it into a typed :class:`~worker.trial.Trial`, fine-tune
+it, report every epoch, obey pruning, complete or fail it with a reason, claim the next. One
+loop per device slot."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from worker.client import LeaseLost, ServerClient
-from worker.engine import Caches, EpochReport, Interrupted, NonFiniteLoss, TrialJob, fine_tune
+from worker.engine import (
+    Caches,
+    EpochReport,
+    Interrupted,
+    NonFiniteLoss,
+    TrialOutcome,
+    fine_tune,
+)
 from worker.heartbeat import Heartbeat
 from worker.models import WeightsUnavailable
+from worker.trial import BadClaim, Hyperparameters, Trial
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +44,6 @@ class WorkerConfig:
 
 class WorkerStopped(Exception):
     """This machine cannot run the study's trials (e.g. pretrained weights missing)."""
-
-
-def job_from_claim(claim: dict[str, Any], device: str) -> TrialJob:
-    spec, hparams = claim["spec"], claim["config"]
-    return TrialJob(
-        model=spec["model"],
-        data={**spec["data"], "batch_size": hparams["batch_size"]},
-        training=spec["training"],
-        hparams=hparams,
-        seed=claim["seed"],
-        device=device,
-    )
 
 
 class Runner:
@@ -82,63 +80,87 @@ class Runner:
             self.trials_run += 1
         return 0
 
-    def run_trial(self, claim: dict[str, Any]) -> str:
-        """Run one claimed trial to its end; returns how it ended."""
-        trial_id, number, study = claim["trial_id"], claim["number"], claim["study"]
-        label = f"trial {number} of {study}"
-        logger.info("%s: %s", label, _describe(claim["config"]))
-        client = self.client
-        with Heartbeat(client, trial_id, claim["heartbeat_interval"]) as heartbeat:
+    def run_trial(self, claim: Mapping[str, Any]) -> str:
+        """Run one claimed trial (the claim answer's JSON) to its end; returns how it ended."""
+        trial = self._read(claim)
+        logger.info("%s: %s", trial.label, _describe(trial.job.hparams))
+        with Heartbeat(self.client, trial.trial_id, trial.heartbeat_interval) as heartbeat:
             try:
-                resume = claim.get("resume")
-                state = client.download(resume["checkpoint_url"]) if resume else None
-                outcome = fine_tune(
-                    job_from_claim(claim, self.config.device),
-                    self.caches,
-                    self._reporter(trial_id),
-                    on_checkpoint=lambda epoch, data: client.upload_checkpoint(
-                        trial_id, epoch, data
-                    ),
-                    resume=state,
-                    should_stop=lambda: self.stop.is_set() or heartbeat.lost.is_set(),
-                    progress=sys.stderr.isatty(),
-                )
-            except Interrupted:
-                if heartbeat.lost.is_set():
-                    logger.warning("%s: abandoned, its lease ended", label)
-                    return "lease lost"
-                client.fail(trial_id, "the worker was stopped; handed back", retry=True)
-                logger.info("%s: handed back", label)
-                return "handed back"
-            except LeaseLost as exc:
-                logger.warning("%s: abandoned: %s", label, exc.detail)
-                return "lease lost"
-            except NonFiniteLoss as exc:
-                client.fail(trial_id, str(exc))
-                logger.warning("%s failed: %s", label, exc)
-                return "failed"
-            except WeightsUnavailable as exc:
-                client.fail(trial_id, f"on worker {self.config.worker_id}: {exc}", retry=True)
-                raise WorkerStopped(str(exc)) from exc
-            except Exception as exc:  # a bad data root, CUDA OOM...: fail this trial, go on
-                logger.exception("%s failed", label)
-                client.fail(trial_id, f"{type(exc).__name__}: {exc}")
-                return "failed"
+                outcome = self._train(trial, heartbeat)
+            except Exception as exc:  # each kind of early end is told apart in _ended_early
+                return self._ended_early(trial, exc, lease_lost=heartbeat.lost.is_set())
             if outcome.status == "pruned":
                 heartbeat.finish()
-                logger.info("%s pruned after %d epochs", label, outcome.epochs_run)
+                logger.info("%s pruned after %d epochs", trial.label, outcome.epochs_run)
                 return "pruned"
-            try:
-                if self.config.upload_weights:
-                    client.upload_weights(trial_id, outcome.weights_bytes())
-                heartbeat.finish()
-                client.complete(trial_id, outcome.val_loss, outcome.val_accuracy)
-            except LeaseLost as exc:
-                logger.warning("%s: finished too late: %s", label, exc.detail)
+            return self._complete(trial, outcome, heartbeat)
+
+    def _read(self, claim: Mapping[str, Any]) -> Trial:
+        """The typed trial of a claim answer. One this worker cannot read is handed back (a
+        newer worker may run it) and the worker stops, as for missing weights."""
+        try:
+            return Trial.from_claim(claim)
+        except BadClaim as exc:
+            if exc.trial_id is not None:
+                self.client.fail(
+                    exc.trial_id, f"on worker {self.config.worker_id}: {exc}", retry=True
+                )
+            raise WorkerStopped(str(exc)) from exc
+
+    def _train(self, trial: Trial, heartbeat: Heartbeat) -> TrialOutcome:
+        """Fine-tune the trial (from its checkpoint when it resumes), reporting every epoch."""
+        client, trial_id = self.client, trial.trial_id
+        state = client.download(trial.resume.checkpoint_url) if trial.resume else None
+        return fine_tune(
+            trial.job,
+            self.caches,
+            self._reporter(trial_id),
+            device=self.config.device,
+            on_checkpoint=lambda epoch, data: client.upload_checkpoint(trial_id, epoch, data),
+            resume=state,
+            should_stop=lambda: self.stop.is_set() or heartbeat.lost.is_set(),
+            progress=sys.stderr.isatty(),
+        )
+
+    def _ended_early(self, trial: Trial, exc: Exception, *, lease_lost: bool) -> str:
+        """What an exception during training means for the trial: handed back, abandoned (its
+        lease is gone) or failed with the reason; missing weights stop the worker."""
+        label, trial_id, client = trial.label, trial.trial_id, self.client
+        if isinstance(exc, Interrupted):
+            if lease_lost:
+                logger.warning("%s: abandoned, its lease ended", label)
                 return "lease lost"
+            client.fail(trial_id, "the worker was stopped; handed back", retry=True)
+            logger.info("%s: handed back", label)
+            return "handed back"
+        if isinstance(exc, LeaseLost):
+            logger.warning("%s: abandoned: %s", label, exc.detail)
+            return "lease lost"
+        if isinstance(exc, NonFiniteLoss):
+            client.fail(trial_id, str(exc))
+            logger.warning("%s failed: %s", label, exc)
+            return "failed"
+        if isinstance(exc, WeightsUnavailable):
+            client.fail(trial_id, f"on worker {self.config.worker_id}: {exc}", retry=True)
+            raise WorkerStopped(str(exc)) from exc
+        # a bad data root, CUDA OOM...: fail this trial, go on
+        logger.error("%s failed", label, exc_info=exc)
+        client.fail(trial_id, f"{type(exc).__name__}: {exc}")
+        return "failed"
+
+    def _complete(self, trial: Trial, outcome: TrialOutcome, heartbeat: Heartbeat) -> str:
+        """Upload the weights (unless told not to) and complete the trial."""
+        try:
+            if self.config.upload_weights:
+                self.client.upload_weights(trial.trial_id, outcome.weights_bytes())
+            heartbeat.finish()
+            self.client.complete(trial.trial_id, outcome.val_loss, outcome.val_accuracy)
+        except LeaseLost as exc:
+            logger.warning("%s: finished too late: %s", trial.label, exc.detail)
+            return "lease lost"
         logger.info(
             "%s complete: val_loss %.4f, val_accuracy %.3f",
-            label,
+            trial.label,
             outcome.val_loss,
             outcome.val_accuracy,
         )
@@ -153,7 +175,8 @@ class Runner:
         return on_epoch
 
 
-def _describe(config: dict[str, Any]) -> str:
+def _describe(hparams: Hyperparameters) -> str:
     return ", ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in config.items()
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in dataclasses.asdict(hparams).items()
     )

@@ -14,11 +14,12 @@ and ``n`` iterations per epoch::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import torch
 from torch.optim.lr_scheduler import LinearLR, LRScheduler, SequentialLR, StepLR
+
+from worker.trial import Hyperparameters
 
 logger = logging.getLogger(__name__)
 
@@ -27,28 +28,28 @@ WARMUP_START = 0.01
 
 
 def make_optimizer(
-    params: Iterable[torch.nn.Parameter], hparams: Mapping[str, Any], *, fused: bool = False
+    params: Iterable[torch.nn.Parameter], hparams: Hyperparameters, *, fused: bool = False
 ) -> torch.optim.SGD:
     """SGD of the trial's hparams. ``fused`` (parameters on CUDA): one kernel updates every
     tensor, instead of a few launches per group of tensors."""
-    nesterov = bool(hparams["nesterov"]) and float(hparams["momentum"]) > 0
+    nesterov = hparams.nesterov and hparams.momentum > 0
     return torch.optim.SGD(
         params,
-        lr=float(hparams["lr"]),
-        momentum=float(hparams["momentum"]),
-        weight_decay=float(hparams["weight_decay"]),
+        lr=hparams.lr,
+        momentum=hparams.momentum,
+        weight_decay=hparams.weight_decay,
         nesterov=nesterov,
         fused=True if fused else None,
     )
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, hparams: Mapping[str, Any], iters_per_epoch: int
+    optimizer: torch.optim.Optimizer, hparams: Hyperparameters, iters_per_epoch: int
 ) -> LRScheduler:
     """Per-iteration scheduler: LinearLR warmup chained to StepLR with SequentialLR."""
-    step_iters = max(1, int(hparams["step_size"])) * iters_per_epoch
-    decay = StepLR(optimizer, step_size=step_iters, gamma=float(hparams["gamma"]))
-    warmup_iters = int(hparams["warmup_epochs"]) * iters_per_epoch
+    step_iters = max(1, hparams.step_size) * iters_per_epoch
+    decay = StepLR(optimizer, step_size=step_iters, gamma=hparams.gamma)
+    warmup_iters = hparams.warmup_epochs * iters_per_epoch
     if warmup_iters <= 0:
         return decay
     warmup = LinearLR(
@@ -57,11 +58,11 @@ def make_scheduler(
     return SequentialLR(optimizer, schedulers=[warmup, decay], milestones=[warmup_iters])
 
 
-def analytic_lr(hparams: Mapping[str, Any], iters_per_epoch: int, step: int) -> float:
+def analytic_lr(hparams: Hyperparameters, iters_per_epoch: int, step: int) -> float:
     """The lr the schedule gives at 0-based iteration ``step`` (the formula above)."""
-    lr = float(hparams["lr"])
-    warmup_iters = int(hparams["warmup_epochs"]) * iters_per_epoch
+    lr = hparams.lr
+    warmup_iters = hparams.warmup_epochs * iters_per_epoch
     if step < warmup_iters:
         return lr * (WARMUP_START + (1 - WARMUP_START) * step / warmup_iters)
-    step_iters = max(1, int(hparams["step_size"])) * iters_per_epoch
-    return lr * float(hparams["gamma"]) ** ((step - warmup_iters) // step_iters)
+    step_iters = max(1, hparams.step_size) * iters_per_epoch
+    return lr * hparams.gamma ** ((step - warmup_iters) // step_iters)

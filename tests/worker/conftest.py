@@ -9,8 +9,9 @@ import torch
 
 from tests.worker.jobs import BASE_JOB
 from worker.data import DataCache
-from worker.engine import Caches, TrialJob
+from worker.engine import Caches
 from worker.models import WeightsCache
+from worker.trial import TrialJob
 
 JobFactory = Callable[..., TrialJob]
 
@@ -30,11 +31,12 @@ def caches(shared_data: DataCache) -> Caches:
 def make_job() -> JobFactory:
     """``make_job(seed=1, hparams={"lr": 1.0}, ...)``: the tiny base job, sections updated."""
 
-    def make(seed: int = 0, device: str = "cpu", **sections: dict[str, Any]) -> TrialJob:
+    def make(seed: int = 0, **sections: dict[str, Any]) -> TrialJob:
         spec = copy.deepcopy(BASE_JOB)
         for name, values in sections.items():
             spec[name].update(values)
-        return TrialJob(seed=seed, device=device, **spec)
+        hparams = spec.pop("hparams")
+        return TrialJob.from_parts(spec, hparams, seed)
 
     return make
 

@@ -1,8 +1,11 @@
-"""The tiny trial the worker tests train: digits 0 and 1 at 16 px."""
+"""The tiny trial the worker tests train: digits 0 and 1 at 16 px, its spec sections as the
+server sends them (every field filled in) and its hyperparameters."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from worker.models import ModelSpec
 
 BASE_JOB: dict[str, Any] = {
     "model": {
@@ -19,6 +22,7 @@ BASE_JOB: dict[str, Any] = {
         "val_fraction": 0.25,
         "classes": [0, 1],
         "augment": True,
+        "on_bad_image": "error",
     },
     "training": {"epochs": 2, "seed": 0, "compile": False, "checkpoint_every": 1},
     "hparams": {
@@ -32,3 +36,14 @@ BASE_JOB: dict[str, Any] = {
         "batch_size": 32,
     },
 }
+
+
+def model_spec(
+    arch: str,
+    *,
+    weights: str | None = None,
+    weights_path: str | None = None,
+    freeze_backbone: bool = False,
+) -> ModelSpec:
+    """A model section for tests that build networks directly."""
+    return ModelSpec(arch, weights, weights_path, freeze_backbone)

@@ -16,11 +16,12 @@ from worker.checkpoints import (
     weights_bytes,
 )
 from worker.schedule import make_optimizer, make_scheduler
+from worker.trial import Hyperparameters
 
-HPARAMS = {
-    "lr": 0.1, "momentum": 0.9, "step_size": 1, "gamma": 0.5, "warmup_epochs": 1,
-    "weight_decay": 0.0, "nesterov": False, "batch_size": 4,
-}  # fmt: skip
+HPARAMS = Hyperparameters(
+    lr=0.1, momentum=0.9, step_size=1, gamma=0.5, warmup_epochs=1, weight_decay=0.0,
+    nesterov=False, batch_size=4,
+)  # fmt: skip
 
 
 def training_state(seed: int) -> TrainingState:

@@ -23,9 +23,14 @@ from worker.folders import DatasetError
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
+def data_spec(**section: object) -> DataSpec:
+    """A data section with the fields a test does not care about as the server fills them."""
+    unset = {"root": None, "classes": None, "augment": True, "on_bad_image": "error"}
+    return DataSpec.from_dict({**unset, **section})
+
+
 def digits_spec(**kw: object) -> DataSpec:
-    base = {"kind": "digits", "image_size": 16, "batch_size": 16, "val_fraction": 0.25}
-    return DataSpec.from_dict({**base, **kw})
+    return data_spec(**{"kind": "digits", "image_size": 16, "val_fraction": 0.25, **kw})
 
 
 def test_digits_class_subset_is_relabelled_in_sorted_order() -> None:
@@ -99,10 +104,7 @@ def test_imagefolder_with_train_and_val(tmp_path: Path) -> None:
             for i in range(count):
                 write_png(tmp_path / split / name / f"{i}.png", color)
     data = load_data(
-        DataSpec.from_dict(
-            {"kind": "imagefolder", "root": str(tmp_path), "image_size": 16, "batch_size": 4,
-             "val_fraction": 0.5}
-        )
+        data_spec(kind="imagefolder", root=str(tmp_path), image_size=16, val_fraction=0.5)
     )  # fmt: skip
     assert data.class_names == ("cat", "dog")
     assert data.flip
@@ -118,18 +120,18 @@ def test_imagefolder_single_folder_is_split(tmp_path: Path) -> None:
     for name, color in COLORS.items():
         for i in range(5):
             write_png(tmp_path / name / f"{i}.png", color, size=(20, 50))
-    spec = {"kind": "imagefolder", "root": str(tmp_path), "image_size": 16, "batch_size": 4}
-    data = load_data(DataSpec.from_dict({**spec, "val_fraction": 0.4}))
+    spec = {"kind": "imagefolder", "root": str(tmp_path), "image_size": 16}
+    data = load_data(data_spec(**spec, val_fraction=0.4))
     assert len(data.train) == 6
     assert sorted(data.val.labels.tolist()) == [0, 0, 1, 1]
-    again = load_data(DataSpec.from_dict({**spec, "val_fraction": 0.4}))
+    again = load_data(data_spec(**spec, val_fraction=0.4))
     assert torch.equal(data.val.images, again.val.images)
 
 
 def test_imagefolder_without_classes_fails(tmp_path: Path) -> None:
-    spec = {"kind": "imagefolder", "root": str(tmp_path), "image_size": 16, "batch_size": 4}
+    spec = {"kind": "imagefolder", "root": str(tmp_path), "image_size": 16}
     with pytest.raises(DatasetError, match="0 class folder"):
-        load_data(DataSpec.from_dict({**spec, "val_fraction": 0.4}))
+        load_data(data_spec(**spec, val_fraction=0.4))
 
 
 def test_crop_and_flip_matches_slicing() -> None:

@@ -10,8 +10,8 @@ import torch
 import torchvision
 
 import worker.features
-from tests.worker.jobs import BASE_JOB
-from worker.data import DataCache, DataSpec
+from tests.worker.jobs import BASE_JOB, model_spec
+from worker.data import DataCache
 from worker.engine import (
     Caches,
     EpochReport,
@@ -21,7 +21,7 @@ from worker.engine import (
     fine_tune,
 )
 from worker.features import FeatureCache
-from worker.models import ModelSpec, WeightsCache, build_network
+from worker.models import WeightsCache, build_network
 from worker.schedule import analytic_lr
 
 ARCH = BASE_JOB["model"]["arch"]
@@ -80,7 +80,7 @@ def test_same_seed_is_identical_and_resume_matches_uninterrupted(make_job, cache
     assert rec1.reports[-1].train_loss < rec1.reports[0].train_loss  # it really trains
 
     # the lr reported is the scheduled lr of the epoch's last step
-    iters = len(caches.data.get(DataSpec.from_dict(job.data)).train) // 32
+    iters = len(caches.data.get(job.data).train) // 32
     for r in rec1.reports:
         assert r.lr == pytest.approx(analytic_lr(job.hparams, iters, (r.epoch + 1) * iters - 1))
 
@@ -152,13 +152,10 @@ def test_frozen_backbone_is_bit_identical_and_feature_cache_matches(
     make_job, caches, pretrained_file, monkeypatch, capsys
 ) -> None:
     path, saved = pretrained_file
-    job = make_job(
-        model={"weights_path": str(path), "freeze_backbone": True},
-        hparams={"lr": 0.2},
-        training={"epochs": 3},
-    )
+    model, hparams = {"weights_path": str(path), "freeze_backbone": True}, {"lr": 0.2}
+    job = make_job(model=model, hparams=hparams, training={"epochs": 3})
     initial_head = build_network(
-        ModelSpec.from_dict(job.model), num_classes=2, image_size=16, seed=job.seed,
+        job.model, num_classes=2, image_size=16, seed=job.seed,
         cache=WeightsCache(),
     ).head  # fmt: skip
     uncached, rec_plain = run(job, Caches(data=caches.data, features=None))
@@ -181,8 +178,8 @@ def test_frozen_backbone_is_bit_identical_and_feature_cache_matches(
     # the next trial of the study reuses the features (and shows a progress bar)
     assert len(caches.features) == 1
     monkeypatch.setattr(worker.features, "extract_features", lambda *a: pytest.fail("recomputed"))
-    other, _ = run(make_job(seed=5, **{k: getattr(job, k) for k in ("model", "hparams")},
-                            training={"epochs": 1}), caches, progress=True)  # fmt: skip
+    other, _ = run(make_job(seed=5, model=model, hparams=hparams, training={"epochs": 1}),
+                   caches, progress=True)  # fmt: skip
     assert other.status == "completed"
     assert "epoch 0" in capsys.readouterr().err
 
@@ -196,10 +193,10 @@ def test_weights_fine_tune_into_a_fresh_model(make_job, caches) -> None:
 
 def test_feature_cache_is_per_backbone(make_job) -> None:
     key = worker.features.feature_key
-    data = DataSpec.from_dict(make_job().data)
+    data = make_job().data
     cpu = torch.device("cpu")
-    random = ModelSpec(ARCH, freeze_backbone=True)
-    named = ModelSpec(ARCH, weights="DEFAULT", freeze_backbone=True)
+    random = model_spec(ARCH, freeze_backbone=True)
+    named = model_spec(ARCH, weights="DEFAULT", freeze_backbone=True)
     assert key(random, data, cpu, 1) != key(random, data, cpu, 2)  # seed-initialised backbone
     assert key(named, data, cpu, 1) == key(named, data, cpu, 2)
     assert isinstance(FeatureCache(), FeatureCache)
@@ -209,9 +206,10 @@ def test_trials_from_the_template_cache_train_bit_for_bit_as_without(
     make_job, caches, pretrained_file
 ) -> None:
     path, _ = pretrained_file
-    job = make_job(model={"weights_path": str(path)}, training={"epochs": 2})
+    model = {"weights_path": str(path)}
+    job = make_job(model=model, training={"epochs": 2})
     uncached, rec_plain = run(job, Caches(data=caches.data, templates=None))
-    run(make_job(seed=9, model=job.model, training={"epochs": 1}), caches)  # builds the template
+    run(make_job(seed=9, model=model, training={"epochs": 1}), caches)  # builds the template
     assert caches.templates is not None and len(caches.templates) == 1
     cached, rec_cached = run(job, caches)  # a copy of it, with dropout (mobilenet's classifier)
     assert rec_cached.metrics() == rec_plain.metrics()

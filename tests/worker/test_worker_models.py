@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
+from tests.worker.jobs import model_spec
 from worker.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -62,7 +63,7 @@ def test_weights_path_loads_saved_tensors_and_ignores_other_head(
     saved = random_state_dict(num_classes=5)
     path = tmp_path / "pretrained.pt"
     torch.save({"model": saved} if wrapped else saved, path)
-    network = build(ModelSpec("resnet18", weights_path=str(path)), WeightsCache(), num_classes=3)
+    network = build(model_spec("resnet18", weights_path=str(path)), WeightsCache(), num_classes=3)
     assert network.head_name == "fc"
     assert_backbone_equal(network.module, saved, "fc")
     assert network.head.weight.shape == (3, 512)
@@ -71,7 +72,7 @@ def test_weights_path_loads_saved_tensors_and_ignores_other_head(
 def test_head_is_initialised_from_the_seed(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save(random_state_dict(), path)
-    spec = ModelSpec("resnet18", weights_path=str(path))
+    spec = model_spec("resnet18", weights_path=str(path))
     cache = WeightsCache()
     a, b, c = (build(spec, cache, seed=s).head.weight for s in (7, 7, 8))
     assert torch.equal(a, b)
@@ -82,7 +83,7 @@ def test_weights_cache_loads_a_file_once(tmp_path: Path, monkeypatch: pytest.Mon
     path = tmp_path / "w.pt"
     torch.save(random_state_dict(), path)
     cache = WeightsCache()
-    spec = ModelSpec("resnet18", weights_path=str(path))
+    spec = model_spec("resnet18", weights_path=str(path))
     first = cache.state_dict(spec)
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("loaded twice"))
     assert cache.state_dict(spec) is first
@@ -100,7 +101,7 @@ def test_torchvision_weights_name_loads_from_torch_home(
     saved = random_state_dict()
     torch.save(saved, path)
     # conftest makes any download attempt fail the build
-    network = build(ModelSpec("resnet18", weights=name), WeightsCache(), num_classes=4)
+    network = build(model_spec("resnet18", weights=name), WeightsCache(), num_classes=4)
     assert_backbone_equal(network.module, saved, "fc")
     assert network.head.out_features == 4
 
@@ -110,7 +111,7 @@ def test_missing_weights_name_file_and_url(tmp_path: Path, monkeypatch: pytest.M
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     folder = tmp_path / "hub" / "checkpoints"
     with pytest.raises(WeightsUnavailable) as err:
-        build(ModelSpec("resnet18", weights="IMAGENET1K_V1"), WeightsCache())
+        build(model_spec("resnet18", weights="IMAGENET1K_V1"), WeightsCache())
     message = str(err.value)
     assert Path(weights.url).name in message
     assert str(folder) in message
@@ -125,12 +126,12 @@ def test_downloads_can_be_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("download tried")
     )
     with pytest.raises(WeightsUnavailable, match="downloads are disabled"):
-        WeightsCache(allow_download=False).state_dict(ModelSpec("resnet18", weights="DEFAULT"))
+        WeightsCache(allow_download=False).state_dict(model_spec("resnet18", weights="DEFAULT"))
 
 
 def test_missing_weights_path_and_unknown_name(tmp_path: Path) -> None:
     with pytest.raises(WeightsUnavailable, match="does not exist"):
-        WeightsCache().state_dict(ModelSpec("resnet18", weights_path=str(tmp_path / "no.pt")))
+        WeightsCache().state_dict(model_spec("resnet18", weights_path=str(tmp_path / "no.pt")))
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
         resolve_weights("resnet18", "NOPE")
 
@@ -139,7 +140,7 @@ def test_weights_that_do_not_fit_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save(random_state_dict("mobilenet_v3_small"), path)
     with pytest.raises(ValueError, match="do not fit"):
-        build(ModelSpec("resnet18", weights_path=str(path)), WeightsCache())
+        build(model_spec("resnet18", weights_path=str(path)), WeightsCache())
 
 
 @pytest.mark.parametrize(
@@ -163,7 +164,7 @@ def test_find_head(arch: str, head: str) -> None:
 
 @pytest.mark.parametrize("arch", ["mobilenet_v3_small", "googlenet"])
 def test_replaced_head_gives_class_count_logits(arch: str) -> None:
-    network = build(ModelSpec(arch), WeightsCache(), num_classes=4)
+    network = build(model_spec(arch), WeightsCache(), num_classes=4)
     network.train_mode()
     out = network.module(torch.randn(2, 3, 64, 64))
     assert isinstance(out, torch.Tensor)  # googlenet's auxiliary heads are removed
@@ -187,7 +188,7 @@ def test_old_densenet_keys_are_renamed() -> None:
 
 
 def test_freeze_backbone_marks_only_the_head_trainable() -> None:
-    network = build(ModelSpec("resnet18", freeze_backbone=True), WeightsCache())
+    network = build(model_spec("resnet18", freeze_backbone=True), WeightsCache())
     trainable = [n for n, p in network.module.named_parameters() if p.requires_grad]
     assert trainable == ["fc.weight", "fc.bias"]
     network.train_mode()
@@ -199,13 +200,13 @@ def test_freeze_backbone_marks_only_the_head_trainable() -> None:
 def test_normalization(tmp_path: Path) -> None:
     weights = torchvision.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1
     preset = weights.transforms()
-    assert normalization(ModelSpec("vit_b_16", weights="IMAGENET1K_SWAG_E2E_V1")) == (
+    assert normalization(model_spec("vit_b_16", weights="IMAGENET1K_SWAG_E2E_V1")) == (
         tuple(preset.mean),
         tuple(preset.std),
     )
-    assert normalization(ModelSpec("resnet18")) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert normalization(model_spec("resnet18")) == (IMAGENET_MEAN, IMAGENET_STD)
     path = str(tmp_path / "w.pt")
-    assert normalization(ModelSpec("resnet18", weights_path=path)) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert normalization(model_spec("resnet18", weights_path=path)) == (IMAGENET_MEAN, IMAGENET_STD)
 
 
 def assert_same_module(a: nn.Module, b: nn.Module) -> None:
@@ -232,7 +233,7 @@ def test_build_from_template_equals_a_fresh_build(
 ) -> None:
     path = tmp_path / "w.pt"
     torch.save(random_state_dict(arch), path)
-    spec = ModelSpec(arch, weights_path=str(path), freeze_backbone=freeze)
+    spec = model_spec(arch, weights_path=str(path), freeze_backbone=freeze)
     cache, templates = WeightsCache(), TemplateCache()
     build(spec, cache, seed=1, templates=templates)  # the first trial builds the template
     fresh = build(spec, WeightsCache(), seed=7)
@@ -252,7 +253,7 @@ def test_build_from_template_equals_a_fresh_build(
 def test_changing_a_built_network_leaves_the_template_alone(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save(random_state_dict(), path)
-    spec = ModelSpec("resnet18", weights_path=str(path), freeze_backbone=True)
+    spec = model_spec("resnet18", weights_path=str(path), freeze_backbone=True)
     cache, templates = WeightsCache(), TemplateCache()
     first = build(spec, cache, templates=templates)
     with torch.no_grad():
@@ -271,7 +272,7 @@ def test_changing_a_built_network_leaves_the_template_alone(tmp_path: Path) -> N
 def test_template_key_is_the_weights_and_builder_arguments(tmp_path: Path) -> None:
     path = tmp_path / "w.pt"
     torch.save(random_state_dict(), path)
-    spec = ModelSpec("resnet18", weights_path=str(path))
+    spec = model_spec("resnet18", weights_path=str(path))
     cache, templates = WeightsCache(), TemplateCache(capacity=4)
     for num_classes, seed in ((3, 0), (5, 1)):  # the head and seed do not matter, nor freezing
         build(spec, cache, num_classes, seed, templates)
@@ -282,5 +283,5 @@ def test_template_key_is_the_weights_and_builder_arguments(tmp_path: Path) -> No
     network = build(spec, cache, templates=templates)
     assert len(templates) == 2
     assert_backbone_equal(network.module, random_state_dict(seed=2), "fc")
-    build(ModelSpec("mobilenet_v3_small"), cache, templates=templates)  # random init: no template
+    build(model_spec("mobilenet_v3_small"), cache, templates=templates)  # random init: no template
     assert len(templates) == 2

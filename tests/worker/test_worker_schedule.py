@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from worker.schedule import WARMUP_START, analytic_lr, make_optimizer, make_scheduler
+from worker.trial import Hyperparameters
 
 ITERS = 5
 EPOCHS = 9
 
 
-def hparams(**kw: float) -> dict[str, float]:
+def hparams(**kw: float) -> Hyperparameters:
     base = {
         "lr": 0.1,
         "momentum": 0.9,
@@ -20,7 +21,7 @@ def hparams(**kw: float) -> dict[str, float]:
         "nesterov": True,
         "batch_size": 8,
     }
-    return {**base, **kw}
+    return Hyperparameters(**{**base, **kw})
 
 
 PARAMETER_SETS = [
