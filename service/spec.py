@@ -108,7 +108,9 @@ DataSpec = Annotated[
     Discriminator(
         _data_kind,
         custom_error_type="data_kind",
-        custom_error_message="must be an object whose kind is 'imagefolder' (the default) or 'digits'",
+        custom_error_message=(
+            "must be an object whose kind is 'imagefolder' (the default) or 'digits'"
+        ),
     ),
 ]
 
