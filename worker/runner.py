@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from worker.client import LeaseLost, ServerClient
+from worker.client import LeaseLost, ServerClient, TrialGone
 from worker.engine import Caches, EpochReport, Interrupted, NonFiniteLoss, TrialJob, fine_tune
 from worker.heartbeat import Heartbeat
 from worker.models import WeightsUnavailable
@@ -105,14 +105,12 @@ class Runner:
                 )
             except Interrupted:
                 if heartbeat.lost.is_set():
-                    logger.warning("%s: abandoned, its lease ended", label)
-                    return "lease lost"
+                    return _abandoned(label, heartbeat.why)
                 client.fail(trial_id, "the worker was stopped; handed back", retry=True)
                 logger.info("%s: handed back", label)
                 return "handed back"
-            except LeaseLost as exc:
-                logger.warning("%s: abandoned: %s", label, exc.detail)
-                return "lease lost"
+            except LeaseLost as exc:  # a report or checkpoint upload was refused
+                return _abandoned(label, exc)
             except NonFiniteLoss as exc:
                 client.fail(trial_id, str(exc))
                 logger.warning("%s failed: %s", label, exc)
@@ -134,8 +132,7 @@ class Runner:
                 heartbeat.finish()
                 client.complete(trial_id, outcome.val_loss, outcome.val_accuracy)
             except LeaseLost as exc:
-                logger.warning("%s: finished too late: %s", label, exc.detail)
-                return "lease lost"
+                return _abandoned(label, exc, finished=True)
         logger.info(
             "%s complete: val_loss %.4f, val_accuracy %.3f",
             label,
@@ -151,6 +148,17 @@ class Runner:
             )
 
         return on_epoch
+
+
+def _abandoned(label: str, why: LeaseLost | None, finished: bool = False) -> str:
+    """One log line for a trial the server took back; the worker goes on to the next claim."""
+    if isinstance(why, TrialGone):
+        logger.warning("%s: stopped, the server no longer has it (its study was deleted?): %s; "
+                       "its checkpoint and weights are dropped", label, why.detail)
+        return "trial gone"
+    detail = why.detail if why is not None else "its lease ended"
+    logger.warning("%s: %s: %s", label, "finished too late" if finished else "abandoned", detail)
+    return "lease lost"
 
 
 def _describe(config: dict[str, Any]) -> str:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import httpx
 import optuna
+import pytest
 from optuna.trial import TrialState
 
-from tests.servers import Server
+from tests.servers import Server, digits_spec
 from tests.service.scripted import API, ScriptedWorker, create_study, summary, trials, unique
+from worker.client import LeaseLost, ProtocolError, ServerClient, TrialGone
 
 LR_ONLY = {"lr": {"type": "float", "low": 1.0e-4, "high": 0.1, "log": True}}
 
@@ -154,8 +156,6 @@ def test_pruner_ignores_prior_trials(client: httpx.Client) -> None:
 def test_warm_start_from_an_unknown_study_is_422(client: httpx.Client,
                                                   shared_server: Server) -> None:
     name = unique("warm-ghost")
-    from tests.servers import digits_spec
-
     r = client.post(f"{API}/studies",
                     json=digits_spec(name, warm_start={"study": unique("no-such-study")}))
     assert r.status_code == 422, r.text
@@ -198,3 +198,33 @@ def test_every_message_about_a_trial_of_a_deleted_study_is_404(client: httpx.Cli
         worker.fail(running.trial_id, "gone", retry=True),
     ]
     assert [r.status_code for r in answers] == [404] * len(answers), [r.text for r in answers]
+
+
+def test_the_worker_client_takes_a_404_for_its_trial_as_a_lost_lease(
+        client: httpx.Client, shared_server: Server) -> None:
+    name = unique("gone")
+    create_study(client, name, n_trials=3)
+    worker = ServerClient(shared_server.url, retry_for_s=5)
+    try:
+        claimed = worker.claim("w-gone", name, "cpu", "host-a")
+        assert claimed is not None
+        trial_id = claimed["trial_id"]
+        assert client.delete(f"{API}/studies/{name}").status_code == 204
+        calls = [
+            lambda: worker.heartbeat(trial_id, retry_for_s=1),
+            lambda: worker.report(trial_id, 0, 0.5, None),
+            lambda: worker.upload_checkpoint(trial_id, 0, b"state"),
+            lambda: worker.upload_weights(trial_id, b"weights"),
+            lambda: worker.complete(trial_id, 0.5, None),
+        ]
+        for call in calls:
+            with pytest.raises(TrialGone) as gone:
+                call()
+            assert isinstance(gone.value, LeaseLost) and gone.value.status == 404
+        worker.fail(trial_id, "gone", retry=True)  # nothing to hand back: no error
+        # A 404 that is not about its own trial stays a configuration error.
+        with pytest.raises(ProtocolError) as unknown:
+            worker.claim("w-gone", name, "cpu", "host-a")
+        assert not isinstance(unknown.value, LeaseLost) and unknown.value.status == 404
+    finally:
+        worker.close()
