@@ -48,6 +48,7 @@ class ServerClient:
         base_url: str,
         token: str | None = None,
         *,
+        worker_id: str | None = None,
         timeout: float = 60,
         retry_for_s: float = 900,
         max_backoff_s: float = 30,
@@ -55,6 +56,9 @@ class ServerClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
         self._retry_for_s = retry_for_s
+        # Sent with every message about a trial: the server refuses one about a trial id that
+        # now names another worker's trial (SQLite reuses a deleted study's trial ids).
+        self._worker_id = worker_id
         self._max_backoff_s = max_backoff_s
 
     def close(self) -> None:
@@ -71,6 +75,8 @@ class ServerClient:
     ) -> httpx.Response:
         """`trial`: the request is about a trial this worker holds, so a 404 means the trial is
         gone (TrialGone), not that the server is the wrong one."""
+        if trial and self._worker_id:
+            kwargs["params"] = {**kwargs.get("params", {}), "worker_id": self._worker_id}
         budget = self._retry_for_s if retry_for_s is None else retry_for_s
         deadline = time.monotonic() + budget
         delay = 0.5

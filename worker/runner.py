@@ -59,7 +59,8 @@ class Runner:
         self.config = config
         self.caches = caches
         self.stop = stop
-        self.client = client or ServerClient(config.server, config.token)
+        self.client = client or ServerClient(config.server, config.token,
+                                             worker_id=config.worker_id)
         self.trials_run = 0
 
     def run(self) -> int:

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from tests.servers import Server, digits_spec
 from tests.service.scripted import API, ScriptedWorker, create_study, summary, trials, unique
 from worker.client import LeaseLost, ProtocolError, ServerClient, TrialGone
+from worker.heartbeat import Heartbeat
 
 LR_ONLY = {"lr": {"type": "float", "low": 1.0e-4, "high": 0.1, "log": True}}
 
@@ -204,7 +205,7 @@ def test_the_worker_client_takes_a_404_for_its_trial_as_a_lost_lease(
         client: httpx.Client, shared_server: Server) -> None:
     name = unique("gone")
     create_study(client, name, n_trials=3)
-    worker = ServerClient(shared_server.url, retry_for_s=5)
+    worker = ServerClient(shared_server.url, worker_id="w-gone", retry_for_s=5)
     try:
         claimed = worker.claim("w-gone", name, "cpu", "host-a")
         assert claimed is not None
@@ -222,9 +223,47 @@ def test_the_worker_client_takes_a_404_for_its_trial_as_a_lost_lease(
                 call()
             assert isinstance(gone.value, LeaseLost) and gone.value.status == 404
         worker.fail(trial_id, "gone", retry=True)  # nothing to hand back: no error
+        with Heartbeat(worker, trial_id, interval=0.2) as beats:  # stops the training loop
+            assert beats.lost.wait(timeout=10)
+        assert isinstance(beats.why, TrialGone)
         # A 404 that is not about its own trial stays a configuration error.
         with pytest.raises(ProtocolError) as unknown:
             worker.claim("w-gone", name, "cpu", "host-a")
         assert not isinstance(unknown.value, LeaseLost) and unknown.value.status == 404
     finally:
         worker.close()
+
+
+def test_a_late_message_never_reaches_the_trial_that_took_a_deleted_trial_id(
+        client: httpx.Client) -> None:
+    """SQLite gives the highest trial ids to new trials after a delete: a message naming its
+    worker about a deleted trial gets 409 there (404 where ids are not reused), and the new
+    trial that took the id is left alone."""
+    old, new = unique("id-old"), unique("id-new")
+    create_study(client, old, n_trials=2, baseline=False)
+    late = ScriptedWorker(client, "w-late", old).claim()
+    assert late is not None
+    assert client.delete(f"{API}/studies/{old}").status_code == 204
+    create_study(client, new, n_trials=2, baseline=False)
+    current = ScriptedWorker(client, "w-current", new).claim()
+    assert current is not None
+
+    mine = {"worker_id": "w-late"}
+    answers = [
+        client.post(f"{API}/trials/{late.trial_id}/heartbeat", params=mine),
+        client.post(f"{API}/trials/{late.trial_id}/report", params=mine,
+                    json={"epoch": 3, "val_loss": 0.5}),
+        client.put(f"{API}/trials/{late.trial_id}/checkpoint", params={"epoch": 0, **mine},
+                   content=b"state", headers={"Content-Type": "application/octet-stream"}),
+        client.post(f"{API}/trials/{late.trial_id}/fail", params=mine,
+                    json={"reason": "late", "retry": False}),
+        client.post(f"{API}/trials/{late.trial_id}/complete", params=mine,
+                    json={"val_loss": 0.5}),
+    ]
+    expected = 409 if late.trial_id == current.trial_id else 404
+    assert [r.status_code for r in answers] == [expected] * len(answers), [r.text for r in answers]
+    [trial] = trials(client, new)
+    assert trial["state"] == "running" and trial["epochs"] == 0 and trial["worker"] == "w-current"
+    # Its own worker's messages still go through.
+    worker = ScriptedWorker(client, "w-current", new)
+    assert worker.run(current, [0.7]) == "complete"
