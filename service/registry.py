@@ -156,13 +156,8 @@ class StudyRegistry:
 
     def _warm_start(self, handle: StudyHandle, source: StudyHandle,
                     baseline: list[dict[str, Any]]) -> None:
-        options = handle.spec.warm_start
-        assert options is not None
-        seed = warm_start.plan(
-            source.study.get_trials(deepcopy=False), source.config, source.name, handle.space,
-            handle.recipe, handle.distributions, options.top_k, options.history,
-            skip=baseline, room=handle.spec.n_trials - len(baseline),
-        )
+        assert handle.spec.warm_start is not None
+        seed = warm_start.plan(source, handle, handle.spec.warm_start, baseline)
         for params, origin in seed.enqueue:
             handle.study.enqueue_trial(params, user_attrs={keys.WARM_START: origin})
         handle.study.add_trials(seed.priors)

@@ -11,13 +11,17 @@ baseline, kept weights) and the pruner leave them out (`is_prior`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from service import keys
 from service.search_space import SearchSpace, param_contains
+
+if TYPE_CHECKING:  # the registry builds handles and calls this module at creation
+    from service.registry import StudyHandle
+    from service.spec import WarmStart
 
 
 @dataclass(frozen=True)
@@ -48,34 +52,34 @@ def fitting_params(config: dict[str, Any], space: SearchSpace,
     return {name: config[name] for name in space.root}
 
 
-def plan(source_trials: list[FrozenTrial], source_config: Any, source_name: str,
-         space: SearchSpace, recipe: dict[str, Any], distributions: dict[str, Any],
-         top_k: int, history: bool, skip: list[dict[str, Any]], room: int) -> Seed:
-    """`source_config(params)`: a source trial's every hyperparameter. `skip`: params the new
-    study runs anyway (its baseline). `room`: how many configurations the budget can take."""
+def plan(source: StudyHandle, target: StudyHandle, options: WarmStart,
+         baseline: list[dict[str, Any]]) -> Seed:
+    """What `target`, a new study, takes from `source`. `baseline`: the params of its baseline
+    (it runs them anyway), if it has one."""
     fits: list[tuple[FrozenTrial, dict[str, Any]]] = []
-    for trial in source_trials:
+    for trial in source.study.get_trials(deepcopy=False):
         if trial.state != TrialState.COMPLETE or trial.value is None or is_prior(trial):
-            continue
-        params = fitting_params(source_config(trial.params), space, recipe)
+            continue  # a source's own priors ran in yet another study
+        params = fitting_params(source.config(trial.params), target.space, target.recipe)
         if params is not None:
             fits.append((trial, params))
-    seen = [dict(p) for p in skip]
+    room = target.spec.n_trials - len(baseline)  # they count against n_trials
+    seen = [dict(p) for p in baseline]
     enqueue: list[tuple[dict[str, Any], str]] = []
     for trial, params in sorted(fits, key=lambda f: (f[0].value, f[0].number)):
-        if len(enqueue) >= min(top_k, room):
+        if len(enqueue) >= min(options.top_k, room):
             break
         if params not in seen:  # a configuration runs once
             seen.append(params)
-            enqueue.append((params, f"{source_name} trial {trial.number}"))
+            enqueue.append((params, f"{source.name} trial {trial.number}"))
     priors = [
         optuna.trial.create_trial(
             state=TrialState.COMPLETE,
             value=trial.value,
             params=params,
-            distributions={name: distributions[name] for name in params},
-            user_attrs={keys.PRIOR: f"{source_name} trial {trial.number}"},
+            distributions={name: target.distributions[name] for name in params},
+            user_attrs={keys.PRIOR: f"{source.name} trial {trial.number}"},
         )
         for trial, params in fits
-    ] if history else []
+    ] if options.history else []
     return Seed(enqueue, priors)

@@ -267,3 +267,27 @@ def test_a_late_message_never_reaches_the_trial_that_took_a_deleted_trial_id(
     # Its own worker's messages still go through.
     worker = ScriptedWorker(client, "w-current", new)
     assert worker.run(current, [0.7]) == "complete"
+
+
+def test_a_grid_study_counts_the_warm_start_configurations_as_its_combinations(
+        client: httpx.Client) -> None:
+    grid = {"lr": {"type": "categorical", "choices": [0.001, 0.01, 0.1]}}
+    options = {"search_space": grid, "sampler": {"name": "grid", "seed": 0},
+               "pruner": {"name": "none"}}
+    source = unique("grid-src")
+    create_study(client, source, n_trials=3, **options)
+    worker = ScriptedWorker(client, f"w-{source}", source)
+    losses = {0.001: 0.3, 0.01: 0.5, 0.1: 0.2}
+    while (claimed := worker.claim()) is not None:
+        assert worker.run(claimed, [losses[claimed.params["lr"]]]) == "complete"
+
+    name = unique("grid-warm")
+    create_study(client, name, n_trials=10, warm_start={"study": source, "top_k": 5}, **options)
+    worker = ScriptedWorker(client, f"w-{name}", name)
+    handed = []
+    while (claimed := worker.claim()) is not None:
+        handed.append(claimed.params["lr"])
+        assert worker.run(claimed, [0.4]) == "complete"
+    # The baseline (lr 0.01), then the source's others best first; the grid has nothing left.
+    assert handed == [0.01, 0.1, 0.001]
+    assert summary(client, name)["state"] == "done"
