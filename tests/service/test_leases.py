@@ -24,7 +24,8 @@ HEARTBEAT = 0.5  # sub-second leases keep these tests short
 
 @pytest.fixture(scope="module")
 def lease_server(new_storage: StorageMaker, start_server: ServerStarter) -> Server:
-    return start_server(new_storage(), heartbeat_interval=HEARTBEAT, lease_grace=GRACE, max_retries=1)
+    return start_server(new_storage(), heartbeat_interval=HEARTBEAT, lease_grace=GRACE,
+                        max_retries=1)
 
 
 @pytest.fixture
