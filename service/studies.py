@@ -38,7 +38,7 @@ class StudyService:
         self._public_url = (public_url or "").rstrip("/")
         self._keep_top_k = keep_top_k
         # Summaries of done studies, which never change until their spec does (a new version).
-        self._done: OrderedDict[tuple[object, ...], StudyPublic] = OrderedDict()
+        self._done: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
         self._done_lock = threading.Lock()
 
     def dashboard_url(self, handle: StudyHandle, base_url: str) -> str:
@@ -52,18 +52,31 @@ class StudyService:
 
     def list(self, base_url: str, state: StudyState | None = None, limit: int | None = None,
              offset: int = 0) -> list[StudyPublic]:
-        """Studies in creation order, a page of them, optionally of one state.
+        return [StudyPublic.model_validate_json(part)
+                for part in self._list_parts(base_url, state, limit, offset)]
+
+    def list_json(self, base_url: str, state: StudyState | None = None,
+                  limit: int | None = None, offset: int = 0) -> bytes:
+        """`list` as the JSON array the API answers, built from each study's JSON."""
+        return b"[" + b",".join(self._list_parts(base_url, state, limit, offset)) + b"]"
+
+    def _list_parts(self, base_url: str, state: StudyState | None, limit: int | None,
+                    offset: int) -> list[bytes]:
+        """Studies in creation order, a page of them, optionally of one state, each as JSON.
 
         The studies not yet marked done are summarised first, and marked when they are: then
         the page and the state filter are one query, and a done study's summary, which never
-        changes, comes from this process's memory. Finished history costs nothing per call."""
+        changes, comes from this process's memory, serialised already. Finished history costs
+        nothing per call."""
         fresh = self._settle(base_url)
         out = []
         for row in self._backend.study_page(state, limit, offset):
             # A study deleted meanwhile by another process is skipped; anything else, the
             # database gone above all, is no shorter list.
             try:
-                out.append(fresh.get(row.study_id) or self._done_summary(row, base_url))
+                summary = fresh.get(row.study_id)
+                out.append(summary.model_dump_json().encode() if summary is not None
+                           else self._done_summary(row, base_url))
             except NotFound:
                 logger.debug("skipping study %s", row.name, exc_info=True)
         return out
@@ -84,14 +97,15 @@ class StudyService:
 
     _DONE_KEPT = 4096
 
-    def _done_summary(self, row: StudyRow, base_url: str) -> StudyPublic:
+    def _done_summary(self, row: StudyRow, base_url: str) -> bytes:
+        """The summary of a study marked done, as JSON."""
         key = (row.study_id, row.created_at, row.spec_version, base_url)
         with self._done_lock:
             if key in self._done:
                 self._done.move_to_end(key)
                 return self._done[key]
         handle = self._registry.open(row.study_id, row.name, row.spec_version)
-        summary = self.summary(row.name, base_url, handle=handle)
+        summary = self.summary(row.name, base_url, handle=handle).model_dump_json().encode()
         with self._done_lock:
             self._done[key] = summary
             while len(self._done) > self._DONE_KEPT:
