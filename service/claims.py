@@ -60,7 +60,9 @@ class Claims:
 
     def _claimable(self, request: TrialClaim) -> Iterator[StudyHandle]:
         """The studies to try, in order. Only the active ones (not done, not stopped) are read:
-        finished history costs a claim nothing."""
+        finished history costs a claim nothing. Whether a study's budget allows a trial is
+        left to the count under its claim lock (`Budget`, the one definition of what
+        n_trials counts), which also marks a study done for good."""
         if request.study:
             handle = self._registry.get(request.study)  # 404 for an unknown study
             allowed = serves(request.labels, handle.spec.scheduling.requires)
@@ -74,12 +76,7 @@ class Claims:
                 handle = self._registry.open(row.study_id, row.name, row.spec_version)
             except NotFound:  # deleted meanwhile
                 continue
-            n_trials = handle.spec.n_trials
-            if study.running == study.waiting == 0 and study.finished >= n_trials:
-                self._backend.mark_done(row.study_id, handle.version)  # nothing can run again
-                continue
-            candidates.append(Candidate(handle, handle.spec.scheduling, n_trials, study.running,
-                                        study.waiting, study.finished, rank))
+            candidates.append(Candidate(handle, handle.spec.scheduling, study.running, rank))
         for handle in order(candidates, request.labels):
             yield handle  # type: ignore[misc]
 

@@ -2,7 +2,8 @@
 server process reads from the database (so two processes decide alike).
 
 1. Only studies the worker may serve: its labels hold every `requires` key with that value.
-2. Only studies below `max_concurrent_trials` that can take a trial (a waiting one, or budget).
+2. Only studies below `max_concurrent_trials`. (Whether the budget allows a trial is counted
+   under the study's claim lock, as the studies are tried in this order.)
 3. The highest `priority` first; within one priority the fewest running trials per unit of
    `weight` (a weighted fair share); ties go to the oldest study.
 """
@@ -21,10 +22,7 @@ class Candidate:
 
     key: object
     scheduling: Scheduling
-    n_trials: int
     running: int
-    waiting: int
-    finished: int
     age_rank: int  # 0 for the oldest study
 
 
@@ -38,17 +36,11 @@ def below_limit(scheduling: Scheduling, running: int) -> bool:
     return limit is None or running < limit
 
 
-def may_take_a_trial(c: Candidate) -> bool:
-    """From the counts alone; the budget check under the claim lock has the last word (grid
-    studies, failed trials)."""
-    has_room = c.waiting > 0 or c.finished + c.running + c.waiting < c.n_trials
-    return has_room and below_limit(c.scheduling, c.running)
-
-
 def order(candidates: Iterable[Candidate], labels: Mapping[str, str]) -> list[object]:
-    """The keys of the studies this worker may serve that can take a trial, best first."""
+    """The keys of the studies this worker may serve and that are below their concurrency
+    limit, best first."""
     eligible = [c for c in candidates
-                if serves(labels, c.scheduling.requires) and may_take_a_trial(c)]
+                if serves(labels, c.scheduling.requires) and below_limit(c.scheduling, c.running)]
     eligible.sort(key=lambda c: (-c.scheduling.priority, c.running / c.scheduling.weight,
                                  c.age_rank))
     return [c.key for c in eligible]

@@ -168,7 +168,7 @@ class Backend:
 
     def active_studies(self) -> list[ActiveStudy]:
         """The studies a claim without a study considers (not done, not stopped), oldest first,
-        with their running, waiting and finished counts."""
+        with how many of their trials run."""
         with self._engine.connect() as conn:
             return study_table.active(conn)
 

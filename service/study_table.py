@@ -63,12 +63,10 @@ class StudyRow:
 
 @dataclass(frozen=True)
 class ActiveStudy:
-    """A study a claim may consider, with its trial counts now."""
+    """A study a claim may consider, with its running trials now."""
 
     row: StudyRow
     running: int
-    waiting: int
-    finished: int  # COMPLETE + PRUNED
 
 
 def _stopped() -> sa.ColumnElement[bool]:
@@ -135,35 +133,21 @@ def ref(conn: sa.Connection, name: str) -> tuple[int, int] | None:
 
 
 def active(conn: sa.Connection) -> list[ActiveStudy]:
-    """The studies that are neither done nor stopped, oldest first, with their counts: two
-    queries whose cost grows with these studies' trials only."""
+    """The studies that are neither done nor stopped, oldest first, with their running trials:
+    two indexed queries, whose cost grows with these studies and their running trials only."""
     rows = [_row(r) for r in conn.execute(
         _rows().where(table.c.done == sa.false(), ~_stopped())
         .order_by(table.c.created_at, table.c.study_id)
     )]
     if not rows:
         return []
-    counts = _state_counts(conn, [r.study_id for r in rows])
-    out = []
-    for r in rows:
-        c = counts.get(r.study_id, {})
-        out.append(ActiveStudy(
-            r, c.get(TrialState.RUNNING, 0), c.get(TrialState.WAITING, 0),
-            c.get(TrialState.COMPLETE, 0) + c.get(TrialState.PRUNED, 0),
-        ))
-    return out
-
-
-def _state_counts(conn: sa.Connection,
-                  study_ids: list[int]) -> dict[int, dict[TrialState, int]]:
-    out: dict[int, dict[TrialState, int]] = {}
-    for study_id, state, n in conn.execute(
-        sa.select(_TRIALS.c.study_id, _TRIALS.c.state, sa.func.count())
-        .where(_TRIALS.c.study_id.in_(study_ids))
-        .group_by(_TRIALS.c.study_id, _TRIALS.c.state)
-    ):
-        out.setdefault(study_id, {})[state] = n
-    return out
+    running = dict(conn.execute(
+        sa.select(_TRIALS.c.study_id, sa.func.count())
+        .where(_TRIALS.c.state == TrialState.RUNNING,
+               _TRIALS.c.study_id.in_([r.study_id for r in rows]))
+        .group_by(_TRIALS.c.study_id)
+    ).tuples().all())
+    return [ActiveStudy(r, running.get(r.study_id, 0)) for r in rows]
 
 
 def not_done(conn: sa.Connection) -> list[StudyRow]:
