@@ -141,12 +141,12 @@ def active(conn: sa.Connection) -> list[ActiveStudy]:
     )]
     if not rows:
         return []
-    running = dict(conn.execute(
+    running: dict[int, int] = dict(conn.execute(  # type: ignore[arg-type]
         sa.select(_TRIALS.c.study_id, sa.func.count())
         .where(_TRIALS.c.state == TrialState.RUNNING,
                _TRIALS.c.study_id.in_([r.study_id for r in rows]))
         .group_by(_TRIALS.c.study_id)
-    ).tuples().all())
+    ).all())
     return [ActiveStudy(r, running.get(r.study_id, 0)) for r in rows]
 
 
