@@ -86,3 +86,17 @@ def test_status_shows_priority_and_weight(cli: Run, api: httpx.Client) -> None:
     assert table["weighted"][-2:] == ["2", "2.5"]
     r = cli("workers")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_worker_process_announces_its_labels(cli: Run, api: httpx.Client) -> None:
+    """`hpsearch worker --label` end to end: the study needs another GPU, so the worker gets
+    nothing (and exits, --exit-when-idle) but the server has heard its labels."""
+    create_study(api, "needs-h200", scheduling={"requires": {"gpu": "h200"}})
+    r = cli("worker", "--study", "needs-h200", "--label", "gpu=a100", "--label", "pool=b",
+            "--exit-when-idle", "--device", "cpu", "--worker-id", "labelled-proc",
+            timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to run" in r.stderr
+    workers = {w["worker_id"]: w for w in api.get("/workers").json()}
+    assert workers["labelled-proc"]["labels"] == {"gpu": "a100", "pool": "b"}
+    assert api.get("/studies/needs-h200").json()["counts"]["running"] == 0
