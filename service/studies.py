@@ -50,14 +50,10 @@ class StudyService:
         logger.info("created study %s (%d trials)", spec.name, spec.n_trials)
         return self.summary(spec.name, base_url, handle=handle)
 
-    def list(self, base_url: str, state: StudyState | None = None, limit: int | None = None,
-             offset: int = 0) -> list[StudyPublic]:
-        return [StudyPublic.model_validate_json(part)
-                for part in self._list_parts(base_url, state, limit, offset)]
-
     def list_json(self, base_url: str, state: StudyState | None = None,
                   limit: int | None = None, offset: int = 0) -> bytes:
-        """`list` as the JSON array the API answers, built from each study's JSON."""
+        """The studies (StudyPublic) as the JSON array the API answers, joined from each
+        study's JSON."""
         return b"[" + b",".join(self._list_parts(base_url, state, limit, offset)) + b"]"
 
     def _list_parts(self, base_url: str, state: StudyState | None, limit: int | None,
