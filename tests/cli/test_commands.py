@@ -75,8 +75,10 @@ def test_status_lists_studies(cli: Run, scripted: dict) -> None:
     assert r.returncode == 0, r.stderr
     table = rows(r.stdout)
     assert table["STUDY"][:3] == ["STUDY", "STATE", "FINISHED"]
-    # name, state, finished/n, running, pruned, failed, best val loss, vs baseline
-    assert table["scripted"] == ["scripted", "running", "3/5", "1", "1", "1", "0.6000", "+25.0%"]
+    # name, state, finished/n, running, pruned, failed, best val loss, vs baseline, priority,
+    # weight
+    assert table["scripted"] == ["scripted", "running", "3/5", "1", "1", "1", "0.6000", "+25.0%",
+                                 "0", "1"]
 
 
 def test_status_of_one_study_lists_its_trials(cli: Run, api: httpx.Client, scripted: dict) -> None:
@@ -150,7 +152,8 @@ def test_workers(cli: Run, scripted: dict) -> None:
     r = cli("workers")
     assert r.returncode == 0, r.stderr
     table = rows(r.stdout)
-    assert table["WORKER"] == ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN"]
+    assert table["WORKER"] == ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN",
+                               "LABELS"]
     row = table["gpu-b-1"]
     assert row[:5] == ["gpu-b-1", "gpu-b", "cuda:1", "scripted", str(scripted["running"]["number"])]
     assert row[5].endswith("s ago")
