@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from service import keys, warm_start
 from service import optuna_internals as internals
+from service.architectures import check_model
 from service.errors import InvalidInput, NotFound
 from service.grid import mark_grid_points
 from service.optimizers import build_pruner, build_sampler
@@ -105,6 +106,8 @@ class StudyRegistry:
                     field=f"baseline.{name}",
                 )
         for field, reason in check_paths(spec, self._settings.allowed_roots):
+            raise InvalidInput(reason, field=field)
+        for field, reason in check_model(spec):
             raise InvalidInput(reason, field=field)
         # Some option checks only the factories can make.
         return (space, *self._build(spec, space))
