@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from optuna.trial import TrialState
 
+from tests.scripted import API, ScriptedWorker, create_study, unique
 from tests.servers import PG_BASE, Server
 from tests.service.conftest import ServerStarter, StorageMaker
-from tests.service.scripted import API, ScriptedWorker, create_study, unique
 
 DB_PASSWORD = "outage-pass-71c0e2"
 GRACE = 3
