@@ -3,7 +3,6 @@ the CLI run as a real subprocess, and a fake worker that drives trials over HTTP
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -13,15 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import (
-    REPO,
-    Server,
-    create_pg_database,
-    digits_spec,
-    drop_pg_database,
-    free_port,
-    server_env,
-)
+from tests.postgres import drop_database, new_database_or_skip
+from tests.servers import REPO, Server, digits_spec, free_port, server_env
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -45,12 +37,7 @@ def cli_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     if request.param == "sqlite":
         storage = f"sqlite:///{data_dir / 'hpsearch.db'}"
     else:
-        try:
-            storage = pg_url = create_pg_database()
-        except Exception as exc:  # noqa: BLE001
-            if os.environ.get("CI"):
-                raise
-            pytest.skip(f"PostgreSQL is not reachable ({type(exc).__name__})")
+        storage = pg_url = new_database_or_skip()
     # A long lease: the scripted study's running trial must not go stale while tests read it.
     server = Server(storage=storage, data_dir=data_dir, port=free_port(),
                     env=server_env(lease_grace=600))
@@ -59,7 +46,7 @@ def cli_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     finally:
         server.stop()
         if pg_url:
-            drop_pg_database(pg_url)
+            drop_database(pg_url)
 
 
 @pytest.fixture
