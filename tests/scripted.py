@@ -39,8 +39,15 @@ class ScriptedWorker:
     """Plays a worker over HTTP: claims trials of one study (or any), reports, completes, fails.
     `device` and `host` go with each claim when given, as a real worker sends them."""
 
-    def __init__(self, http: httpx.Client, worker_id: str, study: str | None = None, *,
-                 device: str | None = None, host: str | None = None) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        worker_id: str,
+        study: str | None = None,
+        *,
+        device: str | None = None,
+        host: str | None = None,
+    ) -> None:
         self.http = http
         self.worker_id = worker_id
         self.study = study
@@ -65,19 +72,22 @@ class ScriptedWorker:
         return trial
 
     def report(self, trial_id: int, epoch: int, val_loss: float, **extra: Any) -> httpx.Response:
-        return self.http.post(f"{API}/trials/{trial_id}/report",
-                              json={"epoch": epoch, "val_loss": val_loss, **extra})
+        return self.http.post(
+            f"{API}/trials/{trial_id}/report", json={"epoch": epoch, "val_loss": val_loss, **extra}
+        )
 
     def heartbeat(self, trial_id: int) -> httpx.Response:
         return self.http.post(f"{API}/trials/{trial_id}/heartbeat")
 
     def complete(self, trial_id: int, val_loss: float, **extra: Any) -> httpx.Response:
-        return self.http.post(f"{API}/trials/{trial_id}/complete",
-                              json={"val_loss": val_loss, **extra})
+        return self.http.post(
+            f"{API}/trials/{trial_id}/complete", json={"val_loss": val_loss, **extra}
+        )
 
     def fail(self, trial_id: int, reason: str, retry: bool = False) -> httpx.Response:
-        return self.http.post(f"{API}/trials/{trial_id}/fail",
-                              json={"reason": reason, "retry": retry})
+        return self.http.post(
+            f"{API}/trials/{trial_id}/fail", json={"reason": reason, "retry": retry}
+        )
 
     def run(self, trial: Claimed, losses: Sequence[float], accuracy: float | None = None) -> str:
         """Report `losses` epoch by epoch; complete with the last unless pruned. Returns the

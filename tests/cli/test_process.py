@@ -10,8 +10,18 @@ from tests.servers import Server
 def test_help_lists_the_commands() -> None:
     r = run_process("--help")
     assert r.returncode == 0, r.stderr
-    for command in ("serve", "worker", "submit", "status", "watch", "best", "workers", "stop",
-                    "delete", "demo"):
+    for command in (
+        "serve",
+        "worker",
+        "submit",
+        "status",
+        "watch",
+        "best",
+        "workers",
+        "stop",
+        "delete",
+        "demo",
+    ):
         assert command in r.stdout
 
 
