@@ -34,4 +34,4 @@ def wait_until_healthy(url: str, process: subprocess.Popen, timeout: float = 60)
         except httpx.HTTPError:
             pass  # not listening yet
         time.sleep(POLL_S)
-    raise ServerNotReady(f"the server did not answer at {url} within {timeout:.0f} s")
+    raise ServerNotReady(f"the server did not answer at {url} within {timeout:g} s")
