@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # These pins install from local wheel files on the project's machines (no download).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Test processes side by side (pytest-xdist): most tests wait on real servers and workers, so
+# more processes than cores pays; TEST_WORKERS=0 runs them in this process (for pdb).
+TEST_WORKERS ?= 4
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 .PHONY: install test test-fast lint demo serve bench clean
 
@@ -17,11 +21,11 @@ $(BIN)/hpsearch: pyproject.toml
 install: $(BIN)/hpsearch
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) tests
 
 # Everyday work: no real training, no browser.
 test-fast: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not browser" tests
+	$(PYTEST) -m "not slow and not browser" tests
 
 # The protocol benchmark against a throwaway server (bench/RESULTS.md lists the others).
 bench: install

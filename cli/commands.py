@@ -1,4 +1,4 @@
-"""The user commands: submit, status, watch, best, workers, stop, delete.
+"""The user commands: submit, status, watch, best, workers, stop, resume, delete.
 
 Each takes the parsed arguments and returns the exit status; every failure a person can act on
 is a `CliError` (one line on stderr, no traceback). Only httpx, pyyaml and the standard library
@@ -101,6 +101,9 @@ def submit(args: argparse.Namespace) -> int:
     spec = load_spec(path)
     if args.name:
         spec["name"] = args.name
+    if args.warm_start:
+        warm = spec.get("warm_start")
+        spec["warm_start"] = {**(warm if isinstance(warm, dict) else {}), "study": args.warm_start}
     with _client(args) as api:
         try:
             study = api.post("/studies", spec)
@@ -186,7 +189,7 @@ def best(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- workers, stop, delete ------------------------------------------------------------------------
+# --- workers, stop, resume, delete ----------------------------------------------------------------
 @_command
 def workers(args: argparse.Namespace) -> int:
     with _client(args) as api:
@@ -210,6 +213,18 @@ def stop(args: argparse.Namespace) -> int:
     else:
         _out(f"stopped study {study['name']}: no new trials are handed out; "
              f"{running} running trial{'' if running == 1 else 's'} will finish")
+    return 0
+
+
+@_command
+def resume(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        study = api.post(_study_path(args.study) + "/resume")
+    progress = f"{study['finished']}/{study['n_trials']} trials finished"
+    if study["state"] == "running":
+        _out(f"resumed study {study['name']}: trials are handed out again ({progress})")
+    else:  # done: resuming hands out nothing more
+        _out(f"study {study['name']} is {study['state']}: {progress}")
     return 0
 
 

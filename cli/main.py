@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(submit)
     submit.add_argument("file", help="study spec (YAML or JSON)")
     submit.add_argument("--name", help="override the spec's name")
+    submit.add_argument(
+        "--warm-start",
+        metavar="STUDY",
+        help="start from this earlier study's best configurations (sets warm_start.study)",
+    )
     submit.set_defaults(run="cli.commands:submit")
 
     status = sub.add_parser("status", help="a table of studies, or of one study's trials")
@@ -121,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     _client_flags(stop)
     stop.add_argument("study")
     stop.set_defaults(run="cli.commands:stop")
+
+    resume = sub.add_parser("resume", help="hand out trials of a stopped study again")
+    _client_flags(resume)
+    resume.add_argument("study")
+    resume.set_defaults(run="cli.commands:resume")
 
     delete = sub.add_parser("delete", help="delete a study and its artifacts")
     _client_flags(delete)

@@ -61,13 +61,16 @@ def best_lines(study: Body) -> list[str]:
 def trials_table(trials: Sequence[Body]) -> str:
     rows = []
     for t in trials:
-        number = f"{t['number']}*" if t.get("is_baseline") else t["number"]
+        number = (f"{t['number']}*" if t.get("is_baseline")
+                  else f"{t['number']}p" if t.get("prior") else t["number"])
         rows.append([
             number, t["state"], fmt.loss(t.get("val_loss")), fmt.accuracy(t.get("val_accuracy")),
             t.get("epochs"), t.get("worker"), t.get("retry_of"), fmt.params(t.get("params")),
         ])
     headers = ["#", "STATE", "VAL LOSS", "ACCURACY", "EPOCHS", "WORKER", "RETRY OF", "PARAMS"]
     notes = ["* the baseline recipe"] if any(t.get("is_baseline") for t in trials) else []
+    if any(t.get("prior") for t in trials):
+        notes.append("p prior evidence from the warm start's source study (not run here)")
     notes += [
         f"trial {t['number']} failed: {_first_line(t['fail_reason'])}"
         for t in trials

@@ -36,9 +36,10 @@ class Artifacts:
         self._keep_top_k = keep_top_k
         self._removed: OrderedDict[str, None] = OrderedDict()
 
-    def save_checkpoint(self, trial_id: int, epoch: int, upload: Path) -> None:
+    def save_checkpoint(self, trial_id: int, epoch: int, upload: Path,
+                        worker_id: str | None = None) -> None:
         """`upload`: the file the request body was spooled to; it is moved into the store."""
-        _handle, trial = running_trial(self._registry, trial_id)
+        _handle, trial = running_trial(self._registry, trial_id, worker_id)
         if epoch not in trial.intermediate_values:
             raise InvalidInput(f"epoch {epoch} has not been reported yet", field="epoch")
         artifact_id = self._backend.upload_artifact(
@@ -50,8 +51,8 @@ class Artifacts:
         if previous:
             self._remove(previous["artifact_id"])
 
-    def save_weights(self, trial_id: int, upload: Path) -> None:
-        _handle, trial = running_trial(self._registry, trial_id)
+    def save_weights(self, trial_id: int, upload: Path, worker_id: str | None = None) -> None:
+        _handle, trial = running_trial(self._registry, trial_id, worker_id)
         artifact_id = self._backend.upload_artifact(trial, upload, f"weights-{trial.number}.pt")
         self._backend.set_system_attr(trial_id, keys.WEIGHTS, artifact_id)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial, TrialState
 
 from service.schemas import TrialCounts
+from service.warm_start import is_prior
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class Budget:
 
     @classmethod
     def of(cls, trials: list[FrozenTrial], n_trials: int, grid_left: int | None = None) -> Budget:
+        """From the study's trials; prior trials (a warm start's evidence) are not counted."""
+        trials = [t for t in trials if not is_prior(t)]
         states: dict[str, int] = {}
         retried: set[int] = set()
         for t in trials:
@@ -29,8 +32,9 @@ class Budget:
     @classmethod
     def from_census(cls, states: dict[str, int], failed: list[int], retried: set[int],
                     n_trials: int, grid_left: int | None = None) -> Budget:
-        """From trial counts by state name, the numbers of failed trials and the numbers of
-        trials that were retried (the union of every trial's retry history)."""
+        """From trial counts by state name (prior trials left out), the numbers of failed
+        trials and the numbers of trials that were retried (the union of every trial's retry
+        history)."""
         counts = TrialCounts(**{name.lower(): n for name, n in states.items()})
         return cls(counts, n_trials, sum(1 for n in failed if n not in retried), grid_left)
 

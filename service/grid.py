@@ -68,14 +68,15 @@ def grid_left(sampler: optuna.samplers.BaseSampler, assigned: Iterable[int]) -> 
     return len(sampler.left(assigned))
 
 
-def mark_grid_point(study: optuna.Study, params: dict[str, Any]) -> None:
-    """When the (only) waiting trial, the baseline, is a combination of a grid study's grid, it
-    counts as that combination, so the grid does not run it a second time."""
+def mark_grid_points(study: optuna.Study) -> None:
+    """A waiting trial (the baseline, a warm start's configuration) whose params are a
+    combination of a grid study's grid counts as that combination, so the grid does not run it
+    a second time."""
     sampler = study.sampler
     if not isinstance(sampler, ServerGridSampler):
         return
-    grid_id = sampler.grid_id_of(params)
-    if grid_id is None:
-        return
-    (waiting,) = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    sampler.mark(internals.study_storage(study), internals.trial_id(waiting), grid_id)
+    storage = internals.study_storage(study)
+    for waiting in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        grid_id = sampler.grid_id_of(waiting.system_attrs.get("fixed_params", {}))
+        if grid_id is not None and keys.GRID_ID not in waiting.system_attrs:
+            sampler.mark(storage, internals.trial_id(waiting), grid_id)

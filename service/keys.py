@@ -27,6 +27,9 @@ TRAIN_LOSS_PREFIX = "train_loss:"  # one attr per epoch: train_loss:<epoch>
 FAIL_REASON = "fail_reason"
 RETRY_OF = "retry_of"
 RESUMED_FROM_EPOCH = "resumed_from_epoch"
+# Warm start: "<study> trial <number>", the source trial a trial came from.
+WARM_START = "warm_start"  # a configuration enqueued from the source's best
+PRIOR = "prior"  # prior evidence for the sampler: never counted, ranked or pruned against
 # What a retry copies from the trial it retries that describes that trial's own run.
 PER_RUN = (FAIL_REASON, VAL_ACCURACY, RESUMED_FROM_EPOCH, DEVICE)
 

@@ -35,9 +35,22 @@ def lease_ended(handle: StudyHandle, number: int, state: TrialState) -> Conflict
                     "its lease has ended")
 
 
-def running_trial(registry: StudyRegistry, trial_id: int) -> tuple[StudyHandle, FrozenTrial]:
-    """The trial and its study, when it is running. Raises NotFound or Conflict."""
+def check_holder(handle: StudyHandle, number: int, holder: str | None,
+                 worker_id: str | None) -> None:
+    """A message that names its worker (`worker_id`) must come from the trial's holder. After a
+    study is deleted, SQLite gives the highest trial ids to new trials: a late message about a
+    deleted trial could otherwise report into, or fail, another study's trial."""
+    if worker_id is not None and holder is not None and holder != worker_id:
+        raise Conflict(f"trial {number} of {handle.name} is held by worker {holder}, not "
+                       f"{worker_id}: your trial is gone and its lease has ended")
+
+
+def running_trial(registry: StudyRegistry, trial_id: int,
+                  worker_id: str | None = None) -> tuple[StudyHandle, FrozenTrial]:
+    """The trial and its study, when it is running (and held by `worker_id`, when given).
+    Raises NotFound or Conflict."""
     handle, trial = registry.for_trial(trial_id)
+    check_holder(handle, trial.number, trial.user_attrs.get(keys.WORKER), worker_id)
     if trial.state != TrialState.RUNNING:
         raise lease_ended(handle, trial.number, trial.state)
     return handle, trial

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from service import keys
 from service.artifacts import Artifacts, has_artifacts
 from service.errors import InvalidInput
-from service.leases import Leases, lease_ended, running_trial
+from service.leases import Leases, check_holder, lease_ended, running_trial
 from service.metrics import Metrics
 from service.pruning import CompletedTrialsStudy, reads_completed_only
 from service.registry import StudyHandle, StudyRegistry
@@ -35,8 +35,9 @@ class TrialMessages:
         self._artifacts = artifacts
         self._metrics = metrics
 
-    def heartbeat(self, trial_id: int) -> None:
+    def heartbeat(self, trial_id: int, worker_id: str | None = None) -> None:
         handle, facts = self._registry.facts(trial_id)
+        check_holder(handle, facts.number, facts.worker, worker_id)
         if facts.state != TrialState.RUNNING:
             raise lease_ended(handle, facts.number, facts.state)
         self._backend.record_heartbeat(trial_id)
@@ -45,8 +46,9 @@ class TrialMessages:
                                        trial_number=facts.number, trial_id=trial_id)
 
     def report(self, trial_id: int, epoch: int, val_loss: float, val_accuracy: float | None,
-               train_loss: float | None = None) -> ReportAnswer:
+               train_loss: float | None = None, worker_id: str | None = None) -> ReportAnswer:
         handle, facts = self._registry.facts(trial_id)
+        check_holder(handle, facts.number, facts.worker, worker_id)
         values = facts.intermediate_values  # our own copy
         if facts.state == TrialState.PRUNED and epoch in values:
             return ReportAnswer(prune=True)  # the same report again, after it pruned the trial
@@ -86,8 +88,10 @@ class TrialMessages:
                                 facts.frozen())
         return pruner.prune(handle.study, self._backend.trial(facts.trial_id))
 
-    def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None) -> TrialAck:
+    def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None,
+                 worker_id: str | None = None) -> TrialAck:
         handle, facts = self._registry.facts(trial_id)
+        check_holder(handle, facts.number, facts.worker, worker_id)
         if facts.state == TrialState.COMPLETE:
             return TrialAck(trial_id=trial_id, state="complete")  # a retried completion
         if facts.state != TrialState.RUNNING:
@@ -104,12 +108,13 @@ class TrialMessages:
         self._finished(handle, facts.worker, facts.has_artifacts)
         return TrialAck(trial_id=trial_id, state="complete")
 
-    def fail(self, trial_id: int, reason: str, retry: bool) -> TrialAck:
-        handle, trial = running_trial(self._registry, trial_id)
+    def fail(self, trial_id: int, reason: str, retry: bool,
+             worker_id: str | None = None) -> TrialAck:
+        handle, trial = running_trial(self._registry, trial_id, worker_id)
         # Under the claim lock: between the FAIL and the re-queued copy, a claim would count
         # one trial fewer in flight and sample one too many.
         with self._backend.claim_lock.hold(handle.study_id):
-            handle, trial = running_trial(self._registry, trial_id)
+            handle, trial = running_trial(self._registry, trial_id, worker_id)
             self._backend.set_user_attrs(trial_id, {keys.FAIL_REASON: reason})
             # The sweep takes the same lock: FAIL can only be ours.
             ended = self._finish(handle, trial.number, trial_id, TrialState.FAIL)

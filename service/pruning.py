@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service import optuna_internals as internals
 from service.storage import Backend
+from service.warm_start import is_prior
 
 # Pruners that read nothing of the study but its completed trials (or nothing at all).
 _COMPLETED_ONLY = (PercentilePruner, ThresholdPruner, NopPruner)
@@ -43,8 +44,10 @@ class CompletedTrials:
 
     def get(self, study: optuna.Study, backend: Backend, count: int) -> list[FrozenTrial]:
         """The completed trials, `count` of them in the database now; reads only those
-        completed since the last call."""
-        if count == len(self._trials):
+        completed since the last call. Prior trials (a warm start's evidence, from another
+        study) are left out: their curves are not this study's, and counted among the
+        pruner's startup trials they would let it prune after the first real one."""
+        if count == len(self._by_id):
             return self._trials
         missing = [
             trial_id
@@ -57,7 +60,8 @@ class CompletedTrials:
             new = [backend.trial(trial_id) for trial_id in missing]
         with self._lock:
             self._by_id.update((internals.trial_id(t), t) for t in new)
-            self._trials = sorted(self._by_id.values(), key=lambda t: t.number)
+            self._trials = sorted((t for t in self._by_id.values() if not is_prior(t)),
+                                  key=lambda t: t.number)
             return self._trials
 
 

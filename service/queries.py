@@ -111,13 +111,21 @@ def study_of_trial(conn: sa.Connection, trial_id: int) -> tuple[int, str] | None
     return (row.study_id, row.study_name) if row is not None else None
 
 
+def _not_prior() -> sa.ColumnElement[bool]:
+    """Trials that are not a warm start's prior evidence (an index lookup per trial: Optuna's
+    unique (trial_id, key) constraint on user attrs)."""
+    return ~sa.exists().where(_USER_ATTRS.c.trial_id == _TRIALS.c.trial_id,
+                              _USER_ATTRS.c.key == keys.PRIOR)
+
+
 def trial_census(conn: sa.Connection,
                  study_id: int) -> tuple[dict[str, int], list[int], set[int]]:
+    """What the budget counts; prior trials (COMPLETE, made at creation) are not counted."""
     states = {
         state.name: n
         for state, n in conn.execute(
             sa.select(_TRIALS.c.state, sa.func.count())
-            .where(_TRIALS.c.study_id == study_id)
+            .where(_TRIALS.c.study_id == study_id, _not_prior())
             .group_by(_TRIALS.c.state)
         )
     }

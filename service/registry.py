@@ -14,10 +14,10 @@ import yaml
 from optuna.distributions import BaseDistribution
 from pydantic import ValidationError
 
-from service import keys
+from service import keys, warm_start
 from service import optuna_internals as internals
 from service.errors import InvalidInput, NotFound
-from service.grid import mark_grid_point
+from service.grid import mark_grid_points
 from service.optimizers import build_pruner, build_sampler
 from service.pruning import CompletedTrials
 from service.search_space import (
@@ -120,22 +120,50 @@ class StudyRegistry:
         except (ValueError, TypeError) as exc:
             raise InvalidInput(str(exc), field="sampler") from exc
 
+    def warm_start_source(self, spec: StudySpec) -> StudyHandle | None:
+        """The study `warm_start.study` names. Raises InvalidInput when there is none."""
+        if spec.warm_start is None:
+            return None
+        try:
+            return self.get(spec.warm_start.study)
+        except NotFound:
+            raise InvalidInput(f"no study named {spec.warm_start.study!r} to warm-start from",
+                               field="warm_start.study") from None
+
     def create(self, spec: StudySpec) -> StudyHandle:
         space, sampler, pruner = self.check(spec)
+        source = self.warm_start_source(spec)
         study = self._backend.create_study(spec.name, sampler, pruner, {
             keys.SPEC: spec.model_dump(mode="json"),
             keys.SPACE: space.model_dump(mode="json"),
             keys.CREATED_AT: utcnow().isoformat(),
         })
         handle = self._handle(study, spec, space)
-        if spec.baseline is not False:
-            # Enqueued first, so the baseline is the first trial the study hands out.
-            params = {name: handle.recipe[name] for name in space.root}
-            study.enqueue_trial(params, user_attrs={keys.BASELINE: True})
-            mark_grid_point(study, params)
+        # Waiting trials are made under the claim lock (claims count them there), and a claim
+        # must find the baseline and the warm start's configurations waiting in this order.
+        with self._backend.claim_lock.hold(handle.study_id):
+            baseline = []
+            if spec.baseline is not False:
+                # Enqueued first, so the baseline is the first trial the study hands out.
+                params = {name: handle.recipe[name] for name in space.root}
+                study.enqueue_trial(params, user_attrs={keys.BASELINE: True})
+                baseline.append(params)
+            if source is not None:
+                self._warm_start(handle, source, baseline)
+            mark_grid_points(study)
         with self._lock:
             self._handles[spec.name] = handle
         return handle
+
+    def _warm_start(self, handle: StudyHandle, source: StudyHandle,
+                    baseline: list[dict[str, Any]]) -> None:
+        assert handle.spec.warm_start is not None
+        seed = warm_start.plan(source, handle, handle.spec.warm_start, baseline)
+        for params, origin in seed.enqueue:
+            handle.study.enqueue_trial(params, user_attrs={keys.WARM_START: origin})
+        handle.study.add_trials(seed.priors)
+        logger.info("study %s warm-starts from %s: %d configurations first, %d prior trials",
+                    handle.name, source.name, len(seed.enqueue), len(seed.priors))
 
     def _handle(self, study: optuna.Study, spec: StudySpec, space: SearchSpace) -> StudyHandle:
         return StudyHandle(study, spec, space, to_distributions(space), recipe(spec))

@@ -46,6 +46,10 @@ class TrialPublic(BaseModel):
         default_factory=dict, description="Training loss by epoch, as the worker reported it"
     )
     is_baseline: bool
+    prior: bool = Field(
+        False, description="Prior evidence from a warm start's source study, given to the "
+        "sampler: not run here, never counted in n_trials nor ranked"
+    )
     worker: str | None
     device: str | None
     retry_of: int | None = Field(description="Number of the trial this one retries")

@@ -146,6 +146,22 @@ class Baseline(_Strict):
         return value
 
 
+class WarmStart(_Strict):
+    """Start from what an earlier study learned (checked against the database at creation)."""
+
+    study: str = Field(pattern=NAME_PATTERN, description="the earlier study")
+    top_k: int = Field(
+        5, ge=0, le=1000,
+        description="its best complete configurations that fit this space, run first after "
+        "the baseline (they count against n_trials)",
+    )
+    history: bool = Field(
+        True,
+        description="give its finished trials that fit this space to the sampler as prior "
+        "evidence (they never count against n_trials nor become the best)",
+    )
+
+
 def _space_kind(value: Any) -> str:
     return "named" if isinstance(value, str) else "inline"
 
@@ -169,6 +185,7 @@ class StudySpec(_Strict):
     pruner: PrunerSpec = MedianSpec(name="median", n_startup_trials=5, n_warmup_steps=1)
     n_trials: int = Field(50, ge=1, le=100_000)
     baseline: Baseline | Literal[False] = Baseline()
+    warm_start: WarmStart | None = None
 
     @field_validator("baseline", mode="before")
     @classmethod

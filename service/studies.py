@@ -1,4 +1,4 @@
-"""Study resources: create, list, summarise, rank, stop and delete."""
+"""Study resources: create, list, summarise, rank, stop, resume and delete."""
 
 from __future__ import annotations
 
@@ -113,6 +113,14 @@ class StudyService:
         handle = self._registry.get(name)
         self._backend.set_stopped(handle.study_id, True)
         logger.info("stopped study %s", name)
+        return self.summary(name, base_url, handle=handle)
+
+    def resume(self, name: str, base_url: str) -> StudyPublic:
+        """Undo `stop`: hand out trials again. A study that is not stopped is left as it is."""
+        handle = self._registry.get(name)
+        if self._registry.is_stopped(handle):
+            self._backend.set_stopped(handle.study_id, False)
+            logger.info("resumed study %s", name)
         return self.summary(name, base_url, handle=handle)
 
     def delete(self, name: str) -> None:

@@ -11,6 +11,7 @@ from service import keys
 from service import optuna_internals as internals
 from service.registry import StudyHandle
 from service.schemas import BestTrial, TrialPublic
+from service.warm_start import is_prior
 
 
 def state_name(state: TrialState) -> str:
@@ -61,6 +62,7 @@ def trial_public(handle: StudyHandle, trial: FrozenTrial, top_k: set[int]) -> Tr
         intermediate_values=dict(sorted(trial.intermediate_values.items())),
         train_loss=keys.train_losses(attrs),
         is_baseline=bool(attrs.get(keys.BASELINE)),
+        prior=is_prior(trial),
         worker=attrs.get(keys.WORKER),
         device=attrs.get(keys.DEVICE),
         retry_of=retry_of(trial),
@@ -109,8 +111,9 @@ def best_trial(handle: StudyHandle, trial: FrozenTrial, baseline_loss: float | N
 
 def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """COMPLETE trials by validation loss, best first (pruned ones stopped early: they are not
-    comparable)."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    comparable; prior trials ran in another study)."""
+    done = [t for t in trials
+            if t.state == TrialState.COMPLETE and t.value is not None and not is_prior(t)]
     return sorted(done, key=lambda t: (t.value, t.number))
 
 

@@ -2,7 +2,10 @@
 
 Network errors, 5xx and 429 are retried with bounded exponential backoff (honouring
 Retry-After), so a server restart or a database blip only delays a worker. A 4xx is never
-retried blindly: 409 means the trial's lease ended, anything else is a bug worth failing on."""
+retried blindly: 409 means the trial's lease ended, a 404 about the worker's own trial that the
+trial is gone (its study was deleted): both end that trial, not the worker. Anything else is a
+bug or a configuration error (a wrong token, a URL that is not an hpsearch server) worth
+failing on."""
 
 from __future__ import annotations
 
@@ -30,6 +33,11 @@ class LeaseLost(ProtocolError):
     """409: the trial is finished or was given to another worker; stop working on it."""
 
 
+class TrialGone(LeaseLost):
+    """404 for a trial this worker holds: the server no longer has it (its study was deleted).
+    Handled like a lost lease: stop working on it, claim the next."""
+
+
 class ServerUnavailable(Exception):
     """The server could not be reached for longer than the retry budget."""
 
@@ -40,6 +48,7 @@ class ServerClient:
         base_url: str,
         token: str | None = None,
         *,
+        worker_id: str | None = None,
         timeout: float = 60,
         retry_for_s: float = 900,
         max_backoff_s: float = 30,
@@ -47,14 +56,27 @@ class ServerClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
         self._retry_for_s = retry_for_s
+        # Sent with every message about a trial: the server refuses one about a trial id that
+        # now names another worker's trial (SQLite reuses a deleted study's trial ids).
+        self._worker_id = worker_id
         self._max_backoff_s = max_backoff_s
 
     def close(self) -> None:
         self._http.close()
 
     def _request(
-        self, method: str, path: str, *, retry_for_s: float | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        retry_for_s: float | None = None,
+        trial: bool = False,
+        **kwargs: Any,
     ) -> httpx.Response:
+        """`trial`: the request is about a trial this worker holds, so a 404 means the trial is
+        gone (TrialGone), not that the server is the wrong one."""
+        if trial and self._worker_id:
+            kwargs["params"] = {**kwargs.get("params", {}), "worker_id": self._worker_id}
         budget = self._retry_for_s if retry_for_s is None else retry_for_s
         deadline = time.monotonic() + budget
         delay = 0.5
@@ -69,6 +91,8 @@ class ServerClient:
                 detail = _detail(response)
                 if response.status_code == 409:
                     raise LeaseLost(409, detail)
+                if response.status_code == 404 and trial:
+                    raise TrialGone(404, detail)
                 if response.status_code < 500 and response.status_code != 429:
                     raise ProtocolError(response.status_code, detail)
                 problem = f"{response.status_code} {detail}"
@@ -103,24 +127,27 @@ class ServerClient:
             "val_accuracy": val_accuracy,
             "train_loss": train_loss,
         }
-        return bool(
-            self._request("POST", f"/api/v1/trials/{trial_id}/report", json=body).json()["prune"]
-        )
+        path = f"/api/v1/trials/{trial_id}/report"
+        return bool(self._request("POST", path, json=body, trial=True).json()["prune"])
 
     def heartbeat(self, trial_id: int, retry_for_s: float) -> None:
-        self._request("POST", f"/api/v1/trials/{trial_id}/heartbeat", retry_for_s=retry_for_s)
+        self._request(
+            "POST", f"/api/v1/trials/{trial_id}/heartbeat", retry_for_s=retry_for_s, trial=True
+        )
 
     def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None) -> None:
         body = {"val_loss": val_loss, "val_accuracy": val_accuracy}
-        self._request("POST", f"/api/v1/trials/{trial_id}/complete", json=body)
+        self._request("POST", f"/api/v1/trials/{trial_id}/complete", json=body, trial=True)
 
     def fail(self, trial_id: int, reason: str, *, retry: bool = False) -> None:
-        # A 409 means it is already finished (or failed by the server): nothing to hand back.
+        # A 409 means it is already finished (or failed by the server), a 404 that it is gone:
+        # nothing to hand back.
         with contextlib.suppress(LeaseLost):
             self._request(
                 "POST",
                 f"/api/v1/trials/{trial_id}/fail",
                 json={"reason": reason[:4000], "retry": retry},
+                trial=True,
             )
 
     def upload_checkpoint(self, trial_id: int, epoch: int, data: bytes) -> None:
@@ -130,6 +157,7 @@ class ServerClient:
             params={"epoch": epoch},
             content=data,
             headers={"Content-Type": "application/octet-stream"},
+            trial=True,
         )
 
     def upload_weights(self, trial_id: int, data: bytes) -> None:
@@ -138,6 +166,7 @@ class ServerClient:
             f"/api/v1/trials/{trial_id}/weights",
             content=data,
             headers={"Content-Type": "application/octet-stream"},
+            trial=True,
         )
 
     def download(self, path: str) -> bytes:

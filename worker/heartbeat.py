@@ -12,7 +12,8 @@ logger = logging.getLogger(__name__)
 
 class Heartbeat:
     """Sends a heartbeat every `interval` seconds. `lost` is set when the server says the lease
-    has ended (the trial was failed as stale or finished elsewhere): training should stop."""
+    has ended (the trial was failed as stale or finished elsewhere, or is gone with its deleted
+    study): training should stop. `why` holds the server's answer; the runner logs it."""
 
     def __init__(self, client: ServerClient, trial_id: int, interval: float) -> None:
         self._client = client
@@ -20,6 +21,7 @@ class Heartbeat:
         self._interval = max(0.2, interval)
         self._stop = threading.Event()
         self.lost = threading.Event()
+        self.why: LeaseLost | None = None
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
@@ -39,9 +41,10 @@ class Heartbeat:
             try:
                 # Retry within one interval only; the next beat tries again.
                 self._client.heartbeat(self._trial_id, retry_for_s=self._interval)
-            except LeaseLost:
+            except LeaseLost as exc:
                 if not self._stop.is_set():  # not a beat that crossed the trial's completion
-                    logger.warning("trial %d is no longer running on the server", self._trial_id)
+                    logger.debug("heartbeat for trial %d: %s", self._trial_id, exc)
+                    self.why = exc
                     self.lost.set()
                 return
             except Exception as exc:  # server unreachable: keep training, keep trying

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worker.client import LeaseLost, ServerClient
+from worker.client import LeaseLost, ServerClient, TrialGone
 from worker.engine import (
     Caches,
     EpochReport,
@@ -57,7 +57,8 @@ class Runner:
         self.config = config
         self.caches = caches
         self.stop = stop
-        self.client = client or ServerClient(config.server, config.token)
+        self.client = client or ServerClient(config.server, config.token,
+                                             worker_id=config.worker_id)
         self.trials_run = 0
 
     def run(self) -> int:
@@ -88,7 +89,7 @@ class Runner:
             try:
                 outcome = self._train(trial, heartbeat)
             except Exception as exc:  # each kind of early end is told apart in _ended_early
-                return self._ended_early(trial, exc, lease_lost=heartbeat.lost.is_set())
+                return self._ended_early(trial, exc, heartbeat)
             if outcome.status == "pruned":
                 heartbeat.finish()
                 logger.info("%s pruned after %d epochs", trial.label, outcome.epochs_run)
@@ -122,20 +123,18 @@ class Runner:
             progress=sys.stderr.isatty(),
         )
 
-    def _ended_early(self, trial: Trial, exc: Exception, *, lease_lost: bool) -> str:
+    def _ended_early(self, trial: Trial, exc: Exception, heartbeat: Heartbeat) -> str:
         """What an exception during training means for the trial: handed back, abandoned (its
         lease is gone) or failed with the reason; missing weights stop the worker."""
         label, trial_id, client = trial.label, trial.trial_id, self.client
         if isinstance(exc, Interrupted):
-            if lease_lost:
-                logger.warning("%s: abandoned, its lease ended", label)
-                return "lease lost"
+            if heartbeat.lost.is_set():
+                return _abandoned(label, heartbeat.why)
             client.fail(trial_id, "the worker was stopped; handed back", retry=True)
             logger.info("%s: handed back", label)
             return "handed back"
-        if isinstance(exc, LeaseLost):
-            logger.warning("%s: abandoned: %s", label, exc.detail)
-            return "lease lost"
+        if isinstance(exc, LeaseLost):  # a report or checkpoint upload was refused
+            return _abandoned(label, exc)
         if isinstance(exc, NonFiniteLoss):
             client.fail(trial_id, str(exc))
             logger.warning("%s failed: %s", label, exc)
@@ -156,8 +155,7 @@ class Runner:
             heartbeat.finish()
             self.client.complete(trial.trial_id, outcome.val_loss, outcome.val_accuracy)
         except LeaseLost as exc:
-            logger.warning("%s: finished too late: %s", trial.label, exc.detail)
-            return "lease lost"
+            return _abandoned(trial.label, exc, finished=True)
         logger.info(
             "%s complete: val_loss %.4f, val_accuracy %.3f",
             trial.label,
@@ -173,6 +171,17 @@ class Runner:
             )
 
         return on_epoch
+
+
+def _abandoned(label: str, why: LeaseLost | None, finished: bool = False) -> str:
+    """One log line for a trial the server took back; the worker goes on to the next claim."""
+    if isinstance(why, TrialGone):
+        logger.warning("%s: stopped, the server no longer has it (its study was deleted?): %s; "
+                       "its checkpoint and weights are dropped", label, why.detail)
+        return "trial gone"
+    detail = why.detail if why is not None else "its lease ended"
+    logger.warning("%s: %s: %s", label, "finished too late" if finished else "abandoned", detail)
+    return "lease lost"
 
 
 def _describe(hparams: Hyperparameters) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, BinaryIO
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Query, Request
 
 from service import keys
 from service.artifacts import Artifacts
@@ -54,6 +54,11 @@ ADMIN = _requires(Role.ADMIN)
 
 StudyName = Annotated[str, Path(pattern=keys.STUDY_NAME_PATTERN, description="Study name")]
 TrialId = Annotated[int, Path(ge=0, le=2**62, description="The trial_id a claim returned")]
+HolderId = Annotated[str | None, Query(
+    pattern=keys.WORKER_ID_PATTERN,
+    description="The worker_id of the claim (optional): a message from another worker is refused "
+    "with 409, as when SQLite gave a deleted study's trial id to a new trial",
+)]
 
 
 def base_url(request: Request) -> str:

@@ -58,6 +58,7 @@ def _calls(study: str) -> list[tuple[str, str, dict | None]]:
         ("GET", f"{API}/studies/{study}", None),
         ("POST", f"{API}/studies", digits_spec(unique("unauth"))),
         ("POST", f"{API}/studies/{study}/stop", None),
+        ("POST", f"{API}/studies/{study}/resume", None),
         ("DELETE", f"{API}/studies/{study}", None),
         ("POST", f"{API}/trials/claim", {"worker_id": "w"}),
         ("POST", f"{API}/trials/1/report", {"epoch": 0, "val_loss": 1.0}),
@@ -90,6 +91,7 @@ def test_a_token_of_the_wrong_kind_is_403(secured: Server, admin: httpx.Client) 
             assert http.get("/metrics").status_code == 200
             for method, path, body in (("POST", f"{API}/studies", digits_spec(unique("x"))),
                                        ("POST", f"{API}/studies/{study}/stop", None),
+                                       ("POST", f"{API}/studies/{study}/resume", None),
                                        ("DELETE", f"{API}/studies/{study}", None)):
                 r = http.request(method, path, json=body)
                 assert r.status_code == 403, (method, path, r.text)

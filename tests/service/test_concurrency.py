@@ -103,6 +103,7 @@ def _study(server: Server) -> str:
     return name
 
 
+@pytest.mark.slow
 def test_sixteen_workers_two_servers_one_postgresql(server_factory: ServerFactory,
                                                    storage_url: str) -> None:
     if not storage_url.startswith("postgresql"):
@@ -117,6 +118,7 @@ def test_sixteen_workers_two_servers_one_postgresql(server_factory: ServerFactor
         assert summary(http, name)["finished"] == N_TRIALS
 
 
+@pytest.mark.slow
 def test_sixteen_workers_one_sqlite_server(server_factory: ServerFactory, storage_url: str) -> None:
     if not storage_url.startswith("sqlite"):
         pytest.skip("the SQLite variant")

@@ -1,7 +1,7 @@
 """Leases: a trial whose worker goes silent is failed within the grace period and re-queued
 with the same params; late messages from the dead worker get 409 and change nothing; a trial
 handed back is re-queued at once; the retry limit holds. Also the Prometheus metrics of such a
-run. The server here has a 1 s heartbeat interval, a 3 s grace and one retry per trial."""
+run. The server here has a 0.5 s heartbeat interval, a 1.5 s grace and one retry per trial."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from tests.scripted import API, ScriptedWorker, create_study, trials, unique
 from tests.servers import Server
 from tests.service.conftest import ServerStarter, StorageMaker
 
-GRACE = 3
+GRACE = 1.5
+HEARTBEAT = 0.5  # sub-second leases keep these tests short
 
 
 @pytest.fixture(scope="module")
 def lease_server(new_storage: StorageMaker, start_server: ServerStarter) -> Server:
-    return start_server(new_storage(), heartbeat_interval=1, lease_grace=GRACE, max_retries=1)
+    return start_server(new_storage(), heartbeat_interval=HEARTBEAT, lease_grace=GRACE,
+                        max_retries=1)
 
 
 @pytest.fixture
@@ -52,7 +54,7 @@ def test_silent_worker_is_failed_and_its_trial_requeued(http: httpx.Client,
     create_study(http, name, n_trials=2)
     dead = ScriptedWorker(http, "dead-worker", name)
     lost = dead.claim()
-    assert lost is not None and lost.body["heartbeat_interval"] == 1
+    assert lost is not None and lost.body["heartbeat_interval"] == HEARTBEAT
     assert dead.report(lost.trial_id, 0, 1.5).status_code == 200
     # Meanwhile another worker holds its lease with heartbeats alone.
     beating = ScriptedWorker(http, "beating-worker", name)
@@ -62,7 +64,7 @@ def test_silent_worker_is_failed_and_its_trial_requeued(http: httpx.Client,
     def beat() -> bool:
         r = beating.heartbeat(kept.trial_id)
         assert r.status_code == 200, r.text
-        assert r.json() == {"trial_id": kept.trial_id, "heartbeat_interval": 1}
+        assert r.json() == {"trial_id": kept.trial_id, "heartbeat_interval": HEARTBEAT}
         return True
 
     took = _wait_for(lambda: beat() and _states(http, name)[0] == "fail", 15,

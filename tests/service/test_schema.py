@@ -34,6 +34,7 @@ def schema_server(tmp_path: Path) -> Iterator[Server]:
     server.stop()
 
 
+@pytest.mark.slow
 def test_every_response_conforms_to_the_schema(schema_server: Server, tmp_path: Path) -> None:
     command = [
         str(Path(sys.executable).with_name("schemathesis")), "run",

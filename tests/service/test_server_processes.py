@@ -91,6 +91,7 @@ def _work(url: str, worker_id: str, study: str, statuses: Counter[int], errors: 
             errors.append(f"{worker_id}: {exc!r}")
 
 
+@pytest.mark.slow
 def test_two_server_processes_on_a_fresh_storage(two_processes: Server) -> None:
     server = two_processes
     _start(server)

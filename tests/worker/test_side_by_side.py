@@ -14,6 +14,8 @@ import torchvision
 
 from worker.engine import Caches, fine_tune
 
+pytestmark = pytest.mark.slow  # real training
+
 
 def _losses(job, caches: Caches) -> list[float]:
     losses: list[float] = []

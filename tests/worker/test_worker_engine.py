@@ -66,6 +66,7 @@ def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_same_seed_is_identical_and_resume_matches_uninterrupted(make_job, caches, caplog) -> None:
     job = make_job(training={"epochs": 3})
     with caplog.at_level(logging.INFO, logger="worker.engine"):
@@ -148,6 +149,7 @@ def pretrained_file(tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     return path, saved
 
 
+@pytest.mark.slow
 def test_frozen_backbone_is_bit_identical_and_feature_cache_matches(
     make_job, caches, pretrained_file, monkeypatch, capsys
 ) -> None:
@@ -202,6 +204,7 @@ def test_feature_cache_is_per_backbone(make_job) -> None:
     assert isinstance(FeatureCache(), FeatureCache)
 
 
+@pytest.mark.slow
 def test_trials_from_the_template_cache_train_bit_for_bit_as_without(
     make_job, caches, pretrained_file
 ) -> None:

@@ -11,6 +11,7 @@ from worker.engine import fine_tune
 from worker.pretrain import pretrain_digits
 
 
+@pytest.mark.slow
 def test_pretrain_writes_a_state_dict_once_and_the_demo_fine_tunes_it(
     tmp_path: Path, make_job, caches, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -37,9 +37,9 @@ SPEC = digits_spec(
 )  # fmt: skip
 
 
-def _claim(http: httpx.Client, study: str) -> dict[str, Any]:
+def _claim(http: httpx.Client, study: str, worker_id: str = "typed-w") -> dict[str, Any]:
     """The claim answer of a trial of `study` (a TestClient is an httpx.Client too)."""
-    return ScriptedWorker(http, "typed-w", study).next_trial().body
+    return ScriptedWorker(http, worker_id, study).next_trial().body
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_what_the_worker_does_not_read_is_ignored(answers) -> None:
 def test_the_runner_hands_back_a_trial_it_cannot_read_and_stops(server: Server, api) -> None:
     spec = digits_spec("unreadable", n_trials=2, baseline=False)
     assert api.post(f"{API}/studies", json=spec).status_code == 201
-    answer = _claim(api, "unreadable")
+    answer = _claim(api, "unreadable", worker_id="old-worker")  # its messages name it
     answer["config"]["label_smoothing"] = 0.1  # a hyperparameter of a newer server
     config = WorkerConfig(server=server.url, token=None, worker_id="old-worker", host="h",
                           device="cpu")  # fmt: skip

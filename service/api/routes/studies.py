@@ -1,4 +1,4 @@
-"""Studies: create, list, inspect, rank, stop, delete; the kept weights of top trials."""
+"""Studies: create, list, inspect, rank, stop, resume, delete; the kept weights of top trials."""
 
 from __future__ import annotations
 
@@ -56,6 +56,13 @@ def list_trials(name: StudyName, services: ServicesDep) -> list[TrialPublic]:
 def stop_study(name: StudyName, services: ServicesDep, request: Request) -> StudyPublic:
     """Hand out no more trials; running trials finish."""
     return services.studies.stop(name, base_url(request))
+
+
+@router.post("/{name}/resume", dependencies=[ADMIN], responses=NOT_FOUND)
+def resume_study(name: StudyName, services: ServicesDep, request: Request) -> StudyPublic:
+    """Undo `stop`: trials are handed out again while the budget lasts. Resuming a study that
+    is not stopped changes nothing and answers the same (200)."""
+    return services.studies.resume(name, base_url(request))
 
 
 @router.delete("/{name}", status_code=204, dependencies=[ADMIN], responses=NOT_FOUND)

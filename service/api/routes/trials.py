@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import WORKER, ServicesDep, TrialId, stream_file
+from service.api.deps import WORKER, HolderId, ServicesDep, TrialId, stream_file
 from service.errors import PayloadTooLarge
 from service.schemas import (
     ClaimedTrial,
@@ -66,30 +66,34 @@ def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> 
 
 
 @router.post("/{trial_id}/report", responses=ERRORS)
-def report_epoch(trial_id: TrialId, body: TrialReport, services: ServicesDep) -> ReportAnswer:
+def report_epoch(trial_id: TrialId, body: TrialReport, services: ServicesDep,
+                 worker_id: HolderId = None) -> ReportAnswer:
     """Record one epoch's validation loss and ask the pruner; prune=true means the trial is
     already finished as PRUNED and the worker should stop."""
     return services.messages.report(trial_id, body.epoch, body.val_loss, body.val_accuracy,
-                                    body.train_loss)
+                                    body.train_loss, worker_id)
 
 
 @router.post("/{trial_id}/heartbeat", responses=ERRORS)
-def heartbeat(trial_id: TrialId, services: ServicesDep) -> HeartbeatAnswer:
-    services.messages.heartbeat(trial_id)
+def heartbeat(trial_id: TrialId, services: ServicesDep,
+              worker_id: HolderId = None) -> HeartbeatAnswer:
+    services.messages.heartbeat(trial_id, worker_id)
     return HeartbeatAnswer(
         trial_id=trial_id, heartbeat_interval=services.settings.heartbeat_interval
     )
 
 
 @router.post("/{trial_id}/complete", responses=ERRORS)
-def complete_trial(trial_id: TrialId, body: TrialComplete, services: ServicesDep) -> TrialAck:
-    return services.messages.complete(trial_id, body.val_loss, body.val_accuracy)
+def complete_trial(trial_id: TrialId, body: TrialComplete, services: ServicesDep,
+                   worker_id: HolderId = None) -> TrialAck:
+    return services.messages.complete(trial_id, body.val_loss, body.val_accuracy, worker_id)
 
 
 @router.post("/{trial_id}/fail", responses=ERRORS)
-def fail_trial(trial_id: TrialId, body: TrialFail, services: ServicesDep) -> TrialAck:
+def fail_trial(trial_id: TrialId, body: TrialFail, services: ServicesDep,
+               worker_id: HolderId = None) -> TrialAck:
     """Fail the trial with a reason; retry=true hands it back to be run again at once."""
-    return services.messages.fail(trial_id, body.reason, body.retry)
+    return services.messages.fail(trial_id, body.reason, body.retry, worker_id)
 
 
 @contextlib.asynccontextmanager
@@ -134,18 +138,21 @@ async def upload_checkpoint(
     epoch: Annotated[int, Query(ge=0, le=100_000)],
     request: Request,
     services: ServicesDep,
+    worker_id: HolderId = None,
 ) -> Response:
     """Store the training state after `epoch`; a retry of this trial resumes from it."""
     async with _spooled_body(request, services.settings.max_artifact_bytes) as upload:
-        await run_in_threadpool(services.artifacts.save_checkpoint, trial_id, epoch, upload)
+        await run_in_threadpool(services.artifacts.save_checkpoint, trial_id, epoch, upload,
+                                worker_id)
     return Response(status_code=204)
 
 
 @router.put("/{trial_id}/weights", **UPLOAD)
-async def upload_weights(trial_id: TrialId, request: Request, services: ServicesDep) -> Response:
+async def upload_weights(trial_id: TrialId, request: Request, services: ServicesDep,
+                         worker_id: HolderId = None) -> Response:
     """Store the trial's final weights (before it completes); the top-k are kept."""
     async with _spooled_body(request, services.settings.max_artifact_bytes) as upload:
-        await run_in_threadpool(services.artifacts.save_weights, trial_id, upload)
+        await run_in_threadpool(services.artifacts.save_weights, trial_id, upload, worker_id)
     return Response(status_code=204)
 
 
