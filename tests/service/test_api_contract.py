@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.scripted import API, ScriptedWorker, create_study, trials, unique
+from tests.scripted import API, ScriptedWorker, create_study, trials, unique
 
 
 @pytest.mark.parametrize(("method", "path", "allow"), [

@@ -15,9 +15,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.scripted import API, ScriptedWorker, create_study, trials, unique
 from tests.servers import Server
 from tests.service.conftest import ServerStarter, StorageMaker
-from tests.service.scripted import API, ScriptedWorker, create_study, trials, unique
 
 GRACE = 3
 HEARTBEAT = 1

@@ -19,8 +19,8 @@ from service.search_space import (
     to_distributions,
 )
 from service.settings import DEFAULT_SEARCH_SPACES
+from tests.scripted import API, unique
 from tests.servers import Server, digits_spec
-from tests.service.scripted import API, unique
 
 LR = {"type": "float", "low": 1e-4, "high": 0.1, "log": True}
 
