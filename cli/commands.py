@@ -216,11 +216,18 @@ def extend(args: argparse.Namespace) -> int:
 @_command
 def stop(args: argparse.Namespace) -> int:
     with _client(args) as api:
-        study = api.post(_study_path(args.study) + "/stop")
+        before = api.get(_study_path(args.study)) if args.cancel_running else {}
+        query = "?cancel_running=true" if args.cancel_running else ""
+        study = api.post(_study_path(args.study) + "/stop" + query)
     running = (study.get("counts") or {}).get("running", 0)
     if study["state"] == "done":
         _out(f"study {study['name']} is already done: "
              f"{study['finished']}/{study['n_trials']} trials finished")
+    elif args.cancel_running:
+        handed = (before.get("counts") or {}).get("running", 0) - running
+        _out(f"stopped study {study['name']}: {handed} running trial"
+             f"{'' if handed == 1 else 's'} handed back; `hpsearch resume {study['name']}` "
+             "runs them on from their last checkpoints")
     else:
         _out(f"stopped study {study['name']}: no new trials are handed out; "
              f"{running} running trial{'' if running == 1 else 's'} will finish")

@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop handing out trials of a study")
     _client_flags(stop)
     stop.add_argument("study")
+    stop.add_argument("--cancel-running", action="store_true",
+                      help="also hand back the running trials (resume runs them on from their "
+                      "last checkpoints)")
     stop.set_defaults(run="cli.commands:stop")
 
     resume = sub.add_parser("resume", help="hand out trials of a stopped study again")

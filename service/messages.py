@@ -14,8 +14,9 @@ import optuna
 from optuna.trial import TrialState
 
 from service import keys
+from service import optuna_internals as internals
 from service.artifacts import Artifacts, has_artifacts
-from service.errors import InvalidInput
+from service.errors import Conflict, InvalidInput, NotFound
 from service.leases import Leases, check_holder, lease_ended, running_trial
 from service.metrics import Metrics
 from service.pruning import CompletedTrialsStudy, reads_completed_only
@@ -24,6 +25,8 @@ from service.schemas import ReportAnswer, TrialAck
 from service.storage import Backend, TrialFacts
 
 logger = logging.getLogger(__name__)
+
+CANCELLED = "handed back: the study was stopped with cancel_running"
 
 
 class TrialMessages:
@@ -126,6 +129,20 @@ class TrialMessages:
                 self._leases.requeue(handle.study, self._backend.trial(trial_id))
         self._finished(handle, trial.user_attrs.get(keys.WORKER), has_artifacts(trial))
         return TrialAck(trial_id=trial_id, state="fail")
+
+    def hand_back_running(self, name: str) -> int:
+        """Hand back every running trial of the study `name` (re-queued with the same params,
+        to resume from its last checkpoint): their workers' next message gets 409 and they go
+        on to other studies. Returns how many were handed back."""
+        handle = self._registry.get(name)
+        handed_back = 0
+        for trial in handle.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            try:
+                self.fail(internals.trial_id(trial), CANCELLED, retry=True)
+            except (Conflict, NotFound):  # it ended meanwhile
+                continue
+            handed_back += 1
+        return handed_back
 
     def _finish(self, handle: StudyHandle, number: int, trial_id: int, state: TrialState,
                 value: float | None = None) -> TrialState:

@@ -28,6 +28,17 @@ def test_stop_then_resume(cli: Run, api: httpx.Client) -> None:
     assert again.returncode == 0 and "1/2 trials finished" in again.stdout
 
 
+def test_stop_cancel_running_hands_back(cli: Run, api: httpx.Client) -> None:
+    create_study(api, "cancelled", n_trials=3)
+    worker = ScriptedWorker(api, "w-cancelled", "cancelled")
+    trial = worker.next_trial()
+    r = cli("stop", "cancelled", "--cancel-running")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ("stopped study cancelled: 1 running trial handed back; "
+                        "`hpsearch resume cancelled` runs them on from their last checkpoints\n")
+    assert worker.heartbeat(trial.trial_id).status_code == 409
+
+
 def test_resume_a_done_study_says_so(cli: Run, api: httpx.Client) -> None:
     create_study(api, "finished-one", n_trials=1)
     worker = ScriptedWorker(api, "w-finished-one", "finished-one")

@@ -43,6 +43,45 @@ def test_stop_then_resume_hands_out_trials_again(client: httpx.Client) -> None:
     assert worker.claim() is not None
 
 
+def test_stop_cancel_running_hands_trials_back_and_resume_reruns_them(
+        client: httpx.Client) -> None:
+    name = unique("cancel")
+    create_study(client, name, n_trials=4, pruner={"name": "none"})
+    workers = [ScriptedWorker(client, f"w-cancel-{i}", name) for i in range(2)]
+    held = [w.claim() for w in workers]
+    assert all(held)
+    assert workers[0].report(held[0].trial_id, 0, 0.7).status_code == 200
+
+    r = client.post(f"{API}/studies/{name}/stop", params={"cancel_running": True})
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "stopped" and r.json()["counts"]["running"] == 0
+    for worker, trial in zip(workers, held, strict=True):
+        # The workers learn at their next message, and drop the trial.
+        assert worker.heartbeat(trial.trial_id).status_code == 409
+    shown = {t["number"]: t for t in trials(client, name)}
+    for trial in held:
+        assert shown[trial.number]["state"] == "fail"
+        assert "cancel_running" in shown[trial.number]["fail_reason"]
+    waiting = [t for t in shown.values() if t["state"] == "waiting"]
+    assert sorted(t["retry_of"] for t in waiting) == sorted(t.number for t in held)
+    assert workers[0].claim() is None
+
+    assert client.post(f"{API}/studies/{name}/resume").status_code == 200
+    reruns = [workers[0].claim(), workers[1].claim()]
+    assert sorted(tuple(sorted(t.params.items())) for t in reruns) == sorted(
+        tuple(sorted(t.params.items())) for t in held)
+    assert {t.body["is_baseline"] for t in reruns} == {True, False}
+
+
+def test_stop_without_cancel_lets_running_trials_finish(client: httpx.Client) -> None:
+    name = unique("no-cancel")
+    create_study(client, name, n_trials=2, pruner={"name": "none"})
+    worker = ScriptedWorker(client, "w-no-cancel", name)
+    trial = worker.claim()
+    assert client.post(f"{API}/studies/{name}/stop").json()["counts"]["running"] == 1
+    assert worker.run(trial, [0.5]) == "complete"
+
+
 def test_resume_an_unknown_study_is_404(client: httpx.Client) -> None:
     r = client.post(f"{API}/studies/{unique('ghost')}/resume")
     assert r.status_code == 404 and "no study" in r.json()["detail"]

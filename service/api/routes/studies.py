@@ -76,9 +76,19 @@ def change_study(name: StudyName, change: StudyPatch, services: ServicesDep,
 
 
 @router.post("/{name}/stop", dependencies=[ADMIN], responses=NOT_FOUND)
-def stop_study(name: StudyName, services: ServicesDep, request: Request) -> StudyPublic:
-    """Hand out no more trials; running trials finish."""
-    return services.studies.stop(name, base_url(request))
+def stop_study(
+    name: StudyName, services: ServicesDep, request: Request,
+    cancel_running: Annotated[bool, Query(
+        description="Also hand back the running trials (their workers move on at their next "
+        "message); `resume` later runs them from their last checkpoints"
+    )] = False,
+) -> StudyPublic:
+    """Hand out no more trials; running trials finish, unless cancel_running hands them back."""
+    stopped = services.studies.stop(name, base_url(request))
+    if not cancel_running:
+        return stopped
+    services.messages.hand_back_running(name)
+    return services.studies.summary(name, base_url(request))
 
 
 @router.post("/{name}/resume", dependencies=[ADMIN], responses=NOT_FOUND)
