@@ -18,7 +18,7 @@ from service.settings import Settings
 from service.spec import Scheduling, StudySpec
 from tests.servers import digits_spec
 from tests.service.conftest import StorageMaker
-from tests.service.scripted import API, ScriptedWorker, create_study
+from tests.scripted import API, ScriptedWorker, create_study
 
 
 @pytest.fixture

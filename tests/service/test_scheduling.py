@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from service.app import create_app
 from service.settings import Settings
 from tests.service.conftest import StorageMaker
-from tests.service.scripted import API, ScriptedWorker, create_study, summary
+from tests.scripted import API, ScriptedWorker, create_study, summary
 
 
 @pytest.fixture

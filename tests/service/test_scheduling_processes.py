@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ServerFactory
-from tests.service.scripted import API, ScriptedWorker, create_study
+from tests.scripted import API, ScriptedWorker, create_study
 
 
 def test_two_processes_share_the_workers_by_weight_and_see_changes(
