@@ -51,8 +51,12 @@ def best_lines(study: Body) -> list[str]:
         line += " (the baseline recipe)"
     elif baseline:
         pct = study.get("improvement_over_baseline_pct")
-        line += (f", {fmt.improvement(pct)} vs the baseline"
-                 f" ({fmt.loss(baseline['val_loss'])}, trial {baseline['number']})")
+        objective = (study.get("spec") or {}).get("objective") or {}
+        if objective.get("metric") == "val_accuracy":  # the improvement is in accuracy
+            base = f"accuracy {fmt.accuracy(baseline.get('val_accuracy'))}"
+        else:
+            base = fmt.loss(baseline["val_loss"])
+        line += f", {fmt.improvement(pct)} vs the baseline ({base}, trial {baseline['number']})"
     else:
         line += ", baseline not finished yet"
     return [line, f"      {fmt.params(best.get('params'))}"]
