@@ -217,3 +217,31 @@ def test_the_runner_hands_back_a_trial_it_cannot_read_and_stops(server: Server, 
     assert "mixup_alpha" in handed_back["fail_reason"]
     retry = [t for t in shown.values() if t["retry_of"] == answer["number"]]
     assert [t["state"] for t in retry] == ["waiting"]  # a worker that can read it gets it next
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_the_runner_completes_an_epoch_best_study_with_its_best_epoch(server: Server,
+                                                                      api) -> None:
+    """A real fine-tune through the runner: the trial's value is its best epoch's accuracy and
+    that epoch is named (which weights the engine keeps: test_worker_engine)."""
+    spec = digits_spec(
+        "best-epoch-runner", n_trials=1, baseline=False, sampler={"name": "random", "seed": 0},
+        model={"arch": "mobilenet_v3_small", "weights": None, "freeze_backbone": True},
+        data={"kind": "digits", "image_size": 16, "batch_size": 32, "classes": [0, 1]},
+        training={"epochs": 4, "seed": 0},
+        objective={"metric": "val_accuracy", "epoch": "best"},
+        search_space={"lr": {"type": "categorical", "choices": [2.0]}},
+    )  # fmt: skip
+    assert api.post(f"{API}/studies", json=spec).status_code == 201
+    config = WorkerConfig(server=server.url, token=None, worker_id="best-w", host="h",
+                          device="cpu")  # fmt: skip
+    runner = Runner(config, Caches(), threading.Event())
+    assert runner.run_trial(_claim(api, "best-epoch-runner", worker_id="best-w")) == "completed"
+    (trial,) = api.get(f"{API}/studies/best-epoch-runner/trials").json()
+    curve = {int(epoch): value for epoch, value in trial["intermediate_values"].items()}
+    best_epoch = max(curve, key=lambda e: (curve[e], -e))
+    assert trial["state"] == "complete" and len(curve) == 4
+    assert (trial["value"], trial["value_epoch"]) == (curve[best_epoch], best_epoch)
+    assert trial["val_accuracy"] == curve[best_epoch] and trial["val_loss"] > 0
+    assert trial["has_weights"]
