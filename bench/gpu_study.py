@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,11 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+if not __package__:  # run as a file (python bench/gpu_study.py): the checkout's modules too
+    sys.path.insert(0, str(REPO))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cli.readiness import wait_until_healthy  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 
 def run_study(args: argparse.Namespace, per_gpu: int, folder: Path) -> dict:
@@ -48,12 +46,7 @@ def run_study(args: argparse.Namespace, per_gpu: int, folder: Path) -> dict:
         env=env,
     )
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_until_healthy(url, server, timeout=60)
         name = f"bench-k{per_gpu}"
         spec = {
             "name": name,

@@ -1,6 +1,7 @@
 """What every benchmark needs: a fresh storage (a SQLite file or a PostgreSQL database), a real
 `hpsearch serve` subprocess on it, the study spec and its raw-Optuna twin, the synthetic loss,
-client processes that start their clocks together, and latency statistics.
+client processes that start their clocks together, and latency statistics. Databases and server
+starts go through the same helpers as the tests' (tests/postgres.py, cli/readiness.py).
 
 Loopback only: the server listens on 127.0.0.1 and PostgreSQL is the local server."""
 
@@ -14,7 +15,6 @@ import os
 import platform
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from cli.readiness import ServerNotReady, wait_until_healthy
+from tests.postgres import admin_url, create_database, drop_database
+from tests.servers import free_port
 
 PG_BASE = os.environ.get("HPSEARCH_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 API = "/api/v1"
@@ -40,10 +44,6 @@ MEDIAN_OPTIONS: dict[str, Any] = {"n_startup_trials": 5, "n_warmup_steps": 1}
 
 
 # --- storages --------------------------------------------------------------------------------
-def _libpq(database: str) -> str:
-    return PG_BASE.replace("postgresql+psycopg://", "postgresql://") + f"/{database}"
-
-
 @contextlib.contextmanager
 def fresh_storage(kind: str, folder: Path) -> Iterator[str]:
     """Yield the SQLAlchemy URL of an empty storage; a PostgreSQL database is dropped after."""
@@ -52,16 +52,11 @@ def fresh_storage(kind: str, folder: Path) -> Iterator[str]:
         return
     if kind != "postgresql":
         raise ValueError(f"unknown backend {kind!r}; known: {', '.join(BACKENDS)}")
-    import psycopg
-
-    name = f"hpsearch_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq("postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    url = create_database(PG_BASE, prefix="hpsearch_bench")
     try:
-        yield f"{PG_BASE}/{name}"
+        yield url
     finally:
-        with psycopg.connect(_libpq("postgres"), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(url)
 
 
 PG_COUNTERS = ("xact_commit", "xact_rollback", "tup_returned", "tup_fetched", "tup_inserted",
@@ -78,7 +73,7 @@ def pg_counters(url: str) -> dict[str, int] | None:
 
     time.sleep(1.0)  # let the exiting backends flush their statistics
     name = url.rsplit("/", 1)[1]
-    with psycopg.connect(_libpq("postgres"), autocommit=True) as conn:
+    with psycopg.connect(admin_url(PG_BASE), autocommit=True) as conn:
         row = conn.execute(f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database "
                            "WHERE datname = %s", (name,)).fetchone()
     return None if row is None else dict(zip(PG_COUNTERS, map(int, row), strict=True))
@@ -134,15 +129,10 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited at start:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"the server did not come up in {timeout:.0f} s:\n{self.log()}")
+        try:
+            wait_until_healthy(self.url, self.process, timeout)
+        except ServerNotReady as exc:
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
 
     def stop(self) -> None:
         for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
@@ -154,12 +144,6 @@ class ServerProcess:
                 self.process.wait(timeout=wait)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_server(storage_url: str, folder: Path, log_level: str = "info",
                    args: Sequence[str] = (), code: Path = REPO) -> Iterator[ServerProcess]:
@@ -169,7 +153,7 @@ def running_server(storage_url: str, folder: Path, log_level: str = "info",
     data_dir.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPSEARCH_")}
     env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(code), HPSEARCH_LOG_LEVEL=log_level)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--storage", storage_url, "--data-dir", str(data_dir), *args]
     log_path = data_dir / "server.log"

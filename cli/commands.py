@@ -1,4 +1,4 @@
-"""The user commands: submit, status, watch, best, workers, stop, resume, delete.
+"""The user commands: submit, status, watch, best, workers, extend, stop, resume, delete.
 
 Each takes the parsed arguments and returns the exit status; every failure a person can act on
 is a `CliError` (one line on stderr, no traceback). Only httpx, pyyaml and the standard library
@@ -199,6 +199,17 @@ def workers(args: argparse.Namespace) -> int:
         _out(f"no workers heard from recently by {server}")
     else:
         _out(render.workers_table(rows))
+    return 0
+
+
+@_command
+def extend(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        before = api.get(_study_path(args.study))
+        n_trials = args.total if args.total is not None else before["n_trials"] + args.trials
+        study = api.patch(_study_path(args.study), {"n_trials": n_trials})
+    _out(f"study {study['name']}: n_trials {before['n_trials']} -> {study['n_trials']} "
+         f"({study['finished']} finished); it is {study['state']}")
     return 0
 
 

@@ -19,6 +19,7 @@ import httpx
 
 from cli import render
 from cli.errors import CliError
+from cli.readiness import ServerExited, ServerNotReady, wait_until_healthy
 
 logger = logging.getLogger(__name__)
 
@@ -42,19 +43,6 @@ def demo_spec(name: str, weights_path: Path, n_trials: int, epochs: int) -> dict
             "warmup_epochs": 0,
         },
     }
-
-
-def _wait_for(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise CliError("the demo server exited at start; see its log above")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise CliError(f"the demo server did not answer at {url}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +73,12 @@ def run(args: argparse.Namespace) -> int:
         env=env,
     )
     try:
-        _wait_for(url, server)
+        try:
+            wait_until_healthy(url, server)
+        except ServerExited:
+            raise CliError("the demo server exited at start; see its log above") from None
+        except ServerNotReady:
+            raise CliError(f"the demo server did not answer at {url}") from None
         name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
         spec = demo_spec(name, weights, args.trials, args.epochs)
         created = httpx.post(f"{url}/api/v1/studies", json=spec, timeout=30)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -27,6 +28,26 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+# As the server checks them (service/keys.py): the CLI imports nothing from the server.
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,62}")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9._:/+-]{0,128}")
+
+
+def _label(text: str) -> tuple[str, str]:
+    """--label KEY=VALUE."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. gpu=h100)")
+    if not _LABEL_KEY.fullmatch(key):
+        raise argparse.ArgumentTypeError(
+            f"label key {key!r}: letters, digits and . _ / - (at most 63, starting with a "
+            "letter or digit)")
+    if not _LABEL_VALUE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"label value {value!r}: letters, digits and . _ : / + - (at most 128)")
+    return key, value
 
 
 def _client_flags(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="trials run side by side on each device (small models)",
     )
     worker.add_argument("--study", help="only run trials of this study")
+    worker.add_argument(
+        "--label", type=_label, action="append", metavar="KEY=VALUE",
+        help="a label of this worker, e.g. gpu=h100 (repeatable); a study whose scheduling "
+        "requires labels gets only workers that have them",
+    )
     worker.add_argument("--max-trials", type=_positive, help="exit after this many trials")
     worker.add_argument(
         "--exit-when-idle",
@@ -121,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     workers = sub.add_parser("workers", help="connected workers")
     _client_flags(workers)
     workers.set_defaults(run="cli.commands:workers")
+
+    extend = sub.add_parser("extend", help="give a study more trials (a done one runs again)")
+    _client_flags(extend)
+    extend.add_argument("study")
+    budget = extend.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--trials", type=_positive, metavar="N", help="N more trials")
+    budget.add_argument("--total", type=_positive, metavar="N",
+                        help="a budget of N trials in all (may lower it)")
+    extend.set_defaults(run="cli.commands:extend")
 
     stop = sub.add_parser("stop", help="stop handing out trials of a study")
     _client_flags(stop)

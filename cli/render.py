@@ -21,11 +21,12 @@ def studies_table(studies: Sequence[Body]) -> str:
         rows.append([
             s["name"], s["state"], f"{s['finished']}/{s['n_trials']}", counts.get("running", 0),
             counts.get("pruned", 0), counts.get("fail", 0), fmt.loss(best.get("val_loss")),
-            fmt.improvement(s.get("improvement_over_baseline_pct")),
+            fmt.improvement(s.get("improvement_over_baseline_pct")), s.get("priority"),
+            s.get("weight"),
         ])
     headers = ["STUDY", "STATE", "FINISHED", "RUNNING", "PRUNED", "FAILED", "BEST VAL LOSS",
-               "VS BASELINE"]
-    return fmt.table(headers, rows, right=(2, 3, 4, 5, 6, 7))
+               "VS BASELINE", "PRIORITY", "WEIGHT"]
+    return fmt.table(headers, rows, right=(2, 3, 4, 5, 6, 7, 8, 9))
 
 
 def study_line(study: Body) -> str:
@@ -136,11 +137,15 @@ def _vs(t: Body) -> str:
 def workers_table(workers: Sequence[Body]) -> str:
     rows = [
         [w["worker_id"], w.get("host"), w.get("device"), w.get("study") or "idle",
-         w.get("trial_number"), fmt.ago(w.get("last_seen"))]
+         w.get("trial_number"), fmt.ago(w.get("last_seen")), _labels(w.get("labels"))]
         for w in workers
     ]
-    headers = ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN"]
+    headers = ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN", "LABELS"]
     return fmt.table(headers, rows, right=(4,))
+
+
+def _labels(labels: Mapping[str, str] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or fmt.MISSING
 
 
 def running_table(trials: Sequence[Body], epochs: int | None) -> str:

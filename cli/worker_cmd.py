@@ -10,6 +10,16 @@ import sys
 from cli.errors import CliError
 
 
+def labels(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """--label KEY=VALUE flags (already split by the parser) as a mapping. Raises CliError."""
+    out: dict[str, str] = {}
+    for key, value in pairs:
+        if key in out and out[key] != value:
+            raise CliError(f"--label {key} given twice ({out[key]!r} and {value!r})")
+        out[key] = value
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from worker.client import ProtocolError, ServerUnavailable
     from worker.runner import WorkerConfig
@@ -22,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         run_in_process,
     )
 
+    worker_labels = labels(args.label or [])  # before any process starts
     try:
         devices = plan_devices(args.device, args.gpus, args.processes)
     except SetupError as exc:
@@ -45,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         study=args.study,
         max_trials=args.max_trials,
         exit_when_idle=args.exit_when_idle,
+        labels=worker_labels,
     )
     try:
         return run_in_process(config, args.trials_per_gpu, args.threads)

@@ -60,6 +60,11 @@ class Budget:
     def done(self) -> bool:
         return self.in_flight == 0 and not self.can_sample()
 
+    def ended(self) -> bool:
+        """The study is done as its summary says: nothing will run, or its budget is finished.
+        Only a change of its spec (more trials) undoes that."""
+        return self.done() or self.finished >= self.n_trials
+
     def reason(self) -> str | None:
         """Why no new trial is sampled, in words; None while new ones may be."""
         if self.can_sample():

@@ -22,6 +22,7 @@ from service.errors import NotFound
 from service.grid import ServerGridSampler, grid_left
 from service.metrics import Metrics
 from service.registry import StudyHandle, StudyRegistry
+from service.scheduling import Candidate, below_limit, order, serves
 from service.schemas import ClaimedTrial, Resume, TrialClaim
 from service.storage import Backend
 from service.views import retry_of
@@ -38,10 +39,8 @@ class Claims:
         self._heartbeat_interval = heartbeat_interval
 
     def claim(self, request: TrialClaim) -> ClaimedTrial | None:
-        fields = {"host": request.host, "device": request.device}
-        for handle in self._claimable(request.study):
-            if self._registry.is_stopped(handle):
-                continue
+        fields = {"host": request.host, "device": request.device, "labels": request.labels}
+        for handle in self._claimable(request):
             # The new trial already counts as running once the lock is released, so the
             # budget stays exact while it is sampled.
             with self._backend.claim_lock.hold(handle.study_id):
@@ -59,15 +58,27 @@ class Claims:
         )
         return None
 
-    def _claimable(self, study: str | None) -> Iterator[StudyHandle]:
-        if study:
-            yield self._registry.get(study)  # 404 for an unknown study
+    def _claimable(self, request: TrialClaim) -> Iterator[StudyHandle]:
+        """The studies to try, in order. Only the active ones (not done, not stopped) are read:
+        finished history costs a claim nothing. Whether a study's budget allows a trial is
+        left to the count under its claim lock (`Budget`, the one definition of what
+        n_trials counts), which also marks a study done for good."""
+        if request.study:
+            handle = self._registry.get(request.study)  # 404 for an unknown study
+            allowed = serves(request.labels, handle.spec.scheduling.requires)
+            if allowed and not self._registry.is_stopped(handle):
+                yield handle
             return
-        for name in self._registry.names():
+        candidates = []
+        for rank, study in enumerate(self._backend.active_studies()):
+            row = study.row
             try:
-                yield self._registry.get(name)
+                handle = self._registry.open(row.study_id, row.name, row.spec_version)
             except NotFound:  # deleted meanwhile
                 continue
+            candidates.append(Candidate(handle, handle.spec.scheduling, study.running, rank))
+        for handle in order(candidates, request.labels):
+            yield handle  # type: ignore[misc]
 
     def _budget(self, handle: StudyHandle) -> Budget:
         census = self._backend.trial_census(handle.study_id)
@@ -82,7 +93,11 @@ class Claims:
         """Under the claim lock: a running trial with the worker's `attrs`, if the budget
         allows one."""
         budget = self._budget(handle)
+        if not below_limit(handle.spec.scheduling, budget.counts.running):
+            return None
         if budget.counts.waiting == 0 and not budget.can_sample():
+            if budget.ended():
+                self._backend.mark_done(handle.study_id, handle.version)
             return None
         # ask() pops a waiting trial. Waiting trials are only made under this lock, so the
         # census is still true here.

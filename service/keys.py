@@ -9,6 +9,10 @@ from __future__ import annotations
 # --- identifiers ------------------------------------------------------------------------------
 STUDY_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 WORKER_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+# Worker labels (`hpsearch worker --label gpu=h100`) and what a study `requires` of them.
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
+LABEL_VALUE_PATTERN = r"^[A-Za-z0-9._:/+-]{0,128}$"
+MAX_LABELS = 32
 
 # --- study user attrs (read by every server process to open the study) ------------------------
 SPEC = "spec"  # the validated spec, as JSON

@@ -65,6 +65,7 @@ class Leases:
         self._interval = heartbeat_interval
         self._retry = _RETRY_CALLBACK(max_retry=max_retries)
         self._renewed: dict[int, float] = {}
+        self._swept: set[tuple[int, str]] = set()  # studies with running trials last sweep
 
     def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna's heartbeat machinery calls this for each trial it failed as stale."""
@@ -92,23 +93,33 @@ class Leases:
                 self._renewed = {k: v for k, v in self._renewed.items() if now - v < 3600}
 
     def sweep(self, fail_stale: bool, collect: Callable[[StudyHandle], None]) -> None:
-        """Fail stale trials of every study and re-queue them; `collect` each study's unneeded
-        artifacts.
+        """Fail stale trials and re-queue them; `collect` unneeded artifacts. Only the studies
+        with running trials are visited (found through an index on the trials' state), and once
+        more the round after their last trial ended, for a last collection: finished studies
+        cost a sweep nothing.
 
         A running trial with no heartbeat at all (its server died while handing it out) gets
         one now, so that it goes stale after a grace period like any other lost lease.
         `fail_stale` is False while the database has only just come back: workers could not
         renew their leases while it was away."""
-        for name in self._registry.names():
+        running = set(self._backend.running_trials())
+        visit, self._swept = running | self._swept, running
+        for study_id, name in sorted(visit):
             try:
                 handle = self._registry.get(name)
-                with self._backend.claim_lock.hold(handle.study_id):
-                    for trial_id in self._backend.running_without_heartbeat(handle.study_id):
-                        logger.warning("trial id %d of %s has no lease; starting one", trial_id,
-                                       name)
-                        self._backend.record_heartbeat(trial_id)
-                    if fail_stale:
-                        optuna.storages.fail_stale_trials(handle.study)
+                if handle.study_id != study_id:  # deleted and created again meanwhile
+                    continue
+                if (study_id, name) in running:
+                    self._end_stale_leases(handle, fail_stale)
                 collect(handle)
-            except NotFound:  # deleted meanwhile
+            except NotFound:  # deleted meanwhile, or not a study of hpsearch's
                 continue
+
+    def _end_stale_leases(self, handle: StudyHandle, fail_stale: bool) -> None:
+        with self._backend.claim_lock.hold(handle.study_id):
+            for trial_id in self._backend.running_without_heartbeat(handle.study_id):
+                logger.warning("trial id %d of %s has no lease; starting one", trial_id,
+                               handle.name)
+                self._backend.record_heartbeat(trial_id)
+            if fail_stale:
+                optuna.storages.fail_stale_trials(handle.study)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from service import keys, warm_start
 from service import optuna_internals as internals
+from service.architectures import check_model
 from service.errors import InvalidInput, NotFound
 from service.grid import mark_grid_points
 from service.optimizers import build_pruner, build_sampler
@@ -45,6 +46,7 @@ class StudyHandle:
     distributions: dict[str, BaseDistribution]
     recipe: dict[str, Any]
     completed: CompletedTrials = dataclasses.field(default_factory=CompletedTrials, compare=False)
+    version: int = 0  # of the stored spec: PATCH bumps it, every process then reads the spec again
 
     @property
     def name(self) -> str:
@@ -104,6 +106,8 @@ class StudyRegistry:
                     field=f"baseline.{name}",
                 )
         for field, reason in check_paths(spec, self._settings.allowed_roots):
+            raise InvalidInput(reason, field=field)
+        for field, reason in check_model(spec):
             raise InvalidInput(reason, field=field)
         # Some option checks only the factories can make.
         return (space, *self._build(spec, space))
@@ -184,14 +188,22 @@ class StudyRegistry:
         process may have deleted the study, or deleted it and created a new one of that name,
         since this process opened it."""
         try:
-            study_id = self._backend.study_id(name)
+            study_id, version = self._backend.study_ref(name)
         except NotFound:
             self.forget(name)
             raise
+        return self.open(study_id, name, version)
+
+    def open(self, study_id: int, name: str, version: int) -> StudyHandle:
+        """The handle of the study with this id, name and spec version (as a query just read
+        them): the cached one, the cached one with its spec read again (it changed), or a new
+        one. Raises NotFound."""
         with self._lock:
             handle = self._handles.get(name)
         if handle is not None and handle.study_id == study_id:
-            return handle
+            if handle.version == version:
+                return handle
+            return self._respec(handle, version)
         attrs = self._backend.study_user_attrs(study_id)
         if keys.SPEC not in attrs:
             raise NotFound(f"study {name!r} was not created by hpsearch")
@@ -199,13 +211,26 @@ class StudyRegistry:
         space = SearchSpace.model_validate(attrs[keys.SPACE])
         sampler, pruner = self._build(spec, space)
         study = self._backend.load_study(name, sampler, pruner)
-        handle = self._handle(study, spec, space)
+        handle = dataclasses.replace(self._handle(study, spec, space), version=version)
         with self._lock:
             current = self._handles.get(name)
             if current is not None and current.study_id == handle.study_id:
                 return current  # another thread opened it meanwhile: keep one Study per study
             self._handles[name] = handle
             return handle
+
+    def _respec(self, handle: StudyHandle, version: int) -> StudyHandle:
+        """The handle with the spec as stored now. Only n_trials and scheduling can change
+        (PATCH), so the Study, its sampler and what it has read stay."""
+        spec = StudySpec.model_validate(self._backend.study_user_attrs(handle.study_id)[keys.SPEC])
+        fresh = dataclasses.replace(handle, spec=spec, version=version)
+        with self._lock:
+            current = self._handles.get(handle.name)
+            if current is not None and current.study_id == fresh.study_id \
+                    and current.version >= version:
+                return current
+            self._handles[handle.name] = fresh
+        return fresh
 
     def forget(self, name: str) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
 
 from service import keys
+from service.spec import Scheduling
 
 Finite = Field(allow_inf_nan=False)
 # Whole seconds stay integers on the wire (as they were before sub-second leases existed).
@@ -114,6 +115,20 @@ class StudyPublic(BaseModel):
     dashboard_url: str
     created_at: AwareDatetime | None
     spec: dict[str, Any]
+    priority: int = Field(0, description="spec.scheduling.priority")
+    weight: float = Field(1.0, description="spec.scheduling.weight")
+
+
+class StudyPatch(_In):
+    """PATCH /studies/{name}: the fields given change, the others stay."""
+
+    n_trials: int | None = Field(
+        None, ge=1, le=100_000,
+        description="The new budget; never below the trials finished, running or waiting",
+    )
+    scheduling: Scheduling | None = Field(
+        None, description="The fields of spec.scheduling given change; the others stay"
+    )
 
 
 class BestList(BaseModel):
@@ -127,6 +142,11 @@ class TrialClaim(_In):
     study: str | None = Field(None, pattern=keys.STUDY_NAME_PATTERN)
     device: str | None = Field(None, max_length=64)
     host: str | None = Field(None, max_length=255)
+    labels: dict[
+        Annotated[str, Field(pattern=keys.LABEL_KEY_PATTERN)],
+        Annotated[str, Field(pattern=keys.LABEL_VALUE_PATTERN)],
+    ] = Field(default_factory=dict, max_length=keys.MAX_LABELS,
+              description="The worker's labels; a study's scheduling.requires must match them")
 
 
 class Resume(BaseModel):
@@ -200,6 +220,7 @@ class WorkerPublic(BaseModel):
     study: str | None
     trial_number: int | None
     last_seen: AwareDatetime
+    labels: dict[str, str] = {}
 
 
 class Health(BaseModel):

@@ -220,6 +220,27 @@ SearchSpaceRef = Annotated[
 ]
 
 
+LabelKey = Annotated[str, Field(pattern=keys.LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Field(pattern=keys.LABEL_VALUE_PATTERN)]
+
+
+class Scheduling(_Strict):
+    """How the study shares the workers with the other studies (see service/scheduling.py)."""
+
+    priority: int = Field(0, ge=-1_000_000, le=1_000_000,
+                          description="A claim goes to the highest priority that can take a trial")
+    weight: float = Field(1.0, gt=0, le=1_000_000, allow_inf_nan=False,
+                          description="Within one priority, the weighted fair share of the "
+                          "running trials")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, le=100_000, description="At most this many of the study's trials run at once"
+    )
+    requires: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=keys.MAX_LABELS,
+        description="Worker labels the study needs, e.g. {gpu: h100}; {}: any worker",
+    )
+
+
 class StudySpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     model: ModelSpec = ModelSpec()
@@ -232,6 +253,7 @@ class StudySpec(_Strict):
     n_trials: int = Field(50, ge=1, le=100_000)
     baseline: Baseline | Literal[False] = Baseline()
     warm_start: WarmStart | None = None
+    scheduling: Scheduling = Scheduling()
 
     @field_validator("baseline", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import tempfile
@@ -29,7 +30,7 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from service import keys, queries
+from service import keys, queries, study_table
 from service import optuna_internals as internals
 from service.artifact_store import open_location
 from service.claim_lock import ClaimLock
@@ -37,10 +38,12 @@ from service.errors import Conflict, NotFound
 from service.init_lock import storage_init_lock
 from service.queries import TrialFacts
 from service.settings import Settings
+from service.study_table import ActiveStudy, StudyRow, StudyState
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DATABASE_DOWN", "Backend", "TrialFacts", "open_backend", "utcnow"]
+__all__ = ["DATABASE_DOWN", "ActiveStudy", "Backend", "StudyRow", "StudyState", "TrialFacts",
+           "open_backend", "utcnow"]
 
 # Errors that mean "the database cannot be reached right now" (never shown to a client: their
 # text can hold the connection URL).
@@ -64,7 +67,16 @@ workers_table = sa.Table(
     sa.Column("trial_number", sa.Integer, nullable=True),
     sa.Column("trial_id", sa.Integer, nullable=True),
     sa.Column("last_seen", sa.DateTime, nullable=False),
+    sa.Column("labels", sa.Text, nullable=True),  # JSON {key: value}; added after the first release
 )
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Columns added to hpsearch's tables since a database was created."""
+    present = {c["name"] for c in sa.inspect(engine).get_columns(workers_table.name)}
+    if "labels" not in present:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER TABLE {workers_table.name} ADD COLUMN labels TEXT"))
 
 
 def utcnow() -> dt.datetime:
@@ -121,6 +133,8 @@ class Backend:
             raise Conflict(f"a study named {name!r} exists", field="name") from exc
         for key, value in user_attrs.items():
             study.set_user_attr(key, value)
+        with self._engine.begin() as conn:
+            study_table.insert(conn, internals.study_id(study), utcnow())
         return study
 
     def load_study(self, name: str, sampler: Any, pruner: Any) -> optuna.Study:
@@ -131,16 +145,64 @@ class Backend:
             raise NotFound(f"no study named {name!r}") from exc
 
     def delete_study(self, name: str) -> None:
+        study_id = self.study_id(name)
         try:
             optuna.delete_study(study_name=name, storage=self._storage)
         except KeyError as exc:
             raise NotFound(f"no study named {name!r}") from exc
+        with self._engine.begin() as conn:
+            study_table.delete(conn, study_id)
 
     def study_id(self, name: str) -> int:
         try:
             return self._storage.get_study_id_from_name(name)
         except KeyError as exc:
             raise NotFound(f"no study named {name!r}") from exc
+
+    def study_ref(self, name: str) -> tuple[int, int]:
+        """(id, spec version) of the study named `name`, in one query. Raises NotFound."""
+        with self._engine.connect() as conn:
+            found = study_table.ref(conn, name)
+        if found is None:
+            raise NotFound(f"no study named {name!r}")
+        return found
+
+    def active_studies(self) -> list[ActiveStudy]:
+        """The studies a claim without a study considers (not done, not stopped), oldest first,
+        with how many of their trials run."""
+        with self._engine.connect() as conn:
+            return study_table.active(conn)
+
+    def not_done_studies(self) -> list[StudyRow]:
+        with self._engine.connect() as conn:
+            return study_table.not_done(conn)
+
+    def study_page(self, state: StudyState | None, limit: int | None,
+                   offset: int) -> list[StudyRow]:
+        with self._engine.connect() as conn:
+            return study_table.page(conn, state, limit, offset)
+
+    def mark_done(self, study_id: int, spec_version: int) -> None:
+        """The study can hand out no trial until its spec changes; a no-op if it changed since
+        `spec_version` was read."""
+        with self._engine.begin() as conn:
+            study_table.mark_done(conn, study_id, spec_version)
+
+    def update_spec(self, study_id: int, spec: dict[str, Any]) -> None:
+        """Replace the stored spec and bump its version, in one transaction (the study is no
+        longer done: a claim looks at it again)."""
+        with self._engine.begin() as conn:
+            study_table.update_spec(conn, study_id, spec)
+
+    def running_trials(self) -> dict[tuple[int, str], int]:
+        """How many trials run, by (study id, study name), read through an index on the
+        state: finished trials are not read."""
+        with self._engine.connect() as conn:
+            return study_table.running_trials(conn)
+
+    def trial_counts_by_study(self) -> dict[str, dict[str, int]]:
+        with self._engine.connect() as conn:
+            return study_table.counts_by_study(conn)
 
     def study_user_attrs(self, study_id: int) -> dict[str, Any]:
         try:
@@ -270,8 +332,12 @@ class Backend:
             logger.debug("artifact %s already gone", artifact_id)
 
     # --- connected workers ---------------------------------------------------------------------
-    def touch_worker(self, worker_id: str, **fields: Any) -> None:
+    def touch_worker(self, worker_id: str, *, labels: dict[str, str] | None = None,
+                     **fields: Any) -> None:
+        """Record that the worker was heard from; `labels` (when given) replace its labels."""
         values = {"worker_id": worker_id, "last_seen": utcnow(), **fields}
+        if labels is not None:
+            values["labels"] = json.dumps(labels, sort_keys=True)
         insert: Any
         if self._engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -293,7 +359,10 @@ class Backend:
             .order_by(workers_table.c.worker_id)
         )
         with self._engine.connect() as conn:
-            return [dict(row._mapping) for row in conn.execute(query)]
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+        for row in rows:
+            row["labels"] = json.loads(row["labels"]) if row["labels"] else {}
+        return rows
 
 
 def open_backend(settings: Settings, on_stale: Any) -> Backend:
@@ -325,5 +394,7 @@ def open_backend(settings: Settings, on_stale: Any) -> Backend:
             with rdb.engine.begin() as conn:
                 conn.execute(sa.text("PRAGMA journal_mode=WAL"))
         _metadata.create_all(rdb.engine)
+        _add_missing_columns(rdb.engine)
+        study_table.create(rdb.engine)
     storage = optuna.storages.get_storage(rdb)
     return Backend(storage, rdb, open_artifact_store(settings), ClaimLock(rdb.engine, sqlite_path))

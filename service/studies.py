@@ -1,19 +1,21 @@
-"""Study resources: create, list, summarise, rank, stop, resume and delete."""
+"""Study resources: create, list, summarise, rank, change, stop, resume and delete."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+from collections import OrderedDict
 
 from service import keys
 from service.artifacts import Artifacts
 from service.budget import Budget
-from service.errors import NotFound
+from service.errors import Conflict, NotFound
 from service.grid import assigned_grid_ids, grid_left
 from service.registry import StudyHandle, StudyRegistry
-from service.schemas import BestList, StudyPublic, TrialPublic
+from service.schemas import BestList, StudyPatch, StudyPublic, TrialPublic
 from service.spec import StudySpec
-from service.storage import Backend
+from service.storage import Backend, StudyRow, StudyState
 from service.views import (
     baseline_trial,
     best_trial,
@@ -35,6 +37,9 @@ class StudyService:
         self._artifacts = artifacts
         self._public_url = (public_url or "").rstrip("/")
         self._keep_top_k = keep_top_k
+        # Summaries of done studies, which never change until their spec does (a new version).
+        self._done: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._done_lock = threading.Lock()
 
     def dashboard_url(self, handle: StudyHandle, base_url: str) -> str:
         base = self._public_url or base_url.rstrip("/")
@@ -45,16 +50,63 @@ class StudyService:
         logger.info("created study %s (%d trials)", spec.name, spec.n_trials)
         return self.summary(spec.name, base_url, handle=handle)
 
-    def list(self, base_url: str) -> list[StudyPublic]:
+    def list_json(self, base_url: str, state: StudyState | None = None,
+                  limit: int | None = None, offset: int = 0) -> bytes:
+        """The studies (StudyPublic) as the JSON array the API answers, joined from each
+        study's JSON."""
+        return b"[" + b",".join(self._list_parts(base_url, state, limit, offset)) + b"]"
+
+    def _list_parts(self, base_url: str, state: StudyState | None, limit: int | None,
+                    offset: int) -> list[bytes]:
+        """Studies in creation order, a page of them, optionally of one state, each as JSON.
+
+        The studies not yet marked done are summarised first, and marked when they are: then
+        the page and the state filter are one query, and a done study's summary, which never
+        changes, comes from this process's memory, serialised already. Finished history costs
+        nothing per call."""
+        fresh = self._settle(base_url)
         out = []
-        for name in self._registry.names():
+        for row in self._backend.study_page(state, limit, offset):
             # A study deleted meanwhile by another process is skipped; anything else, the
             # database gone above all, is no shorter list.
             try:
-                out.append(self.summary(name, base_url))
+                summary = fresh.get(row.study_id)
+                out.append(summary.model_dump_json().encode() if summary is not None
+                           else self._done_summary(row, base_url))
             except NotFound:
-                logger.debug("skipping study %s", name, exc_info=True)
+                logger.debug("skipping study %s", row.name, exc_info=True)
         return out
+
+    def _settle(self, base_url: str) -> dict[int, StudyPublic]:
+        """The summaries of the studies not marked done; those that are done get marked."""
+        out = {}
+        for row in self._backend.not_done_studies():
+            try:
+                handle = self._registry.open(row.study_id, row.name, row.spec_version)
+                summary = self.summary(row.name, base_url, handle=handle)
+            except NotFound:
+                continue
+            if summary.state == "done":
+                self._backend.mark_done(row.study_id, row.spec_version)
+            out[row.study_id] = summary
+        return out
+
+    _DONE_KEPT = 4096
+
+    def _done_summary(self, row: StudyRow, base_url: str) -> bytes:
+        """The summary of a study marked done, as JSON."""
+        key = (row.study_id, row.created_at, row.spec_version, base_url)
+        with self._done_lock:
+            if key in self._done:
+                self._done.move_to_end(key)
+                return self._done[key]
+        handle = self._registry.open(row.study_id, row.name, row.spec_version)
+        summary = self.summary(row.name, base_url, handle=handle).model_dump_json().encode()
+        with self._done_lock:
+            self._done[key] = summary
+            while len(self._done) > self._DONE_KEPT:
+                self._done.popitem(last=False)
+        return summary
 
     def summary(self, name: str, base_url: str, handle: StudyHandle | None = None) -> StudyPublic:
         handle = handle or self._registry.get(name)
@@ -66,7 +118,7 @@ class StudyService:
         ranking = ranked(handle, trials)
         best = best_trial(handle, ranking[0], base_value) if ranking else None
         reason = budget.reason()
-        if budget.done() or budget.finished >= handle.spec.n_trials:
+        if budget.ended():
             state = "done"
         elif self._registry.is_stopped(handle):
             state, reason = "stopped", "stopped: no new trials are handed out"
@@ -90,7 +142,42 @@ class StudyService:
                 min((t.datetime_start for t in trials if t.datetime_start), default=None)
             ),
             spec=handle.spec.model_dump(mode="json"),
+            priority=handle.spec.scheduling.priority,
+            weight=handle.spec.scheduling.weight,
         )
+
+    def patch(self, name: str, change: StudyPatch, base_url: str) -> StudyPublic:
+        """Change the budget and the scheduling in the stored spec (the source of truth); every
+        server process sees the new spec version at its next read of the study."""
+        handle = self._registry.get(name)
+        # Under the claim lock: no trial starts between the count and the new budget.
+        with self._backend.claim_lock.hold(handle.study_id):
+            stored = self._backend.study_user_attrs(handle.study_id)[keys.SPEC]
+            changed = dict(stored)
+            if change.n_trials is not None:
+                self._check_budget(handle, change.n_trials)
+                changed["n_trials"] = change.n_trials
+            if change.scheduling is not None:
+                given = change.scheduling.model_dump(
+                    mode="json", include=change.scheduling.model_fields_set)
+                changed["scheduling"] = {**(stored.get("scheduling") or {}), **given}
+            spec = StudySpec.model_validate(changed).model_dump(mode="json")
+            if spec != stored:
+                self._backend.update_spec(handle.study_id, spec)
+        if spec != stored:
+            logger.info("changed study %s: n_trials %s, scheduling %s", name, spec["n_trials"],
+                        spec["scheduling"])
+        return self.summary(name, base_url)
+
+    def _check_budget(self, handle: StudyHandle, n_trials: int) -> None:
+        budget = Budget.from_census(*self._backend.trial_census(handle.study_id), n_trials)
+        c = budget.counts
+        floor = budget.finished + c.running + c.waiting
+        if n_trials < floor:
+            raise Conflict(
+                f"n_trials {n_trials} is below the {floor} trials study {handle.name!r} has "
+                f"finished or in flight ({budget.finished} finished, {c.running} running, "
+                f"{c.waiting} waiting)", field="n_trials")
 
     def best(self, name: str, k: int) -> BestList:
         handle = self._registry.get(name)

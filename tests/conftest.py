@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.servers import Server, create_pg_database, drop_pg_database, free_port, server_env
+from tests.postgres import drop_database, new_database_or_skip
+from tests.servers import Server, free_port, server_env
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -17,16 +17,9 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'hpsearch.db'}"
         return
-    try:
-        url = create_pg_database()
-    except Exception as exc:  # noqa: BLE001
-        if os.environ.get("CI"):
-            raise  # CI starts PostgreSQL: its absence is a failure there, not a skip
-        pytest.skip(
-            f"PostgreSQL is not reachable ({type(exc).__name__}); set HPSEARCH_TEST_POSTGRES"
-        )
+    url = new_database_or_skip()
     yield url
-    drop_pg_database(url)
+    drop_database(url)
 
 
 ServerFactory = Callable[..., Server]

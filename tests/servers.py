@@ -1,5 +1,5 @@
-"""Real servers for tests: `hpsearch serve` subprocesses on free ports, and fresh PostgreSQL
-databases on the local server."""
+"""Real servers for tests: `hpsearch serve` subprocesses on free ports (fresh PostgreSQL
+databases are in tests/postgres.py)."""
 
 from __future__ import annotations
 
@@ -8,43 +8,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from cli.readiness import ServerNotReady, wait_until_healthy
 
 REPO = Path(__file__).resolve().parent.parent
-PG_BASE = os.environ.get("HPSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def create_pg_database() -> str:
-    """A fresh, empty database; returns its SQLAlchemy URL."""
-    import psycopg
-
-    name = f"hpsearch_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(PG_BASE, "postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"{PG_BASE}/{name}"
-
-
-def drop_pg_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(_libpq(PG_BASE, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _libpq(base: str, database: str) -> str:
-    return base.replace("postgresql+psycopg://", "postgresql://") + f"/{database}"
 
 
 @dataclass
@@ -90,17 +65,11 @@ class Server:
                 cwd=REPO,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited at start:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server did not come up:\n{self.log()}")
+        try:
+            wait_until_healthy(self.url, self.process, timeout)
+        except ServerNotReady as exc:
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""

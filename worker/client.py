@@ -107,9 +107,13 @@ class ServerClient:
 
     # --- the protocol --------------------------------------------------------------------------
     def claim(
-        self, worker_id: str, study: str | None, device: str, host: str
+        self, worker_id: str, study: str | None, device: str, host: str,
+        labels: dict[str, str] | None = None,
     ) -> dict[str, Any] | None:
-        body = {"worker_id": worker_id, "study": study, "device": device, "host": host}
+        body: dict[str, Any] = {"worker_id": worker_id, "study": study, "device": device,
+                                "host": host}
+        if labels:  # only when there are some: a server without labels refuses the field
+            body["labels"] = labels
         response = self._request("POST", "/api/v1/trials/claim", json=body)
         return None if response.status_code == 204 else response.json()
 

@@ -9,7 +9,7 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from worker.client import LeaseLost, ServerClient, TrialGone
@@ -40,6 +40,7 @@ class WorkerConfig:
     exit_when_idle: bool = False
     idle_backoff_max_s: float = 30.0
     upload_weights: bool = True
+    labels: dict[str, str] = field(default_factory=dict)  # a study may require some (--label)
 
 
 class WorkerStopped(Exception):
@@ -67,7 +68,8 @@ class Runner:
         limit = self.config.max_trials
         while not self.stop.is_set() and (limit is None or self.trials_run < limit):
             claim = self.client.claim(
-                self.config.worker_id, self.config.study, self.config.device, self.config.host
+                self.config.worker_id, self.config.study, self.config.device, self.config.host,
+                self.config.labels,
             )
             if claim is None:
                 if self.config.exit_when_idle:

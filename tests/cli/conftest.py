@@ -1,39 +1,92 @@
 """CLI fixtures: one real server per backend for all CLI tests (a server start costs seconds),
-the CLI run as a real subprocess, and a fake worker that drives trials over HTTP."""
+the CLI run in this process through `cli.main.main(argv)` (a subprocess costs a second of
+imports; `run_process` remains for the smoke tests of the real program), and a study driven by
+scripted workers."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TextIO
 
 import httpx
 import pytest
 
-from tests.servers import (
-    REPO,
-    Server,
-    create_pg_database,
-    digits_spec,
-    drop_pg_database,
-    free_port,
-    server_env,
-)
-
-Run = Callable[..., subprocess.CompletedProcess[str]]
+from cli.main import main
+from tests.postgres import drop_database, new_database_or_skip
+from tests.scripted import ScriptedWorker, create_study
+from tests.servers import REPO, Server, free_port, server_env
 
 
-def run_cli(*args: str, server: str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+@dataclass
+class Ran:
+    """What a CLI run left: the shape of subprocess.CompletedProcess, so tests read either."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Run(Protocol):
+    def __call__(self, *args: str, server: str | None = None,
+                 env: dict[str, str] | None = None) -> Ran: ...
+
+
+def argv(args: tuple[str, ...], server: str | None) -> list[str]:
+    return [*args, "--server", server] if server is not None else list(args)
+
+
+def run_process(*args: str, server: str | None = None, env: dict[str, str] | None = None,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`hpsearch ARGS --server URL` as a subprocess, with no HPSEARCH_* from the caller's env."""
-    cmd = [sys.executable, "-m", "cli.main", *args]
-    if server is not None:
-        cmd += ["--server", server]
-    return subprocess.run(cmd, cwd=REPO, env={**server_env(), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "cli.main", *argv(args, server)], cwd=REPO,
+                          env={**server_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def hpsearch(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    """`hpsearch ARGS --server URL` in this process, with no HPSEARCH_* from the caller's env:
+    its exit status (argparse's SystemExit included) and what it printed."""
+    for key in list(os.environ):
+        if key.startswith("HPSEARCH_"):
+            monkeypatch.delenv(key)
+
+    def run(*args: str, server: str | None = None, env: dict[str, str] | None = None) -> Ran:
+        capsys.readouterr()  # only this run's output
+        with monkeypatch.context() as patch, _logging_to(sys.stderr):
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            try:
+                code = main(argv(args, server))
+            except SystemExit as exc:  # argparse: --help, usage errors
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    return run
+
+
+@contextlib.contextmanager
+def _logging_to(stream: TextIO) -> Iterator[None]:
+    """Log records on `stream` at INFO, as the real program's logging.basicConfig puts them on
+    its stderr (in here pytest's handlers make basicConfig a no-op): a stray log line must
+    break the tests' exact-stderr checks in this process too."""
+    root = logging.getLogger()
+    handler, level = logging.StreamHandler(stream), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @pytest.fixture(scope="package", params=["sqlite", "postgresql"])
@@ -45,12 +98,7 @@ def cli_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     if request.param == "sqlite":
         storage = f"sqlite:///{data_dir / 'hpsearch.db'}"
     else:
-        try:
-            storage = pg_url = create_pg_database()
-        except Exception as exc:  # noqa: BLE001
-            if os.environ.get("CI"):
-                raise
-            pytest.skip(f"PostgreSQL is not reachable ({type(exc).__name__})")
+        storage = pg_url = new_database_or_skip()
     # A long lease: the scripted study's running trial must not go stale while tests read it.
     server = Server(storage=storage, data_dir=data_dir, port=free_port(),
                     env=server_env(lease_grace=600))
@@ -59,86 +107,42 @@ def cli_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     finally:
         server.stop()
         if pg_url:
-            drop_pg_database(pg_url)
+            drop_database(pg_url)
 
 
 @pytest.fixture
 def api(cli_server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{cli_server.url}/api/v1", timeout=60) as client:
+    with httpx.Client(base_url=cli_server.url, timeout=60) as client:
         yield client
 
 
 @pytest.fixture
-def cli(cli_server: Server) -> Run:
-    def run(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return run_cli(*args, server=cli_server.url, **kwargs)  # type: ignore[arg-type]
+def cli(cli_server: Server, hpsearch: Run) -> Run:
+    """`hpsearch` against the shared server."""
+
+    def run(*args: str, server: str | None = None, env: dict[str, str] | None = None) -> Ran:
+        return hpsearch(*args, server=server or cli_server.url, env=env)
 
     return run
 
 
-@dataclass
-class FakeWorker:
-    """Plays a GPU worker: claims a trial of one study, reports epochs, completes or fails it."""
-
-    api: httpx.Client
-    study: str
-    worker_id: str
-    device: str = "cuda:0"
-    host: str = "gpu-a"
-
-    def claim(self) -> dict:
-        r = self.api.post("/trials/claim", json={"worker_id": self.worker_id, "study": self.study,
-                                                  "device": self.device, "host": self.host})
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def report(self, trial: dict, losses: list[float], accuracy: float = 0.5) -> bool:
-        """Report each epoch's loss; True when the server pruned the trial."""
-        for epoch, loss in enumerate(losses):
-            r = self.api.post(f"/trials/{trial['trial_id']}/report",
-                              json={"epoch": epoch, "val_loss": loss, "val_accuracy": accuracy})
-            assert r.status_code == 200, r.text
-            if r.json()["prune"]:
-                return True
-        return False
-
-    def run(self, losses: list[float], accuracy: float = 0.5) -> dict:
-        """A whole trial: claim, report every epoch, complete with the last loss."""
-        trial = self.claim()
-        assert not self.report(trial, losses, accuracy)
-        r = self.api.post(f"/trials/{trial['trial_id']}/complete",
-                          json={"val_loss": losses[-1], "val_accuracy": accuracy})
-        assert r.status_code == 200, r.text
-        return trial
-
-    def fail(self, reason: str) -> dict:
-        trial = self.claim()
-        r = self.api.post(f"/trials/{trial['trial_id']}/fail", json={"reason": reason})
-        assert r.status_code == 200, r.text
-        return trial
-
-
-def create_study(api: httpx.Client, name: str, **overrides: object) -> dict:
-    r = api.post("/studies", json=digits_spec(name, **overrides))
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
 @pytest.fixture(scope="package")
 def scripted(cli_server: Server) -> dict:
-    """Study 'scripted', n_trials 5, driven by two fake workers to:
+    """Study 'scripted', n_trials 5, driven by two scripted workers to:
     0 baseline complete 0.8 | 1 complete 0.6 | 2 pruned (threshold) | 3 failed | 4 running on
     worker gpu-b-1 (cuda:1 on host gpu-b). So: 3/5 finished, best #1, +25% over the baseline."""
-    with httpx.Client(base_url=f"{cli_server.url}/api/v1", timeout=60) as api:
-        create_study(api, "scripted", n_trials=5, pruner={"name": "threshold", "upper": 5.0})
-        a = FakeWorker(api, "scripted", "gpu-a-0")
-        b = FakeWorker(api, "scripted", "gpu-b-1", device="cuda:1", host="gpu-b")
-        a.run([1.0, 0.9, 0.8], accuracy=0.7)
-        a.run([0.9, 0.7, 0.6], accuracy=0.8)
-        assert a.report(a.claim(), [9.0])
-        a.fail("CUDA out of memory")
-        running = b.claim()
-        b.report(running, [1.1])
+    with httpx.Client(base_url=cli_server.url, timeout=60) as http:
+        create_study(http, "scripted", n_trials=5, pruner={"name": "threshold", "upper": 5.0})
+        a = ScriptedWorker(http, "gpu-a-0", "scripted", device="cuda:0", host="gpu-a")
+        b = ScriptedWorker(http, "gpu-b-1", "scripted", device="cuda:1", host="gpu-b")
+        assert a.run(a.next_trial(), [1.0, 0.9, 0.8], accuracy=0.7) == "complete"
+        assert a.run(a.next_trial(), [0.9, 0.7, 0.6], accuracy=0.8) == "complete"
+        assert a.run(a.next_trial(), [9.0]) == "pruned"
+        failed = a.fail(a.next_trial().trial_id, "CUDA out of memory")
+        assert failed.status_code == 200, failed.text
+        running = b.next_trial()
+        reported = b.report(running.trial_id, 0, 1.1, val_accuracy=0.5)
+        assert reported.status_code == 200 and not reported.json()["prune"], reported.text
         return {"name": "scripted", "running": running}
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.cli.conftest import FakeWorker, Run, create_study, write
+from tests.cli.conftest import Run, write
+from tests.scripted import API, ScriptedWorker, create_study
 from tests.servers import Server, digits_spec
 
 
@@ -31,19 +32,19 @@ def test_submit_yaml_creates_the_study(cli: Run, api: httpx.Client, cli_server: 
     path = write(tmp_path / "study.yaml", yaml.safe_dump(spec))
     r = cli("submit", str(path), "--name", "submitted-yaml")
     assert r.returncode == 0, r.stderr
-    study = api.get("/studies/submitted-yaml").json()
+    study = api.get(f"{API}/studies/submitted-yaml").json()
     assert study["n_trials"] == 7 and study["spec"]["search_space"] == "sgd_steplr_warmup"
     assert study["dashboard_url"] in r.stdout
     worker_cmd = f"hpsearch worker --server {cli_server.url} --study submitted-yaml"
     assert worker_cmd in r.stdout.splitlines()[3]
-    assert api.get("/studies/from-file").status_code == 404  # --name replaced the spec's name
+    assert api.get(f"{API}/studies/from-file").status_code == 404  # --name replaced its name
 
 
 def test_submit_json_file(cli: Run, api: httpx.Client, tmp_path: Path) -> None:
     path = write(tmp_path / "study.json", json.dumps(digits_spec("submitted-json", n_trials=2)))
     r = cli("submit", str(path))
     assert r.returncode == 0, r.stderr
-    assert api.get("/studies/submitted-json").json()["n_trials"] == 2
+    assert api.get(f"{API}/studies/submitted-json").json()["n_trials"] == 2
 
 
 def test_submit_invalid_spec_prints_every_field(cli: Run, api: httpx.Client,
@@ -58,7 +59,7 @@ def test_submit_invalid_spec_prints_every_field(cli: Run, api: httpx.Client,
     assert "  search_space.lr: low (1.0) must be less than high (0.1)" in lines
     assert any(line.startswith("  n_trials: ") for line in lines)
     assert any(line.startswith("  bogus: ") for line in lines)
-    assert api.get("/studies/invalid").status_code == 404
+    assert api.get(f"{API}/studies/invalid").status_code == 404
 
 
 def test_submit_taken_name(cli: Run, api: httpx.Client, tmp_path: Path) -> None:
@@ -75,8 +76,10 @@ def test_status_lists_studies(cli: Run, scripted: dict) -> None:
     assert r.returncode == 0, r.stderr
     table = rows(r.stdout)
     assert table["STUDY"][:3] == ["STUDY", "STATE", "FINISHED"]
-    # name, state, finished/n, running, pruned, failed, best val loss, vs baseline
-    assert table["scripted"] == ["scripted", "running", "3/5", "1", "1", "1", "0.6000", "+25.0%"]
+    # name, state, finished/n, running, pruned, failed, best val loss, vs baseline, priority,
+    # weight
+    assert table["scripted"] == ["scripted", "running", "3/5", "1", "1", "1", "0.6000", "+25.0%",
+                                 "0", "1"]
 
 
 def test_status_of_one_study_lists_its_trials(cli: Run, api: httpx.Client, scripted: dict) -> None:
@@ -88,7 +91,7 @@ def test_status_of_one_study_lists_its_trials(cli: Run, api: httpx.Client, scrip
     assert lines[1].startswith("best: trial 1, val loss 0.6000, accuracy 80.0%, +25.0% vs the "
                                "baseline (0.8000, trial 0)")
     table = rows(r.stdout)
-    trials = {t["number"]: t for t in api.get("/studies/scripted/trials").json()}
+    trials = {t["number"]: t for t in api.get(f"{API}/studies/scripted/trials").json()}
     assert table["0*"][1:7] == ["complete", "0.8000", "70.0%", "3", "gpu-a-0", "-"]
     assert table["1"][1:7] == ["complete", "0.6000", "80.0%", "3", "gpu-a-0", "-"]
     assert table["2"][1:3] == ["pruned", "9.0000"]
@@ -118,14 +121,15 @@ def test_best_table_adds_the_baseline_row(cli: Run, scripted: dict) -> None:
 def test_best_json_is_the_api_body(cli: Run, api: httpx.Client, scripted: dict) -> None:
     r = cli("best", "scripted", "-k", "2", "--format", "json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == api.get("/studies/scripted/best", params={"k": 2}).json()
+    best = api.get(f"{API}/studies/scripted/best", params={"k": 2}).json()
+    assert json.loads(r.stdout) == best
 
 
 def test_best_yaml_is_the_best_trials_config(cli: Run, api: httpx.Client, scripted: dict) -> None:
     r = cli("best", "scripted", "-k", "1", "--format", "yaml")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("# hpsearch: study scripted, trial 1, val loss 0.6")
-    best = api.get("/studies/scripted/best", params={"k": 1}).json()["trials"][0]
+    best = api.get(f"{API}/studies/scripted/best", params={"k": 1}).json()["trials"][0]
     config = yaml.safe_load(r.stdout)
     assert config == best["config"]
     assert set(config) == {"model", "data", "training", "hparams"}
@@ -134,7 +138,7 @@ def test_best_yaml_is_the_best_trials_config(cli: Run, api: httpx.Client, script
 def test_best_yaml_top_k_is_a_list_of_configs(cli: Run, api: httpx.Client, scripted: dict) -> None:
     r = cli("best", "scripted", "-k", "5", "--format", "yaml")
     assert r.returncode == 0, r.stderr
-    body = api.get("/studies/scripted/best", params={"k": 5}).json()
+    body = api.get(f"{API}/studies/scripted/best", params={"k": 5}).json()
     assert yaml.safe_load(r.stdout) == [t["config"] for t in body["trials"]]
 
 
@@ -150,9 +154,10 @@ def test_workers(cli: Run, scripted: dict) -> None:
     r = cli("workers")
     assert r.returncode == 0, r.stderr
     table = rows(r.stdout)
-    assert table["WORKER"] == ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN"]
+    assert table["WORKER"] == ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN",
+                               "LABELS"]
     row = table["gpu-b-1"]
-    assert row[:5] == ["gpu-b-1", "gpu-b", "cuda:1", "scripted", str(scripted["running"]["number"])]
+    assert row[:5] == ["gpu-b-1", "gpu-b", "cuda:1", "scripted", str(scripted["running"].number)]
     assert row[5].endswith("s ago")
     assert table["gpu-a-0"][3] == "idle"  # its last trial failed: it runs nothing
 
@@ -163,13 +168,12 @@ def test_stop_then_delete(cli: Run, api: httpx.Client) -> None:
     r = cli("stop", "short-lived")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("stopped study short-lived")
-    assert api.get("/studies/short-lived").json()["state"] == "stopped"
-    claim = api.post("/trials/claim", json={"worker_id": "w-stop", "study": "short-lived"})
-    assert claim.status_code == 204
+    assert api.get(f"{API}/studies/short-lived").json()["state"] == "stopped"
+    assert ScriptedWorker(api, "w-stop", "short-lived").claim() is None  # 204: nothing to run
 
     r = cli("delete", "short-lived")
     assert r.returncode == 0, r.stderr
-    assert api.get("/studies/short-lived").status_code == 404
+    assert api.get(f"{API}/studies/short-lived").status_code == 404
     again = cli("delete", "short-lived")
     assert again.returncode == 1
     assert again.stderr == "hpsearch delete: server answered 404: no study named 'short-lived'\n"
@@ -185,10 +189,9 @@ def test_unknown_study(cli: Run) -> None:
 
 def test_stop_a_running_study_keeps_its_running_trial(cli: Run, api: httpx.Client) -> None:
     create_study(api, "to-stop", n_trials=3)
-    worker = FakeWorker(api, "to-stop", "w-to-stop")
-    trial = worker.claim()
+    worker = ScriptedWorker(api, "w-to-stop", "to-stop")
+    trial = worker.next_trial()
     r = cli("stop", "to-stop")
     assert r.returncode == 0, r.stderr
     assert "1 running trial will finish" in r.stdout
-    ok = api.post(f"/trials/{trial['trial_id']}/complete", json={"val_loss": 0.5})
-    assert ok.status_code == 200
+    assert worker.complete(trial.trial_id, 0.5).status_code == 200

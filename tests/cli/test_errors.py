@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cli.conftest import free_url, run_cli, write
+from tests.cli.conftest import Run, free_url, write
 from tests.conftest import ServerFactory
 from tests.servers import digits_spec
 
@@ -22,9 +22,9 @@ COMMANDS = [
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: "-".join(c))
-def test_unreachable_server(command: list[str]) -> None:
+def test_unreachable_server(hpsearch: Run, command: list[str]) -> None:
     url = free_url()  # a free port: nothing listens there
-    r = run_cli(*command, server=url)
+    r = hpsearch(*command, server=url)
     assert r.returncode == 1
     assert r.stdout == ""
     assert r.stderr == (
@@ -32,17 +32,17 @@ def test_unreachable_server(command: list[str]) -> None:
     )
 
 
-def test_unreachable_server_on_submit(tmp_path: Path) -> None:
+def test_unreachable_server_on_submit(hpsearch: Run, tmp_path: Path) -> None:
     url = free_url()
     path = write(tmp_path / "s.yaml", yaml.safe_dump(digits_spec("x")))
-    r = run_cli("submit", str(path), server=url)
+    r = hpsearch("submit", str(path), server=url)
     assert (r.returncode, r.stderr) == (
         1, f"hpsearch submit: cannot reach the server at {url}: connection refused\n")
 
 
-def test_server_from_the_environment_without_scheme() -> None:
+def test_server_from_the_environment_without_scheme(hpsearch: Run) -> None:
     port = free_url().rsplit(":", 1)[1]
-    r = run_cli("workers", env={"HPSEARCH_SERVER": f"127.0.0.1:{port}/"})
+    r = hpsearch("workers", env={"HPSEARCH_SERVER": f"127.0.0.1:{port}/"})
     assert r.stderr == (f"hpsearch workers: cannot reach the server at http://127.0.0.1:{port}: "
                         "connection refused\n")
 
@@ -61,33 +61,34 @@ def test_server_from_the_environment_without_scheme() -> None:
         ("empty.yaml", "", "{path} must hold a study spec (a mapping of fields), but it is empty"),
     ],
 )
-def test_bad_spec_file(tmp_path: Path, name: str, text: str | None, message: str) -> None:
+def test_bad_spec_file(hpsearch: Run, tmp_path: Path, name: str, text: str | None,
+                      message: str) -> None:
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
-    r = run_cli("submit", str(path), server=free_url())  # the file is read before any request
+    r = hpsearch("submit", str(path), server=free_url())  # the file is read before any request
     assert r.returncode == 1
     assert r.stderr == f"hpsearch submit: {message.format(path=path)}\n"
 
 
-def test_tokens(server_factory: ServerFactory, tmp_path: Path) -> None:
+def test_tokens(hpsearch: Run, server_factory: ServerFactory, tmp_path: Path) -> None:
     server = server_factory(f"sqlite:///{tmp_path / 'tokens.db'}", admin_token="s3cret-admin",
                             read_token="s3cret-read")
-    r = run_cli("status", server=server.url)
+    r = hpsearch("status", server=server.url)
     assert r.returncode == 1
     assert r.stderr == ("hpsearch status: server answered 401: a valid token is required: send "
                         "'Authorization: Bearer <token>' (pass --token or set HPSEARCH_TOKEN)\n")
 
     path = write(tmp_path / "s.yaml", yaml.safe_dump(digits_spec("guarded")))
-    r = run_cli("submit", str(path), "--token", "s3cret-read", server=server.url)
+    r = hpsearch("submit", str(path), "--token", "s3cret-read", server=server.url)
     assert r.returncode == 1
     assert r.stderr == ("hpsearch submit: server answered 403: this needs the admin token "
                         "(pass --token or set HPSEARCH_TOKEN)\n")
 
-    r = run_cli("submit", str(path), "--token", "s3cret-admin", server=server.url)
+    r = hpsearch("submit", str(path), "--token", "s3cret-admin", server=server.url)
     assert r.returncode == 0, r.stderr
     assert "s3cret" not in r.stdout  # the hint names the flag, never the token
-    r = run_cli("status", server=server.url, env={"HPSEARCH_TOKEN": "s3cret-read"})
+    r = hpsearch("status", server=server.url, env={"HPSEARCH_TOKEN": "s3cret-read"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1].split()[:3] == ["guarded", "running", "0/4"]
 
@@ -120,12 +121,12 @@ def not_hpsearch() -> Iterator[str]:
     httpd.server_close()
 
 
-def test_answers_of_another_program(not_hpsearch: str) -> None:
-    r = run_cli("status", server=not_hpsearch)
+def test_answers_of_another_program(hpsearch: Run, not_hpsearch: str) -> None:
+    r = hpsearch("status", server=not_hpsearch)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith(f"hpsearch status: unexpected answer from the server at "
                                f"{not_hpsearch} (KeyError: 'name')")
     assert r.stderr.count("\n") == 1
 
-    r = run_cli("best", "proxied", server=not_hpsearch)
+    r = hpsearch("best", "proxied", server=not_hpsearch)
     assert (r.returncode, r.stderr) == (1, "hpsearch best: server answered 502: Bad Gateway\n")

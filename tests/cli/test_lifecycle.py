@@ -7,21 +7,22 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.cli.conftest import FakeWorker, Run, create_study, write
+from tests.cli.conftest import Run, write
+from tests.scripted import API, ScriptedWorker, create_study
 from tests.servers import digits_spec
 
 
 def test_stop_then_resume(cli: Run, api: httpx.Client) -> None:
     create_study(api, "paused", n_trials=2)
     assert cli("stop", "paused").returncode == 0
-    assert api.post("/trials/claim", json={"worker_id": "w-paused",
-                                           "study": "paused"}).status_code == 204
+    worker = ScriptedWorker(api, "w-paused", "paused")
+    assert worker.claim() is None  # 204: nothing handed out
     r = cli("resume", "paused")
     assert r.returncode == 0, r.stderr
     assert r.stdout == ("resumed study paused: trials are handed out again "
                         "(0/2 trials finished)\n")
-    assert api.get("/studies/paused").json()["state"] == "running"
-    FakeWorker(api, "paused", "w-paused").run([0.5])
+    assert api.get(f"{API}/studies/paused").json()["state"] == "running"
+    assert worker.run(worker.next_trial(), [0.5]) == "complete"
 
     again = cli("resume", "paused")  # not stopped: nothing changes
     assert again.returncode == 0 and "1/2 trials finished" in again.stdout
@@ -29,7 +30,8 @@ def test_stop_then_resume(cli: Run, api: httpx.Client) -> None:
 
 def test_resume_a_done_study_says_so(cli: Run, api: httpx.Client) -> None:
     create_study(api, "finished-one", n_trials=1)
-    FakeWorker(api, "finished-one", "w-finished-one").run([0.5])
+    worker = ScriptedWorker(api, "w-finished-one", "finished-one")
+    assert worker.run(worker.next_trial(), [0.5]) == "complete"
     r = cli("resume", "finished-one")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "study finished-one is done: 1/1 trials finished\n"
@@ -43,21 +45,23 @@ def test_resume_unknown_study(cli: Run) -> None:
 
 def test_submit_warm_start(cli: Run, api: httpx.Client, tmp_path: Path) -> None:
     create_study(api, "warm-source", n_trials=2)
-    worker = FakeWorker(api, "warm-source", "w-warm-source")
-    worker.run([0.9, 0.8])  # the baseline
-    best = worker.run([0.5, 0.4])
+    worker = ScriptedWorker(api, "w-warm-source", "warm-source")
+    assert worker.run(worker.next_trial(), [0.9, 0.8]) == "complete"  # the baseline
+    best = worker.next_trial()
+    assert worker.run(best, [0.5, 0.4]) == "complete"
     path = write(tmp_path / "warm.yaml", yaml.safe_dump(digits_spec("warmed", n_trials=3)))
     r = cli("submit", str(path), "--warm-start", "warm-source")
     assert r.returncode == 0, r.stderr
-    study = api.get("/studies/warmed").json()
+    study = api.get(f"{API}/studies/warmed").json()
     assert study["spec"]["warm_start"] == {"study": "warm-source", "top_k": 5, "history": True}
-    trials = api.get("/studies/warmed/trials").json()
+    trials = api.get(f"{API}/studies/warmed/trials").json()
     assert sum(t["prior"] for t in trials) == 2
     # The baseline, then the source's best configuration (its baseline is the same recipe).
     waiting = [t for t in trials if t["state"] == "waiting"]
     assert len(waiting) == 2
-    claimed = [FakeWorker(api, "warmed", "w-warmed").claim() for _ in waiting]
-    assert claimed[0]["is_baseline"] and claimed[1]["params"] == best["params"]
+    warmed = ScriptedWorker(api, "w-warmed", "warmed")
+    claimed = [warmed.next_trial() for _ in waiting]
+    assert claimed[0].body["is_baseline"] and claimed[1].params == best.params
 
     r = cli("status", "warmed")
     assert r.returncode == 0, r.stderr
@@ -72,4 +76,4 @@ def test_submit_warm_start_from_an_unknown_study(cli: Run, api: httpx.Client,
     assert r.stderr.splitlines()[1:] == [
         "  warm_start.study: no study named 'ghost' to warm-start from"
     ]
-    assert api.get("/studies/cold").status_code == 404
+    assert api.get(f"{API}/studies/cold").status_code == 404

@@ -1,5 +1,6 @@
-"""`hpsearch watch`: follows a study while a fake worker runs it, ends by itself when the study is
-done, redraws in place on a terminal, rides out a server restart, leaves quietly on Ctrl-C."""
+"""`hpsearch watch` as a real process: follows a study while a scripted worker runs it, ends by
+itself when the study is done, redraws in place on a terminal, rides out a server restart, leaves
+quietly on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.cli.conftest import FakeWorker, create_study
 from tests.conftest import ServerFactory
+from tests.scripted import ScriptedWorker, create_study
 from tests.servers import REPO, Server, server_env
 
 CLEAR = "\x1b[H\x1b[J"
@@ -72,10 +73,11 @@ def test_watch_follows_the_study_until_it_is_done(cli_server: Server, api: httpx
         first = watch.read_until("\n")  # printed at once, before any trial ran
         assert re.match(r"^\d\d:\d\d:\d\d watched running 0/2 finished \| 0 running 1 waiting",
                         first)
-        worker = FakeWorker(api, "watched", "w-watch")
-        worker.run([1.0, 0.9, 0.8], accuracy=0.6)
+        worker = ScriptedWorker(api, "w-watch", "watched")
+        assert worker.run(worker.next_trial(), [1.0, 0.9, 0.8], accuracy=0.6) == "complete"
         watch.read_until(" watched running 1/2 finished ")
-        best = worker.run([0.9, 0.6, 0.5], accuracy=0.9)
+        best = worker.next_trial()
+        assert worker.run(best, [0.9, 0.6, 0.5], accuracy=0.9) == "complete"
         status, out = watch.finish()  # it must end by itself: the study is done
     finally:
         watch.close()
@@ -85,7 +87,7 @@ def test_watch_follows_the_study_until_it_is_done(cli_server: Server, api: httpx
                for line in lines)
     assert "study watched is done: 2/2 trials finished" in lines
     assert "best: trial 1, val loss 0.5000, accuracy 90.0%, +37.5% vs the baseline" in out
-    params = " ".join(f"{k}={v:.3g}" for k, v in best["params"].items())
+    params = " ".join(f"{k}={v:.3g}" for k, v in best.params.items())
     assert f"      {params}" in lines
     hint = f"its config: hpsearch best --server {cli_server.url} watched -k 1 --format yaml"
     assert hint in lines
@@ -113,7 +115,7 @@ def test_terminal_view_shows_running_trials_and_ctrl_c_leaves_quietly(
         text = term.read_until("1.1000")  # in the running trial's row, and nowhere else
         assert text.startswith(CLEAR + "hpsearch watch  " + cli_server.url)
         section = text.split("running trials (1):\n")[1].splitlines()
-        number = scripted["running"]["number"]
+        number = scripted["running"].number
         assert section[0].split()[:5] == ["#", "WORKER", "DEVICE", "EPOCHS", "VAL"]
         assert section[1].split()[:5] == [str(number), "gpu-b-1", "cuda:1", "1/3", "1.1000"]
         term.read_until(CLEAR, timeout=5, after=len(text))  # a second frame, drawn in place
@@ -140,7 +142,7 @@ def test_ctrl_c_leaves_quietly_when_piped(cli_server: Server, api: httpx.Client)
 
 def test_watch_rides_out_a_server_restart(server_factory: ServerFactory, tmp_path: Path) -> None:
     server = server_factory(f"sqlite:///{tmp_path / 'restart.db'}")
-    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as api:
+    with httpx.Client(base_url=server.url, timeout=60) as api:
         create_study(api, "restarted", n_trials=1, pruner={"name": "none"})
     watch = Watch(server, "restarted")
     try:
@@ -150,8 +152,9 @@ def test_watch_rides_out_a_server_restart(server_factory: ServerFactory, tmp_pat
         watch.read_until(f"cannot reach the server at {server.url}: connection refused "
                          "(retrying)", after=mark)
         server.start()  # the same port and database
-        with httpx.Client(base_url=f"{server.url}/api/v1", timeout=60) as api:
-            FakeWorker(api, "restarted", "w-restart").run([0.7])
+        with httpx.Client(base_url=server.url, timeout=60) as api:
+            worker = ScriptedWorker(api, "w-restart", "restarted")
+            assert worker.run(worker.next_trial(), [0.7]) == "complete"
         status, out = watch.finish()
     finally:
         watch.close()

@@ -8,14 +8,14 @@ of one server acts on every study in its database.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.servers import Server, create_pg_database, drop_pg_database, free_port, server_env
+from tests.postgres import drop_database, new_database_or_skip
+from tests.servers import Server, free_port, server_env
 
 StorageMaker = Callable[[], str]
 ServerStarter = Callable[..., Server]
@@ -32,7 +32,7 @@ def _pg_databases() -> Iterator[list[str]]:
     created: list[str] = []
     yield created
     for url in created:
-        drop_pg_database(url)
+        drop_database(url)
 
 
 @pytest.fixture(scope="session")
@@ -45,12 +45,7 @@ def new_storage(
     def make() -> str:
         if backend == "sqlite":
             return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'hpsearch.db'}"
-        try:
-            url = create_pg_database()
-        except Exception as exc:  # noqa: BLE001
-            if os.environ.get("CI"):
-                raise
-            pytest.skip(f"PostgreSQL is not reachable ({type(exc).__name__})")
+        url = new_database_or_skip()
         _pg_databases.append(url)
         return url
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.scripted import API, ScriptedWorker, create_study, trials, unique
+from tests.scripted import API, ScriptedWorker, create_study, trials, unique
 
 
 @pytest.mark.parametrize(("method", "path", "allow"), [
@@ -92,3 +92,17 @@ def test_the_schema_says_which_data_kind_needs_a_root(client: httpx.Client) -> N
             "const")]))] = schema
     assert "root" in kinds[("imagefolder",)]["required"]
     assert "root" not in kinds[("digits",)].get("required", [])
+
+
+def test_sub_second_leases_reach_the_worker(tmp_path: Path) -> None:
+    settings = Settings(storage=f"sqlite:///{tmp_path / 'h.db'}", data_dir=tmp_path,
+                        heartbeat_interval=0.5, lease_grace=1.5)
+    assert settings.grace_period == 1.5
+    with TestClient(create_app(settings)) as http:
+        create_study(http, "sub-second")
+        claimed = ScriptedWorker(http, "w", "sub-second").claim()
+        assert claimed is not None and claimed.body["heartbeat_interval"] == 0.5
+        beat = http.post(f"{API}/trials/{claimed.trial_id}/heartbeat", params={"worker_id": "w"})
+        assert beat.json()["heartbeat_interval"] == 0.5
+    with pytest.raises(ValueError, match="heartbeat_interval"):
+        Settings(heartbeat_interval=0.01)

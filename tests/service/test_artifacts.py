@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 
 from service.keys import CHECKPOINT as CHECKPOINT_ATTR
 from service.keys import WEIGHTS as WEIGHTS_ATTR
+from tests.scripted import API, ScriptedWorker, create_study, trials, unique
 from tests.servers import Server
-from tests.service.scripted import API, ScriptedWorker, create_study, trials, unique
 
 
 def _put_checkpoint(http: httpx.Client, trial_id: int, epoch: int, data: bytes) -> httpx.Response:

@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from service.keys import CHECKPOINT as CHECKPOINT_ATTR
 from service.keys import WEIGHTS as WEIGHTS_ATTR
 from tests.s3 import S3Server, start_s3, wait_for_bucket, weed_binary
+from tests.scripted import API, ScriptedWorker, create_study, unique
 from tests.servers import REPO, Server, free_port, server_env
-from tests.service.scripted import API, ScriptedWorker, create_study, unique
 
 BUCKET = "hpsearch-test"
 PREFIX = "team-a/artifacts"

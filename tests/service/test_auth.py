@@ -15,9 +15,9 @@ from pydantic import SecretStr, ValidationError
 from service.auth import Role, authorize
 from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
+from tests.scripted import API, unique
 from tests.servers import Server, digits_spec
 from tests.service.conftest import ServerStarter, StorageMaker
-from tests.service.scripted import API, unique
 
 ADMIN = "admin-tok-5f1e2d9c8b7a"
 WORKER = "worker-tok-0a9b8c7d6e5f"

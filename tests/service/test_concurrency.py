@@ -14,8 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import ServerFactory
+from tests.scripted import Claimed, ScriptedWorker, create_study, summary, unique
 from tests.servers import Server
-from tests.service.scripted import Claimed, ScriptedWorker, create_study, summary, unique
 
 N_TRIALS = 30
 N_WORKERS = 16

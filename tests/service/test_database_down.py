@@ -16,9 +16,10 @@ import psycopg
 import pytest
 from optuna.trial import TrialState
 
-from tests.servers import PG_BASE, Server
+from tests.postgres import PG_BASE, admin_url
+from tests.scripted import API, ScriptedWorker, create_study, unique
+from tests.servers import Server
 from tests.service.conftest import ServerStarter, StorageMaker
-from tests.service.scripted import API, ScriptedWorker, create_study, unique
 
 DB_PASSWORD = "outage-pass-71c0e2"
 GRACE = 3
@@ -35,8 +36,7 @@ def pg_server(backend: str, new_storage: StorageMaker, start_server: ServerStart
 @contextlib.contextmanager
 def database_down(url: str) -> Iterator[None]:
     name = url.rsplit("/", 1)[1]
-    admin = PG_BASE.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(admin_url(PG_BASE), autocommit=True) as conn:
         conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         try:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.scripted import API, ScriptedWorker, create_study, summary, trials, unique
 from tests.servers import Server, digits_spec
-from tests.service.scripted import API, ScriptedWorker, create_study, summary, trials, unique
 from worker.client import LeaseLost, ProtocolError, ServerClient, TrialGone
 from worker.heartbeat import Heartbeat
 

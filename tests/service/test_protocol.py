@@ -12,8 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from service.search_space import COMMON_RECIPE
-from tests.servers import Server
-from tests.service.scripted import (
+from tests.scripted import (
     API,
     Claimed,
     ScriptedWorker,
@@ -22,6 +21,7 @@ from tests.service.scripted import (
     trials,
     unique,
 )
+from tests.servers import Server
 
 CORE = ("lr", "momentum", "step_size", "gamma", "warmup_epochs")
 

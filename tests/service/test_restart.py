@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tests.conftest import ServerFactory
-from tests.service.scripted import API, ScriptedWorker, create_study, summary, trials, unique
+from tests.scripted import API, ScriptedWorker, create_study, summary, trials, unique
 
 
 def test_kill_and_restart_mid_study(server_factory: ServerFactory, storage_url: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.scripted import API, ScriptedWorker, create_study, summary, trials, unique
+from tests.scripted import API, ScriptedWorker, create_study, summary, trials, unique
 
 # 3 x 2 = 6 combinations; the baseline (lr 0.01, momentum 0.9) is one of them.
 SMALL_GRID = {

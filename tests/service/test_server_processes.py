@@ -23,8 +23,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.scripted import ScriptedWorker, create_study, unique
 from tests.servers import REPO, Server, free_port, server_env
-from tests.service.scripted import ScriptedWorker, create_study, unique
 
 N_TRIALS = 16
 N_WORKERS = 8

@@ -19,8 +19,8 @@ from service.search_space import (
     to_distributions,
 )
 from service.settings import DEFAULT_SEARCH_SPACES
+from tests.scripted import API, unique
 from tests.servers import Server, digits_spec
-from tests.service.scripted import API, unique
 
 LR = {"type": "float", "low": 1e-4, "high": 0.1, "log": True}
 
@@ -83,6 +83,16 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      "Extra inputs"),
     ("imagefolder-without-root", {"data": {"kind": "imagefolder"}}, "data.root",
      "Field required"),
+    ("unknown-arch", {"model": {"arch": "resnet5o"}}, "model.arch", "unknown architecture"),
+    ("arch-without-linear-head", {"model": {"arch": "squeezenet1_1", "weights": None}},
+     "model.arch", "linear head"),
+    ("unknown-weights", {"model": {"arch": "resnet18", "weights": "IMAGENET1K_V2"}},
+     "model.weights", "known: DEFAULT, IMAGENET1K_V1"),
+    ("image-below-the-arch-minimum", {"model": {"arch": "inception_v3", "weights": None}},
+     "data.image_size", "at least 75 px, not 16"),
+    ("vit-image-not-a-patch-multiple",
+     {"model": {"arch": "vit_b_16", "weights": None},
+      "data": {"kind": "digits", "image_size": 24}}, "data.image_size", "multiple of 16"),
     ("unknown-data-kind", {"data": {"kind": "csv"}}, "data", "whose kind is"),
     ("classes-without-digits", {"data": {"root": "/data", "classes": [0, 1]}}, "data.classes",
      "needs kind digits"),

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
+from tests.scripted import API, ScriptedWorker
 from tests.servers import Server, digits_spec
 from worker.data import DataSpec
 from worker.engine import Caches
@@ -30,7 +31,6 @@ from worker.trial import (
     TrialJob,
 )
 
-API = "/api/v1"
 # Every value differs from the spec's default, so a default kept on the worker would show.
 SPEC = digits_spec(
     "typed",
@@ -48,11 +48,9 @@ SPEC = digits_spec(
 )  # fmt: skip
 
 
-def _claim(http: httpx.Client | TestClient, study: str,
-           worker_id: str = "typed-w") -> dict[str, Any]:
-    r = http.post(f"{API}/trials/claim", json={"worker_id": worker_id, "study": study})
-    assert r.status_code == 200, r.text
-    return r.json()
+def _claim(http: httpx.Client, study: str, worker_id: str = "typed-w") -> dict[str, Any]:
+    """The claim answer of a trial of `study` (a TestClient is an httpx.Client too)."""
+    return ScriptedWorker(http, worker_id, study).next_trial().body
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,9 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ADMIN, READ, ServicesDep, StudyName, base_url, stream_file
-from service.schemas import BestList, ErrorBody, StudyPublic, TrialPublic
+from service.schemas import BestList, ErrorBody, StudyPatch, StudyPublic, TrialPublic
 from service.spec import StudySpec
+from service.storage import StudyState
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -28,9 +29,18 @@ def create_study(spec: StudySpec, services: ServicesDep, request: Request) -> St
     return services.studies.create(spec, base_url(request))
 
 
-@router.get("", dependencies=[READ])
-def list_studies(services: ServicesDep, request: Request) -> list[StudyPublic]:
-    return services.studies.list(base_url(request))
+@router.get("", dependencies=[READ], response_model=list[StudyPublic])
+def list_studies(
+    services: ServicesDep,
+    request: Request,
+    limit: Annotated[int | None, Query(ge=1, le=1000, description="At most this many")] = None,
+    offset: Annotated[int, Query(ge=0, le=2**31, description="Skip this many first")] = 0,
+    state: Annotated[StudyState | None, Query(description="Only studies in this state")] = None,
+) -> Response:
+    """Studies in creation order; without parameters, all of them."""
+    # Built from each study's JSON: a done study's is kept, so long histories cost nothing.
+    body = services.studies.list_json(base_url(request), state, limit, offset)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{name}", dependencies=[READ], responses=NOT_FOUND)
@@ -50,6 +60,19 @@ def best_trials(
 @router.get("/{name}/trials", dependencies=[READ], responses=NOT_FOUND)
 def list_trials(name: StudyName, services: ServicesDep) -> list[TrialPublic]:
     return services.studies.trials(name)
+
+
+@router.patch(
+    "/{name}",
+    dependencies=[ADMIN],
+    responses={**NOT_FOUND, 409: {"model": ErrorBody,
+                                  "description": "n_trials below the trials finished or running"}},
+)
+def change_study(name: StudyName, change: StudyPatch, services: ServicesDep,
+                 request: Request) -> StudyPublic:
+    """Change the budget (n_trials) or the scheduling. A done study given more trials runs
+    again; its sampler keeps every earlier trial."""
+    return services.studies.patch(name, change, base_url(request))
 
 
 @router.post("/{name}/stop", dependencies=[ADMIN], responses=NOT_FOUND)

@@ -13,7 +13,8 @@ router = APIRouter(prefix="/workers", tags=["workers"])
 
 @router.get("", dependencies=[READ])
 def list_workers(services: ServicesDep) -> list[WorkerPublic]:
-    """Workers heard from (claim or heartbeat) within three lease grace periods."""
+    """Workers heard from (claim or heartbeat) within three lease grace periods, with their
+    labels and the study they run now."""
     rows = services.backend.list_workers(3 * services.settings.grace_period)
     return [
         WorkerPublic(**{**{k: row[k] for k in WorkerPublic.model_fields},
