@@ -8,8 +8,8 @@ import httpx
 import optuna
 import pytest
 
+from tests.scripted import API, ScriptedWorker, create_study, summary, trials, unique
 from tests.servers import Server
-from tests.service.scripted import API, ScriptedWorker, create_study, summary, trials, unique
 
 ACCURACY = {"metric": "val_accuracy", "epoch": "last"}
 RANDOM = {"name": "random", "seed": 0}
