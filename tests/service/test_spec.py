@@ -291,3 +291,21 @@ def test_a_broken_space_file_is_refused_with_its_reason(tmp_path: Path) -> None:
         load_named_space("broken", tmp_path)
     with pytest.raises(ValueError, match="no search space named"):
         load_named_space("absent", tmp_path)
+
+
+@pytest.mark.parametrize(("given", "stored"), [
+    (True, "flip_crop"), (False, "none"), ("trivialaugment", "trivialaugment"), (None, "flip_crop"),
+])  # fmt: skip
+def test_augment_booleans_keep_working_as_policies(client: httpx.Client, given: Any,
+                                                   stored: str) -> None:
+    """Today's augment: true/false is flip_crop/none; the spec shown (and sent to workers)
+    names the policy, and the new sections come with their defaults."""
+    data = {"kind": "digits", "image_size": 16}
+    if given is not None:
+        data["augment"] = given
+    r = client.post(f"{API}/studies", json=digits_spec(unique("augment"), data=data))
+    assert r.status_code == 201, r.text
+    spec = r.json()["spec"]
+    assert spec["data"]["augment"] == stored
+    assert spec["objective"] == {"metric": "val_loss", "epoch": "last"}
+    assert spec["training"]["norm_weight_decay"] == 0.0
