@@ -119,12 +119,20 @@ def best_yaml(body: Body, k: int) -> str:
     if k == 1:
         t = trials[0]
         return (f"# hpsearch: study {study}, trial {t['number']}, val loss {t['val_loss']:.6g}"
-                f"{_vs(t)}\n" + yaml.safe_dump(t["config"], sort_keys=False))
-    parts = [f"# hpsearch: study {study}, the top {len(trials)} trials by val loss, best first\n"]
+                f"{_accuracy(t)}{_vs(t)}\n" + yaml.safe_dump(t["config"], sort_keys=False))
+    metric = (body.get("objective") or {}).get("metric", "val_loss")
+    by = "val accuracy" if metric == "val_accuracy" else "val loss"
+    parts = [f"# hpsearch: study {study}, the top {len(trials)} trials by {by}, best first\n"]
     for rank, t in enumerate(trials, start=1):
-        parts.append(f"# {rank}. trial {t['number']}, val loss {t['val_loss']:.6g}{_vs(t)}\n")
+        parts.append(f"# {rank}. trial {t['number']}, val loss {t['val_loss']:.6g}"
+                     f"{_accuracy(t)}{_vs(t)}\n")
         parts.append(yaml.safe_dump([t["config"]], sort_keys=False))
     return "".join(parts)
+
+
+def _accuracy(t: Body) -> str:
+    accuracy = t.get("val_accuracy")
+    return "" if accuracy is None else f", accuracy {fmt.accuracy(accuracy)}"
 
 
 def _vs(t: Body) -> str:

@@ -135,6 +135,9 @@ class BestList(BaseModel):
     study: str
     baseline: BestTrial | None
     trials: list[BestTrial]
+    objective: dict[str, str] | None = Field(
+        None, description="The spec's objective ({metric, epoch}): what the trials rank by"
+    )
 
 
 class TrialClaim(_In):

@@ -188,6 +188,7 @@ class StudyService:
             study=name,
             baseline=best_trial(handle, base, base_value) if base else None,
             trials=[best_trial(handle, t, base_value) for t in ranked(handle, trials)[:k]],
+            objective=handle.spec.objective.model_dump(),
         )
 
     def trials(self, name: str) -> list[TrialPublic]:
