@@ -18,7 +18,7 @@ FINETUNE_CLASSES = (5, 6, 7, 8, 9)
 # The common recipe (service.search_space.COMMON_RECIPE): what the baseline trial runs.
 BASELINE: dict[str, Any] = {
     "lr": 0.01, "momentum": 0.9, "step_size": 10, "gamma": 0.1, "warmup_epochs": 0,
-    "weight_decay": 0.0, "nesterov": False,
+    "weight_decay": 0.0, "nesterov": False, "head_lr_mult": 1.0, "label_smoothing": 0.0,
 }
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def pretrained_weights(image_size: int = 32) -> Path:
 def data_section(image_size: int, batch_size: int = 64, augment: bool = True) -> dict[str, Any]:
     return {"kind": "digits", "root": None, "classes": list(FINETUNE_CLASSES),
             "image_size": image_size, "batch_size": batch_size, "val_fraction": 0.2,
-            "augment": augment, "on_bad_image": "error"}
+            "augment": "flip_crop" if augment else "none", "on_bad_image": "error"}
 
 
 def model_section(weights: Path, freeze_backbone: bool = False) -> dict[str, Any]:

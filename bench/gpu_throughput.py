@@ -34,6 +34,8 @@ RECIPE = Hyperparameters(
     weight_decay=0.0,
     nesterov=False,
     batch_size=0,
+    head_lr_mult=1.0,
+    label_smoothing=0.0,
 )
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -145,7 +145,9 @@ def worker_job(weights: Path, image_size: int, batch_size: int, augment: bool, s
     spec = {
         "model": model_section(weights),
         "data": data_section(image_size, batch_size, augment),
-        "training": {"epochs": 1, "compile": False, "checkpoint_every": 0},
+        "training": {"epochs": 1, "compile": False, "checkpoint_every": 0,
+                     "norm_weight_decay": 0.0},
+        "objective": {"metric": "val_loss", "epoch": "last"},
     }
     return TrialJob.from_parts(spec, {**BASELINE, "batch_size": batch_size}, seed)
 

@@ -52,8 +52,12 @@ def best_lines(study: Body) -> list[str]:
         line += " (the baseline recipe)"
     elif baseline:
         pct = study.get("improvement_over_baseline_pct")
-        line += (f", {fmt.improvement(pct)} vs the baseline"
-                 f" ({fmt.loss(baseline['val_loss'])}, trial {baseline['number']})")
+        objective = (study.get("spec") or {}).get("objective") or {}
+        if objective.get("metric") == "val_accuracy":  # the improvement is in accuracy
+            base = f"accuracy {fmt.accuracy(baseline.get('val_accuracy'))}"
+        else:
+            base = fmt.loss(baseline["val_loss"])
+        line += f", {fmt.improvement(pct)} vs the baseline ({base}, trial {baseline['number']})"
     else:
         line += ", baseline not finished yet"
     return [line, f"      {fmt.params(best.get('params'))}"]
@@ -115,12 +119,20 @@ def best_yaml(body: Body, k: int) -> str:
     if k == 1:
         t = trials[0]
         return (f"# hpsearch: study {study}, trial {t['number']}, val loss {t['val_loss']:.6g}"
-                f"{_vs(t)}\n" + yaml.safe_dump(t["config"], sort_keys=False))
-    parts = [f"# hpsearch: study {study}, the top {len(trials)} trials by val loss, best first\n"]
+                f"{_accuracy(t)}{_vs(t)}\n" + yaml.safe_dump(t["config"], sort_keys=False))
+    metric = (body.get("objective") or {}).get("metric", "val_loss")
+    by = "val accuracy" if metric == "val_accuracy" else "val loss"
+    parts = [f"# hpsearch: study {study}, the top {len(trials)} trials by {by}, best first\n"]
     for rank, t in enumerate(trials, start=1):
-        parts.append(f"# {rank}. trial {t['number']}, val loss {t['val_loss']:.6g}{_vs(t)}\n")
+        parts.append(f"# {rank}. trial {t['number']}, val loss {t['val_loss']:.6g}"
+                     f"{_accuracy(t)}{_vs(t)}\n")
         parts.append(yaml.safe_dump([t["config"]], sort_keys=False))
     return "".join(parts)
+
+
+def _accuracy(t: Body) -> str:
+    accuracy = t.get("val_accuracy")
+    return "" if accuracy is None else f", accuracy {fmt.accuracy(accuracy)}"
 
 
 def _vs(t: Body) -> str:

@@ -70,7 +70,7 @@ class Artifacts:
         if trial is None:
             raise NotFound(f"study {study!r} has no trial {number}")
         artifact_id = trial.system_attrs.get(keys.WEIGHTS)
-        top = {t.number for t in ranked(trials)[: self._keep_top_k]}
+        top = {t.number for t in ranked(handle, trials)[: self._keep_top_k]}
         if artifact_id is None or number not in top:
             raise NotFound(f"trial {number} of {study!r} has no kept weights (only the top "
                            f"{self._keep_top_k} complete trials keep theirs)")
@@ -82,7 +82,7 @@ class Artifacts:
         trials = handle.study.get_trials(deepcopy=False)
         keep = {t.system_attrs[keys.CHECKPOINT]["artifact_id"] for t in trials
                 if t.state in _UNFINISHED and t.system_attrs.get(keys.CHECKPOINT)}
-        keep.update(t.system_attrs[keys.WEIGHTS] for t in ranked(trials)[: self._keep_top_k]
+        keep.update(t.system_attrs[keys.WEIGHTS] for t in ranked(handle, trials)[: self._keep_top_k]
                     if keys.WEIGHTS in t.system_attrs)
         for t in trials:
             if t.state in _UNFINISHED:

@@ -63,14 +63,16 @@ class TrialMessages:
             if epoch != expected:
                 raise InvalidInput(f"epochs must be reported in order: expected epoch {expected}",
                                    field="epoch")
-            attrs: dict[str, float] = {}
+            value = objective_value(handle, val_loss, val_accuracy)
+            attrs: dict[str, float] = {keys.VAL_LOSS: val_loss}
             if val_accuracy is not None:
                 attrs[keys.VAL_ACCURACY] = val_accuracy
             if train_loss is not None:
                 attrs[keys.train_loss_key(epoch)] = train_loss
             self._backend.set_user_attrs(trial_id, attrs)
-            self._backend.set_curve(trial_id, {epoch: val_loss})
-            values[epoch] = val_loss
+            # the curve the pruner reads is the objective's metric
+            self._backend.set_curve(trial_id, {epoch: value})
+            values[epoch] = value
         self._metrics.reports.labels(handle.name).inc()
         # A trial that has trained its last epoch is not pruned: its result is complete.
         last_epoch = epoch >= handle.spec.training.epochs - 1
@@ -92,18 +94,28 @@ class TrialMessages:
         return pruner.prune(handle.study, self._backend.trial(facts.trial_id))
 
     def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None,
-                 worker_id: str | None = None) -> TrialAck:
+                 worker_id: str | None = None, epoch: int | None = None) -> TrialAck:
+        """``val_loss``/``val_accuracy``: the trial's result, of ``epoch`` (the objective's
+        epoch, the last when not given); the objective's metric of them is the trial's value."""
         handle, facts = self._registry.facts(trial_id)
         check_holder(handle, facts.number, facts.worker, worker_id)
         if facts.state == TrialState.COMPLETE:
             return TrialAck(trial_id=trial_id, state="complete")  # a retried completion
         if facts.state != TrialState.RUNNING:
             raise lease_ended(handle, facts.number, facts.state)
+        value = objective_value(handle, val_loss, val_accuracy)
+        if epoch is not None and facts.intermediate_values and epoch not in \
+                facts.intermediate_values:
+            raise InvalidInput(f"epoch {epoch} was never reported", field="epoch")
+        attrs: dict[str, float] = {keys.VAL_LOSS: val_loss}
+        if val_accuracy is not None:
+            attrs[keys.VAL_ACCURACY] = val_accuracy
+        if epoch is not None:
+            attrs[keys.OBJECTIVE_EPOCH] = epoch
         # If it finished meanwhile, _finish says how.
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            if val_accuracy is not None:
-                self._backend.set_user_attrs(trial_id, {keys.VAL_ACCURACY: val_accuracy})
-        ended = self._finish(handle, facts.number, trial_id, TrialState.COMPLETE, val_loss)
+            self._backend.set_user_attrs(trial_id, attrs)
+        ended = self._finish(handle, facts.number, trial_id, TrialState.COMPLETE, value)
         if ended != TrialState.COMPLETE:  # the lease sweep failed it, or a report pruned it
             raise lease_ended(handle, facts.number, ended)
         logger.info("trial %d of %s complete: val_loss %.4g", facts.number, handle.name,
@@ -162,6 +174,16 @@ class TrialMessages:
         # collecting walks every trial, too much for each message.
         if had_artifacts:
             _best_effort(self._artifacts.collect_garbage, handle)
+
+
+def objective_value(handle: StudyHandle, val_loss: float, val_accuracy: float | None) -> float:
+    """The study's objective metric of one result. Raises InvalidInput when it is missing."""
+    if handle.spec.objective.metric == "val_loss":
+        return val_loss
+    if val_accuracy is None:
+        raise InvalidInput("this study's objective is val_accuracy: send it",
+                           field="val_accuracy")
+    return val_accuracy
 
 
 def _best_effort(collect: Callable[[StudyHandle], None], handle: StudyHandle) -> None:

@@ -129,10 +129,18 @@ class StudyRegistry:
         if spec.warm_start is None:
             return None
         try:
-            return self.get(spec.warm_start.study)
+            source = self.get(spec.warm_start.study)
         except NotFound:
             raise InvalidInput(f"no study named {spec.warm_start.study!r} to warm-start from",
                                field="warm_start.study") from None
+        metric = source.spec.objective.metric
+        if spec.warm_start.history and metric != spec.objective.metric:
+            raise InvalidInput(
+                f"study {source.name!r} measured {metric}, this one {spec.objective.metric}: "
+                "its trials are no evidence for this objective (set history: false)",
+                field="warm_start.history",
+            )
+        return source
 
     def create(self, spec: StudySpec) -> StudyHandle:
         space, sampler, pruner = self.check(spec)
@@ -141,7 +149,7 @@ class StudyRegistry:
             keys.SPEC: spec.model_dump(mode="json"),
             keys.SPACE: space.model_dump(mode="json"),
             keys.CREATED_AT: utcnow().isoformat(),
-        })
+        }, direction=spec.objective.direction)
         handle = self._handle(study, spec, space)
         # Waiting trials are made under the claim lock (claims count them there), and a claim
         # must find the baseline and the warm start's configurations waiting in this order.

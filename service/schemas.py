@@ -42,7 +42,16 @@ class TrialPublic(BaseModel):
     val_loss: float | None
     val_accuracy: float | None
     epochs: int = Field(description="Epochs reported")
-    intermediate_values: dict[int, float] = Field(description="Validation loss by epoch (0-based)")
+    intermediate_values: dict[int, float] = Field(
+        description="The objective's metric by epoch (0-based): the validation loss unless "
+        "objective.metric is val_accuracy"
+    )
+    value: float | None = Field(
+        None, description="The trial's objective value (objective.metric at objective.epoch)"
+    )
+    value_epoch: int | None = Field(
+        None, description="The epoch whose metrics (and weights) the trial keeps, when known"
+    )
     train_loss: dict[int, float] = Field(
         default_factory=dict, description="Training loss by epoch, as the worker reported it"
     )
@@ -65,6 +74,12 @@ class TrialPublic(BaseModel):
 class BestTrial(BaseModel):
     number: int
     params: dict[str, Any]
+    value: float | None = Field(
+        None, description="The objective value the trial is ranked by (objective.metric)"
+    )
+    value_epoch: int | None = Field(
+        None, description="The epoch whose metrics (and weights) the trial keeps, when known"
+    )
     val_loss: float
     val_accuracy: float | None
     epochs: int
@@ -120,6 +135,9 @@ class BestList(BaseModel):
     study: str
     baseline: BestTrial | None
     trials: list[BestTrial]
+    objective: dict[str, str] | None = Field(
+        None, description="The spec's objective ({metric, epoch}): what the trials rank by"
+    )
 
 
 class TrialClaim(_In):
@@ -176,6 +194,11 @@ class ReportAnswer(BaseModel):
 class TrialComplete(_In):
     val_loss: float = Finite
     val_accuracy: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    epoch: int | None = Field(
+        None, ge=0, le=100_000,
+        description="The 0-based epoch these values (and the weights uploaded) are of: the "
+        "best epoch under objective.epoch best; the last when not given",
+    )
 
 
 class TrialFail(_In):

@@ -106,6 +106,9 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "weight_decay": Hyperparameter(float, low=0, high=1),
     "nesterov": Hyperparameter(bool),
     "batch_size": Hyperparameter(int, low=1, high=8192),
+    # the new head's learning rate is lr * head_lr_mult (discriminative learning rates)
+    "head_lr_mult": Hyperparameter(float, low=0, low_open=True, high=1000),
+    "label_smoothing": Hyperparameter(float, low=0, high=1, high_open=True),
 }
 
 # The usual fine-tuning recipe: what the baseline trial runs and what absent parameters take.
@@ -117,6 +120,8 @@ COMMON_RECIPE: dict[str, Any] = {
     "warmup_epochs": 0,
     "weight_decay": 0.0,
     "nesterov": False,
+    "head_lr_mult": 1.0,
+    "label_smoothing": 0.0,
 }
 
 

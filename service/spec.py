@@ -42,14 +42,36 @@ class ModelSpec(_Strict):
     freeze_backbone: bool = False
 
 
+AugmentPolicy = Literal["none", "flip_crop", "trivialaugment", "randaugment"]
+
+
+def _augment_policy(value: Any) -> Any:
+    """Today's ``augment: true/false`` keeps working: true is flip_crop, false none."""
+    if value is True:
+        return "flip_crop"
+    if value is False:
+        return "none"
+    return value
+
+
 class _DataCommon(_Strict):
     image_size: int = Field(224, ge=8, le=1024)
     batch_size: int = Field(64, ge=1, le=8192)
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    augment: bool = True
+    augment: AugmentPolicy = Field(
+        "flip_crop",
+        description="Training augmentation: none, flip_crop (random crop and horizontal flip), "
+        "trivialaugment or randaugment (each after flip_crop); true is flip_crop, false none",
+    )
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="An undecodable image fails the trial, or is left out and counted"
     )
+
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_bool(cls, value: Any) -> Any:
+        return _augment_policy(value)
 
 
 class ImageFolderData(_DataCommon):
@@ -122,6 +144,27 @@ class TrainingSpec(_Strict):
     checkpoint_every: int = Field(
         1, ge=0, le=10_000, description="Epochs between checkpoints; 0: none"
     )
+    norm_weight_decay: float | None = Field(
+        0.0, ge=0, le=1, allow_inf_nan=False,
+        description="Weight decay of normalisation layers' weights and of every bias (as "
+        "torchvision's references); null: the trial's weight_decay, like every other parameter",
+    )
+
+
+class Objective(_Strict):
+    """What a trial's value is: the metric (and its direction) and which epoch gives it."""
+
+    metric: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="val_loss is minimised, val_accuracy maximised"
+    )
+    epoch: Literal["last", "best"] = Field(
+        "last", description="last: the final epoch's value; best: the best epoch's, whose "
+        "weights are the ones kept"
+    )
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        return "maximize" if self.metric == "val_accuracy" else "minimize"
 
 
 class Baseline(_Strict):
@@ -134,6 +177,8 @@ class Baseline(_Strict):
     warmup_epochs: int = COMMON_RECIPE["warmup_epochs"]
     weight_decay: float = COMMON_RECIPE["weight_decay"]
     nesterov: bool = COMMON_RECIPE["nesterov"]
+    head_lr_mult: float = COMMON_RECIPE["head_lr_mult"]
+    label_smoothing: float = COMMON_RECIPE["label_smoothing"]
     batch_size: int | None = None
 
     @field_validator("*", mode="before")
@@ -201,6 +246,7 @@ class StudySpec(_Strict):
     model: ModelSpec = ModelSpec()
     data: DataSpec
     training: TrainingSpec = TrainingSpec()
+    objective: Objective = Objective()
     search_space: SearchSpaceRef = "sgd_steplr_warmup"
     sampler: SamplerSpec = TPESpec(name="tpe")
     pruner: PrunerSpec = MedianSpec(name="median", n_startup_trials=5, n_warmup_steps=1)

@@ -123,11 +123,12 @@ class Backend:
 
     # --- studies -------------------------------------------------------------------------------
     def create_study(self, name: str, sampler: Any, pruner: Any,
-                     user_attrs: dict[str, Any]) -> optuna.Study:
-        """A new minimising study with these attrs. Raises Conflict when the name is taken."""
+                     user_attrs: dict[str, Any], direction: str = "minimize") -> optuna.Study:
+        """A new study with these attrs, minimising or maximising its objective. Raises
+        Conflict when the name is taken."""
         try:
             study = optuna.create_study(storage=self._storage, study_name=name,
-                                        direction="minimize", sampler=sampler, pruner=pruner)
+                                        direction=direction, sampler=sampler, pruner=pruner)
         except optuna.exceptions.DuplicatedStudyError as exc:
             raise Conflict(f"a study named {name!r} exists", field="name") from exc
         for key, value in user_attrs.items():

@@ -114,9 +114,9 @@ class StudyService:
         left = grid_left(handle.study.sampler, assigned_grid_ids(trials))
         budget = Budget.of(trials, handle.spec.n_trials, left)
         base = baseline_trial(trials)
-        base_loss = base.value if base else None
-        ranking = ranked(trials)
-        best = best_trial(handle, ranking[0], base_loss) if ranking else None
+        base_value = base.value if base else None
+        ranking = ranked(handle, trials)
+        best = best_trial(handle, ranking[0], base_value) if ranking else None
         reason = budget.reason()
         if budget.ended():
             state = "done"
@@ -133,9 +133,9 @@ class StudyService:
             finished=budget.finished,
             counts=budget.counts,
             best=best,
-            baseline=best_trial(handle, base, base_loss) if base else None,
+            baseline=best_trial(handle, base, base_value) if base else None,
             improvement_over_baseline_pct=improvement_pct(
-                best.val_loss if best else None, base_loss
+                best.value if best else None, base_value, handle.spec.objective.direction
             ),
             dashboard_url=self.dashboard_url(handle, base_url),
             created_at=utc_time(dt.datetime.fromisoformat(created)) if created else local_time(
@@ -183,17 +183,18 @@ class StudyService:
         handle = self._registry.get(name)
         trials = handle.study.get_trials(deepcopy=False)
         base = baseline_trial(trials)
-        base_loss = base.value if base else None
+        base_value = base.value if base else None
         return BestList(
             study=name,
-            baseline=best_trial(handle, base, base_loss) if base else None,
-            trials=[best_trial(handle, t, base_loss) for t in ranked(trials)[:k]],
+            baseline=best_trial(handle, base, base_value) if base else None,
+            trials=[best_trial(handle, t, base_value) for t in ranked(handle, trials)[:k]],
+            objective=handle.spec.objective.model_dump(),
         )
 
     def trials(self, name: str) -> list[TrialPublic]:
         handle = self._registry.get(name)
         trials = handle.study.get_trials(deepcopy=False)
-        top_k = {t.number for t in ranked(trials)[: self._keep_top_k]}
+        top_k = {t.number for t in ranked(handle, trials)[: self._keep_top_k]}
         return [trial_public(handle, t, top_k) for t in trials]
 
     def stop(self, name: str, base_url: str) -> StudyPublic:

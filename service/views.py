@@ -39,11 +39,25 @@ def retry_of(trial: FrozenTrial) -> int | None:
     return history[-1] if history else None
 
 
-def val_loss(trial: FrozenTrial) -> float | None:
+def val_loss(trial: FrozenTrial, metric: str = "val_loss") -> float | None:
+    """The trial's validation loss: its value when the objective is val_loss, else the one
+    the worker last reported (or completed with)."""
+    if metric != "val_loss":
+        return trial.user_attrs.get(keys.VAL_LOSS)
     if trial.value is not None:
         return trial.value
     if trial.intermediate_values:
         return trial.intermediate_values[max(trial.intermediate_values)]
+    return None
+
+
+def value_epoch(trial: FrozenTrial) -> int | None:
+    """The epoch whose metrics the trial keeps: the one the worker named, else the last."""
+    epoch = trial.user_attrs.get(keys.OBJECTIVE_EPOCH)
+    if epoch is not None:
+        return int(epoch)
+    if trial.state == TrialState.COMPLETE and trial.intermediate_values:
+        return max(trial.intermediate_values)
     return None
 
 
@@ -56,10 +70,12 @@ def trial_public(handle: StudyHandle, trial: FrozenTrial, top_k: set[int]) -> Tr
         state=state_name(trial.state),  # type: ignore[arg-type]
         params=trial.params,
         config=handle.config(trial.params),
-        val_loss=val_loss(trial),
+        val_loss=val_loss(trial, handle.spec.objective.metric),
         val_accuracy=attrs.get(keys.VAL_ACCURACY),
         epochs=len(trial.intermediate_values),
         intermediate_values=dict(sorted(trial.intermediate_values.items())),
+        value=trial.value,
+        value_epoch=value_epoch(trial),
         train_loss=keys.train_losses(attrs),
         is_baseline=bool(attrs.get(keys.BASELINE)),
         prior=is_prior(trial),
@@ -88,33 +104,44 @@ def training_config(handle: StudyHandle, params: dict[str, Any]) -> dict[str, An
     }
 
 
-def improvement_pct(best: float | None, baseline: float | None) -> float | None:
+def improvement_pct(best: float | None, baseline: float | None,
+                    direction: str) -> float | None:
+    """How much better than the baseline's the best value is, in percent (positive: better)."""
     if best is None or baseline is None or baseline == 0:
         return None
-    return round(100.0 * (baseline - best) / abs(baseline), 3)
+    gain = baseline - best if direction == "minimize" else best - baseline
+    return round(100.0 * gain / abs(baseline), 3)
 
 
-def best_trial(handle: StudyHandle, trial: FrozenTrial, baseline_loss: float | None) -> BestTrial:
+def best_trial(handle: StudyHandle, trial: FrozenTrial, baseline_value: float | None) -> BestTrial:
+    """`baseline_value`: the baseline trial's objective value, if it has completed."""
     assert trial.value is not None
+    loss = val_loss(trial, handle.spec.objective.metric)
     return BestTrial(
         number=trial.number,
         params=trial.params,
-        val_loss=trial.value,
+        value=trial.value,
+        value_epoch=value_epoch(trial),
+        val_loss=trial.value if loss is None else loss,
         val_accuracy=trial.user_attrs.get(keys.VAL_ACCURACY),
         epochs=len(trial.intermediate_values),
         duration_s=duration_s(trial),
         is_baseline=bool(trial.user_attrs.get(keys.BASELINE)),
-        improvement_over_baseline_pct=improvement_pct(trial.value, baseline_loss),
+        improvement_over_baseline_pct=improvement_pct(
+            trial.value, baseline_value, handle.spec.objective.direction
+        ),
         config=training_config(handle, trial.params),
     )
 
 
-def ranked(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """COMPLETE trials by validation loss, best first (pruned ones stopped early: they are not
-    comparable; prior trials ran in another study)."""
+def ranked(handle: StudyHandle, trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """COMPLETE trials by their objective value, best first in the study's direction (pruned
+    ones stopped early: they are not comparable; prior trials ran in another study)."""
+    direction = handle.spec.objective.direction
     done = [t for t in trials
             if t.state == TrialState.COMPLETE and t.value is not None and not is_prior(t)]
-    return sorted(done, key=lambda t: (t.value, t.number))
+    sign = -1.0 if direction == "maximize" else 1.0
+    return sorted(done, key=lambda t: (sign * t.value, t.number))  # type: ignore[operator]
 
 
 def baseline_trial(trials: list[FrozenTrial]) -> FrozenTrial | None:

@@ -66,7 +66,8 @@ def plan(source: StudyHandle, target: StudyHandle, options: WarmStart,
     room = target.spec.n_trials - len(baseline)  # they count against n_trials
     seen = [dict(p) for p in baseline]
     enqueue: list[tuple[dict[str, Any], str]] = []
-    for trial, params in sorted(fits, key=lambda f: (f[0].value, f[0].number)):
+    sign = -1.0 if source.spec.objective.direction == "maximize" else 1.0
+    for trial, params in sorted(fits, key=lambda f: (sign * f[0].value, f[0].number)):  # type: ignore[operator]
         if len(enqueue) >= min(options.top_k, room):
             break
         if params not in seen:  # a configuration runs once

@@ -31,6 +31,9 @@ class TrainingState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    # objective.epoch best: the best epoch so far, {"epoch", "val_loss", "val_accuracy",
+    # "weights"} (its state dict, on the CPU), so a resumed trial keeps what it had found
+    best: dict[str, Any] | None = None
 
 
 def _to_bytes(obj: Any) -> bytes:
@@ -55,6 +58,7 @@ def save_training_state(
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "rng": rng,
+            **({} if state.best is None else {"best": state.best}),
         }
     )
 
@@ -70,6 +74,7 @@ def load_training_state(
     state.model.load_state_dict(ckpt["model"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     state.scheduler.load_state_dict(ckpt["scheduler"])
+    state.best = ckpt.get("best")
     torch.set_rng_state(ckpt["rng"]["cpu"])
     if "cuda" in ckpt["rng"] and device.type == "cuda":
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
@@ -78,7 +83,17 @@ def load_training_state(
 
 def weights_bytes(model: nn.Module) -> bytes:
     """The model's state dict (on the CPU), as torch.save bytes."""
-    return _to_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return _to_bytes(cpu_state_dict(model))
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's state dict on the CPU (a snapshot: later steps do not change it)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """A state dict as torch.save bytes."""
+    return _to_bytes(state)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -139,8 +139,13 @@ class ServerClient:
             "POST", f"/api/v1/trials/{trial_id}/heartbeat", retry_for_s=retry_for_s, trial=True
         )
 
-    def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None) -> None:
-        body = {"val_loss": val_loss, "val_accuracy": val_accuracy}
+    def complete(
+        self, trial_id: int, val_loss: float, val_accuracy: float | None, epoch: int | None = None
+    ) -> None:
+        """``epoch``: the epoch the values (and the uploaded weights) are of."""
+        body: dict[str, Any] = {"val_loss": val_loss, "val_accuracy": val_accuracy}
+        if epoch is not None:
+            body["epoch"] = epoch
         self._request("POST", f"/api/v1/trials/{trial_id}/complete", json=body, trial=True)
 
     def fail(self, trial_id: int, reason: str, *, retry: bool = False) -> None:

@@ -27,6 +27,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from worker.augment import apply_per_image, crops, image_policy, policy_name
 from worker.folders import DatasetError, find_layout, open_rgb
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class DataSpec:
     val_fraction: float
     root: str | None
     classes: tuple[int, ...] | None
-    augment: bool
+    augment: str  # none | flip_crop | trivialaugment | randaugment (worker.augment)
     on_bad_image: str  # or "skip": leave undecodable files out, counted
 
     @classmethod
@@ -101,7 +102,7 @@ class DataSpec:
             val_fraction=float(data["val_fraction"]),
             root=str(Path(root).expanduser().resolve()) if root else None,
             classes=tuple(sorted(int(c) for c in classes)) if classes else None,
-            augment=bool(data["augment"]),
+            augment=policy_name(data["augment"]),
             on_bad_image=str(data["on_bad_image"]),
         )
 
@@ -371,7 +372,7 @@ class ImageBatches:
         data: ImageData,
         *,
         batch_size: int,
-        augment: bool,
+        augment: bool | str,
         seed: int,
         device: torch.device,
         mean: Sequence[float],
@@ -380,7 +381,8 @@ class ImageBatches:
     ) -> None:
         self.data = data
         self.batch_size = batch_size
-        self.augment = augment
+        self.augment = policy_name(augment)  # worker.augment: true is flip_crop, false none
+        self._per_image = image_policy(self.augment)
         self.seed = seed
         self.device = device
         self.channels_last = channels_last
@@ -402,7 +404,7 @@ class ImageBatches:
         gen = epoch_generator(self.seed, epoch)
         batches = train_index_batches(len(split), self.batch_size, gen)
         size = self.data.image_size
-        if not self.augment:
+        if not crops(self.augment):
             for idx in batches:
                 yield (
                     self._finish(self._center(self._take(split.images, idx))),
@@ -423,6 +425,8 @@ class ImageBatches:
                 None if flips is None else flips[start:stop],
                 size,
             )
+            if self._per_image is not None:
+                crop = apply_per_image(crop, self._per_image, gen)
             start = stop
             yield self._finish(crop), self._take(split.labels, idx)
 

@@ -27,8 +27,10 @@ from tqdm import tqdm
 
 from worker.checkpoints import (
     TrainingState,
+    cpu_state_dict,
     load_training_state,
     save_training_state,
+    state_dict_bytes,
     weights_bytes,
 )
 from worker.data import DataCache, ImageBatches
@@ -41,8 +43,8 @@ from worker.models import (
     normalization,
     seed_process_rng,
 )
-from worker.schedule import make_optimizer, make_scheduler
-from worker.trial import Training, TrialJob
+from worker.schedule import make_optimizer, make_scheduler, parameter_groups
+from worker.trial import Objective, Training, TrialJob
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +96,13 @@ class TrialOutcome:
     val_accuracy: float
     epochs_run: int  # epochs trained by this call (not counting resumed ones)
     model: nn.Module = field(repr=False)
+    epoch: int | None = None  # the epoch val_loss and val_accuracy (and the weights) are of
+    kept: dict[str, Tensor] | None = field(default=None, repr=False)  # objective.epoch best
 
     def weights_bytes(self) -> bytes:
-        """The final state dict as torch.save bytes."""
-        return weights_bytes(self.model)
+        """The kept state dict as torch.save bytes: the best epoch's under objective.epoch
+        best, else the final one."""
+        return state_dict_bytes(self.kept) if self.kept is not None else weights_bytes(self.model)
 
 
 class BatchSource(Protocol):
@@ -137,8 +142,10 @@ def train_one_epoch(
     epoch: int,
     iters: int,
     rt: Runtime,
+    label_smoothing: float = 0.0,
 ) -> tuple[float, float, int]:
-    """One pass over ``batches``; returns (mean loss, lr of the last step, images seen).
+    """One pass over ``batches``; returns (mean loss, lr of the last step, images seen). The
+    lr is the first parameter group's: the backbone's, or the head's when only it trains.
 
     The caller sets train mode. Raises :class:`Interrupted` and :class:`NonFiniteLoss`.
     """
@@ -152,7 +159,7 @@ def train_one_epoch(
             raise Interrupted(epoch)
         lr = optimizer.param_groups[0]["lr"]
         with rt.autocast():
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -185,7 +192,8 @@ def _raise_non_finite(which: str, epoch: int, step: int, rt: Runtime) -> None:
 def evaluate(
     model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], *, epoch: int, rt: Runtime
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) over every validation batch."""
+    """(mean loss, accuracy) over every validation batch. The loss is plain cross-entropy,
+    without the training loss's label smoothing, so trials with different smoothing compare."""
     model.eval()
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
@@ -241,7 +249,7 @@ def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Prepared:
     images = ImageBatches(
         data,
         batch_size=job.hparams.batch_size,
-        augment=job.data.augment and not job.model.freeze_backbone,
+        augment="none" if job.model.freeze_backbone else job.data.augment,
         seed=job.seed,
         device=rt.device,
         mean=mean,
@@ -249,7 +257,8 @@ def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Prepared:
         channels_last=rt.cuda,
     )
     source, forward, evaluated = _what_trains(job, network, module, images, caches, rt)
-    optimizer = make_optimizer(network.trainable_parameters(), job.hparams, fused=rt.cuda)
+    groups = parameter_groups(network, job.hparams, job.training.norm_weight_decay)
+    optimizer = make_optimizer(groups, job.hparams, fused=rt.cuda)
     scheduler = make_scheduler(optimizer, job.hparams, source.iters_per_epoch())
     state = TrainingState(module, optimizer, scheduler)
     return _Prepared(network, source, forward, evaluated, state)
@@ -285,7 +294,9 @@ def _first_epoch(prepared: _Prepared, resume: bytes | None, rt: Runtime) -> int:
     return start
 
 
-def run_epoch(prepared: _Prepared, epoch: int, rt: Runtime) -> EpochReport:
+def run_epoch(
+    prepared: _Prepared, epoch: int, rt: Runtime, label_smoothing: float = 0.0
+) -> EpochReport:
     """Train one epoch, evaluate, and say how it went."""
     began = time.perf_counter()
     prepared.network.train_mode()
@@ -297,6 +308,7 @@ def run_epoch(prepared: _Prepared, epoch: int, rt: Runtime) -> EpochReport:
         epoch=epoch,
         iters=prepared.source.iters_per_epoch(),
         rt=rt,
+        label_smoothing=label_smoothing,
     )
     trained = time.perf_counter()
     val_loss, val_accuracy = evaluate(
@@ -354,15 +366,40 @@ def fine_tune(
             prepared.evaluated, prepared.source.val_batches(), epoch=start - 1, rt=rt
         )
     for epoch in range(start, epochs):
-        report = run_epoch(prepared, epoch, rt)
+        report = run_epoch(prepared, epoch, rt, job.hparams.label_smoothing)
         val_loss, val_accuracy = report.val_loss, report.val_accuracy
+        if job.objective.epoch == "best":
+            _keep_if_best(prepared.state, job.objective, report)
         if on_epoch(report):
             logger.info("pruned after epoch %d", epoch)
             return TrialOutcome(
-                "pruned", val_loss, val_accuracy, epoch + 1 - start, prepared.state.model
+                "pruned", val_loss, val_accuracy, epoch + 1 - start, prepared.state.model, epoch
             )
         if on_checkpoint is not None and _checkpoint_due(job.training, epoch):
             on_checkpoint(epoch, save_training_state(prepared.state, epoch, rt.device))
+    ran = max(0, epochs - start)
+    best = prepared.state.best
+    if job.objective.epoch == "best" and best is not None:
+        logger.info("kept epoch %d, the best by %s", best["epoch"], job.objective.metric)
+        return TrialOutcome(
+            "completed", best["val_loss"], best["val_accuracy"], ran, prepared.state.model,
+            best["epoch"], best["weights"],
+        )  # fmt: skip
     return TrialOutcome(
-        "completed", val_loss, val_accuracy, max(0, epochs - start), prepared.state.model
+        "completed", val_loss, val_accuracy, ran, prepared.state.model, max(start, epochs) - 1
     )
+
+
+def _keep_if_best(state: TrainingState, objective: Objective, report: EpochReport) -> None:
+    """Remember the epoch (its metrics and a CPU copy of its weights) if it is the best yet."""
+    best = state.best
+    if best is not None and not objective.better(
+        report.val_loss, report.val_accuracy, (best["val_loss"], best["val_accuracy"])
+    ):
+        return
+    state.best = {
+        "epoch": report.epoch,
+        "val_loss": report.val_loss,
+        "val_accuracy": report.val_accuracy,
+        "weights": cpu_state_dict(state.model),
+    }

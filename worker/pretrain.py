@@ -26,6 +26,8 @@ PRETRAIN_HPARAMS = {
     "weight_decay": 5e-4,
     "nesterov": True,
     "batch_size": 64,
+    "head_lr_mult": 1.0,
+    "label_smoothing": 0.0,
 }
 
 
@@ -56,10 +58,14 @@ def pretrain_digits(
             "image_size": image_size,
             "val_fraction": 0.2,
             "classes": list(classes),
-            "augment": True,
+            "augment": "flip_crop",
             "on_bad_image": "error",
         },
-        "training": {"epochs": epochs, "compile": False, "checkpoint_every": 0},
+        # every parameter decays, as when the shipped digits models were first trained
+        "training": {
+            "epochs": epochs, "compile": False, "checkpoint_every": 0, "norm_weight_decay": None,
+        },
+        "objective": {"metric": "val_loss", "epoch": "last"},
     }
     job = TrialJob.from_parts(spec, PRETRAIN_HPARAMS, seed)
     outcome = fine_tune(job, caches or Caches(), lambda report: False, device=device)

@@ -155,7 +155,9 @@ class Runner:
             if self.config.upload_weights:
                 self.client.upload_weights(trial.trial_id, outcome.weights_bytes())
             heartbeat.finish()
-            self.client.complete(trial.trial_id, outcome.val_loss, outcome.val_accuracy)
+            self.client.complete(
+                trial.trial_id, outcome.val_loss, outcome.val_accuracy, outcome.epoch
+            )
         except LeaseLost as exc:
             return _abandoned(trial.label, exc, finished=True)
         logger.info(

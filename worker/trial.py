@@ -49,6 +49,8 @@ class Hyperparameters:
     weight_decay: float
     nesterov: bool
     batch_size: int
+    head_lr_mult: float  # the new head's learning rate is lr * head_lr_mult
+    label_smoothing: float  # of the training loss (validation loss is plain cross-entropy)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,21 @@ class Training:
     epochs: int
     checkpoint_every: int  # epochs between checkpoints; 0: none
     compile: bool  # torch.compile on CUDA
+    norm_weight_decay: float | None  # of norm layers and biases; None: weight_decay
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The spec's ``objective``: the metric a trial is judged by, and at which epoch."""
+
+    metric: str  # "val_loss" (lower is better) or "val_accuracy" (higher is better)
+    epoch: str  # "last", or "best": the best epoch's values and weights are the trial's
+
+    def better(self, val_loss: float, val_accuracy: float, than: tuple[float, float]) -> bool:
+        """Whether (val_loss, val_accuracy) beats ``than`` on the metric (ties do not)."""
+        if self.metric == "val_accuracy":
+            return val_accuracy > than[1]
+        return val_loss < than[0]
 
 
 @dataclass(frozen=True)
@@ -69,19 +86,35 @@ class TrialJob:
     training: Training
     hparams: Hyperparameters
     seed: int
+    objective: Objective
 
     @classmethod
     def from_parts(cls, spec: Any, config: Any, seed: Any) -> TrialJob:
         """Read the claim's ``spec`` and ``config`` (plain JSON). Raises :class:`BadClaim`."""
         sections = _mapping(spec, "spec")
         hparams = _read(Hyperparameters, config, "config", strict=True)
+        data = _read(DataSpec, sections.get("data"), "spec.data")
+        try:
+            data_spec = DataSpec.from_dict(data)
+        except ValueError as exc:
+            raise BadClaim(f"spec.data: {exc}") from None
         return cls(
             model=ModelSpec.from_dict(_read(ModelSpec, sections.get("model"), "spec.model")),
-            data=DataSpec.from_dict(_read(DataSpec, sections.get("data"), "spec.data")),
+            data=data_spec,
             training=Training(**_read(Training, sections.get("training"), "spec.training")),
             hparams=Hyperparameters(**hparams),
             seed=_typed(seed, int, "seed"),
+            objective=_objective(sections.get("objective")),
         )
+
+
+def _objective(section: Any) -> Objective:
+    objective = Objective(**_read(Objective, section, "spec.objective"))
+    if objective.metric not in ("val_loss", "val_accuracy"):
+        raise BadClaim(f"spec.objective.metric: this worker does not know {objective.metric!r}")
+    if objective.epoch not in ("last", "best"):
+        raise BadClaim(f"spec.objective.epoch: this worker does not know {objective.epoch!r}")
+    return objective
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from cli import tables
+from cli.render import best_lines, best_yaml
 
 
 def test_table_pads_columns_and_aligns_numbers_right() -> None:
@@ -35,3 +36,28 @@ def test_ago_reads_naive_timestamps_as_utc() -> None:
     assert tables.ago("2025-01-01T13:00:00+01:00", now) == "0s ago"
     assert tables.ago("2024-12-29T12:00:00", now) == "3d ago"
     assert tables.ago(None, now) == tables.ago("not a time", now) == "-"
+
+
+def test_an_accuracy_study_compares_its_best_with_the_baselines_accuracy() -> None:
+    study = {
+        "spec": {"objective": {"metric": "val_accuracy", "epoch": "best"}},
+        "best": {"number": 2, "val_loss": 0.4, "val_accuracy": 0.9, "params": {"lr": 0.1}},
+        "baseline": {"number": 0, "val_loss": 0.3, "val_accuracy": 0.75},
+        "improvement_over_baseline_pct": 20.0,
+    }
+    line = best_lines(study)[0]
+    assert line.startswith("best: trial 2, val loss 0.4000, accuracy 90.0%")
+    assert "vs the baseline (accuracy 75.0%, trial 0)" in line
+    study["spec"] = {}
+    assert "vs the baseline (0.3000, trial 0)" in best_lines(study)[0]
+
+
+def test_best_configs_name_the_metric_they_rank_by() -> None:
+    trial = {"number": 3, "val_loss": 0.25, "val_accuracy": 0.875, "config": {"hparams": {}},
+             "improvement_over_baseline_pct": 5.0}
+    body = {"study": "s", "trials": [trial, {**trial, "number": 4}],
+            "objective": {"metric": "val_accuracy", "epoch": "best"}}
+    text = best_yaml(body, 2)
+    assert text.startswith("# hpsearch: study s, the top 2 trials by val accuracy, best first")
+    assert "# 1. trial 3, val loss 0.25, accuracy 87.5%, +5.0% vs the baseline" in text
+    assert "by val loss" in best_yaml({**body, "objective": None}, 2)

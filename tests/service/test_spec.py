@@ -116,6 +116,24 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
      {"search_space": {"weight_decay": {"type": "float", "low": 1e-6, "high": 1e-2,
                                         "log": True}}},
      "baseline.weight_decay", "baseline: false"),
+    ("unknown-objective-metric", {"objective": {"metric": "f1"}}, "objective.metric",
+     "'val_loss' or 'val_accuracy'"),
+    ("unknown-objective-epoch", {"objective": {"epoch": "mean"}}, "objective.epoch",
+     "'last' or 'best'"),
+    ("unknown-augment-policy", {"data": {"kind": "digits", "augment": "mixup"}}, "data.augment",
+     "'trivialaugment'"),
+    ("negative-norm-weight-decay", {"training": {"norm_weight_decay": -0.1}},
+     "training.norm_weight_decay", "greater than or equal to 0"),
+    ("head-lr-mult-zero", {"baseline": {"head_lr_mult": 0}}, "baseline.head_lr_mult",
+     "must be > 0"),
+    ("label-smoothing-one", {"baseline": {"label_smoothing": 1.0}},
+     "baseline.label_smoothing", "must be < 1"),
+    ("label-smoothing-range-reaches-one",
+     {"search_space": {"label_smoothing": {"type": "float", "low": 0.0, "high": 1.0}}},
+     "search_space.label_smoothing", "bound 1.0 must be < 1"),
+    ("head-lr-mult-range-negative",
+     {"search_space": {"head_lr_mult": {"type": "float", "low": -1.0, "high": 10.0}}},
+     "search_space.head_lr_mult", "must be > 0"),
     ("baseline-batch-size-from-data",
      {"search_space": {"batch_size": {"type": "categorical", "choices": [32, 128]}}},
      "baseline.batch_size", "data.batch_size"),
@@ -219,8 +237,16 @@ def test_baseline_false_enqueues_nothing(client: httpx.Client, shared_server: Se
     {"search_space": {"nesterov": {"type": "categorical", "choices": [False, True]},
                       "step_size": {"type": "int", "low": 2, "high": 10, "step": 4}},
      "baseline": {"nesterov": True, "step_size": 6}},
+    {"search_space": "sgd_finetune_full", "objective": {"metric": "val_accuracy"}},
+    {"search_space": {"head_lr_mult": {"type": "float", "low": 1.0, "high": 10.0, "log": True},
+                      "label_smoothing": {"type": "float", "low": 0.0, "high": 0.3}},
+     "baseline": {"head_lr_mult": 10.0, "label_smoothing": 0.1},
+     "objective": {"metric": "val_loss", "epoch": "best"},
+     "training": {"epochs": 3, "norm_weight_decay": None},
+     "data": {"kind": "digits", "augment": "randaugment"}},
 ], ids=["random", "cmaes", "qmc", "grid", "percentile", "successive-halving", "hyperband",
-        "threshold", "no-pruner", "richer-space", "categorical-and-step"])
+        "threshold", "no-pruner", "richer-space", "categorical-and-step", "finetune-full",
+        "knobs-searched-and-fixed"])
 def test_valid_variants_are_created(client: httpx.Client, shared_server: Server,
                                     overrides: dict[str, Any]) -> None:
     name = unique("variant")
@@ -265,3 +291,21 @@ def test_a_broken_space_file_is_refused_with_its_reason(tmp_path: Path) -> None:
         load_named_space("broken", tmp_path)
     with pytest.raises(ValueError, match="no search space named"):
         load_named_space("absent", tmp_path)
+
+
+@pytest.mark.parametrize(("given", "stored"), [
+    (True, "flip_crop"), (False, "none"), ("trivialaugment", "trivialaugment"), (None, "flip_crop"),
+])  # fmt: skip
+def test_augment_booleans_keep_working_as_policies(client: httpx.Client, given: Any,
+                                                   stored: str) -> None:
+    """Today's augment: true/false is flip_crop/none; the spec shown (and sent to workers)
+    names the policy, and the new sections come with their defaults."""
+    data = {"kind": "digits", "image_size": 16}
+    if given is not None:
+        data["augment"] = given
+    r = client.post(f"{API}/studies", json=digits_spec(unique("augment"), data=data))
+    assert r.status_code == 201, r.text
+    spec = r.json()["spec"]
+    assert spec["data"]["augment"] == stored
+    assert spec["objective"] == {"metric": "val_loss", "epoch": "last"}
+    assert spec["training"]["norm_weight_decay"] == 0.0

@@ -21,10 +21,13 @@ BASE_JOB: dict[str, Any] = {
         "batch_size": 32,
         "val_fraction": 0.25,
         "classes": [0, 1],
-        "augment": True,
+        "augment": "flip_crop",
         "on_bad_image": "error",
     },
-    "training": {"epochs": 2, "seed": 0, "compile": False, "checkpoint_every": 1},
+    "training": {
+        "epochs": 2, "seed": 0, "compile": False, "checkpoint_every": 1, "norm_weight_decay": 0.0,
+    },
+    "objective": {"metric": "val_loss", "epoch": "last"},
     "hparams": {
         "lr": 0.01,
         "momentum": 0.9,
@@ -34,6 +37,8 @@ BASE_JOB: dict[str, Any] = {
         "weight_decay": 1e-4,
         "nesterov": False,
         "batch_size": 32,
+        "head_lr_mult": 1.0,
+        "label_smoothing": 0.0,
     },
 }
 

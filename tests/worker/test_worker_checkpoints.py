@@ -20,7 +20,7 @@ from worker.trial import Hyperparameters
 
 HPARAMS = Hyperparameters(
     lr=0.1, momentum=0.9, step_size=1, gamma=0.5, warmup_epochs=1, weight_decay=0.0,
-    nesterov=False, batch_size=4,
+    nesterov=False, batch_size=4, head_lr_mult=1.0, label_smoothing=0.0,
 )  # fmt: skip
 
 

@@ -218,3 +218,59 @@ def test_trials_from_the_template_cache_train_bit_for_bit_as_without(
     assert rec_cached.metrics() == rec_plain.metrics()
     assert_same_state(state_of(cached), state_of(uncached))
     assert len(caches.templates) == 1
+
+
+def _checkpoint_model(data: bytes) -> dict[str, torch.Tensor]:
+    return torch.load(io.BytesIO(data), weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("metric", ["val_loss", "val_accuracy"])
+def test_epoch_best_keeps_the_best_epochs_values_and_weights(make_job, caches, metric) -> None:
+    """At lr 2 the tiny frozen-backbone trial wanders: its best epoch is not its last. The
+    outcome is that epoch's (ties keep the earlier), its weights are those the checkpoint of
+    that epoch holds, and a run resumed after it keeps the same."""
+    job = make_job(
+        model={"freeze_backbone": True},
+        training={"epochs": 5, "checkpoint_every": 1},
+        objective={"metric": metric, "epoch": "best"},
+        hparams={"lr": 2.0, "warmup_epochs": 0, "step_size": 10},
+    )
+    outcome, rec = run(job, caches)
+    if metric == "val_loss":
+        best = min(rec.reports, key=lambda r: (r.val_loss, r.epoch))
+    else:
+        best = max(rec.reports, key=lambda r: (r.val_accuracy, -r.epoch))
+    assert best.epoch != 4  # else this test shows nothing
+    assert (outcome.status, outcome.epoch) == ("completed", best.epoch)
+    assert (outcome.val_loss, outcome.val_accuracy) == (best.val_loss, best.val_accuracy)
+    assert_same_state(state_of(outcome), _checkpoint_model(rec.checkpoints[best.epoch]))
+    final = weights_bytes_of(outcome.model)
+    assert any(not torch.equal(final[k], v) for k, v in state_of(outcome).items())
+
+    resumed, _ = run(job, caches, resume=rec.checkpoints[max(best.epoch, 3)])
+    assert (resumed.epoch, resumed.val_loss) == (best.epoch, best.val_loss)
+    assert_same_state(state_of(resumed), state_of(outcome))
+
+    last = make_job(
+        model={"freeze_backbone": True}, training={"epochs": 5, "checkpoint_every": 1},
+        hparams={"lr": 2.0, "warmup_epochs": 0, "step_size": 10},
+    )  # fmt: skip
+    plain, rec = run(last, caches)
+    assert (plain.epoch, plain.val_loss) == (4, rec.reports[-1].val_loss)
+    assert_same_state(state_of(plain), _checkpoint_model(rec.checkpoints[4]))
+
+
+def weights_bytes_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def test_the_trial_trains_with_its_label_smoothing_and_head_lr(make_job, caches) -> None:
+    """The knobs reach the training loop: smoothing raises the training loss (validation loss
+    stays plain cross-entropy), and a frozen backbone's reported lr is the head's."""
+    base = {"model": {"freeze_backbone": True}, "training": {"epochs": 1}}
+    _, rec = run(make_job(**base), caches)
+    _, rec_s = run(make_job(**base, hparams={"label_smoothing": 0.3}), caches)
+    assert rec_s.reports[0].train_loss > rec.reports[0].train_loss
+    _, rec_h = run(make_job(**base, hparams={"head_lr_mult": 4.0}), caches)
+    assert rec_h.reports[0].lr == pytest.approx(4.0 * rec.reports[0].lr)
+    assert rec_h.reports[0].val_loss != rec.reports[0].val_loss

@@ -20,6 +20,8 @@ def hparams(**kw: float) -> Hyperparameters:
         "weight_decay": 0.0,
         "nesterov": True,
         "batch_size": 8,
+        "head_lr_mult": 1.0,
+        "label_smoothing": 0.0,
     }
     return Hyperparameters(**{**base, **kw})
 

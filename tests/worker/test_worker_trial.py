@@ -21,7 +21,15 @@ from worker.data import DataSpec
 from worker.engine import Caches
 from worker.models import ModelSpec
 from worker.runner import Runner, WorkerConfig, WorkerStopped
-from worker.trial import BadClaim, Hyperparameters, Resume, Training, Trial, TrialJob
+from worker.trial import (
+    BadClaim,
+    Hyperparameters,
+    Objective,
+    Resume,
+    Training,
+    Trial,
+    TrialJob,
+)
 
 # Every value differs from the spec's default, so a default kept on the worker would show.
 SPEC = digits_spec(
@@ -29,9 +37,12 @@ SPEC = digits_spec(
     model={"arch": "mobilenet_v3_small", "weights": None, "freeze_backbone": True},
     data={"kind": "digits", "image_size": 20, "batch_size": 48, "val_fraction": 0.3,
           "classes": [3, 1], "augment": False, "on_bad_image": "skip"},
-    training={"epochs": 7, "seed": 11, "compile": True, "checkpoint_every": 2},
+    training={"epochs": 7, "seed": 11, "compile": True, "checkpoint_every": 2,
+              "norm_weight_decay": None},
+    objective={"metric": "val_accuracy", "epoch": "best"},
     baseline={"lr": 0.05, "momentum": 0.8, "step_size": 3, "gamma": 0.5, "warmup_epochs": 1,
-              "weight_decay": 0.001, "nesterov": True},
+              "weight_decay": 0.001, "nesterov": True, "head_lr_mult": 10.0,
+              "label_smoothing": 0.1},
     search_space={"lr": {"type": "float", "low": 0.001, "high": 0.1, "log": True}},
     sampler={"name": "random", "seed": 1},
 )  # fmt: skip
@@ -71,8 +82,10 @@ def test_a_claim_answer_reads_into_the_trial_its_spec_asked_for(answers) -> None
         resume=None,
         job=TrialJob(
             model=ModelSpec("mobilenet_v3_small", None, None, True),
-            data=DataSpec("digits", 20, 0.3, None, (1, 3), False, "skip"),
-            training=Training(epochs=7, checkpoint_every=2, compile=True),
+            data=DataSpec("digits", 20, 0.3, None, (1, 3), "none", "skip"),
+            training=Training(
+                epochs=7, checkpoint_every=2, compile=True, norm_weight_decay=None
+            ),
             hparams=Hyperparameters(
                 lr=0.05,
                 momentum=0.8,
@@ -82,8 +95,11 @@ def test_a_claim_answer_reads_into_the_trial_its_spec_asked_for(answers) -> None
                 weight_decay=0.001,
                 nesterov=True,
                 batch_size=48,
+                head_lr_mult=10.0,
+                label_smoothing=0.1,
             ),  # fmt: skip
             seed=11,
+            objective=Objective(metric="val_accuracy", epoch="best"),
         ),
     )
     # a sampled trial trains with the server's config: the sampled lr, the recipe for the rest
@@ -135,13 +151,17 @@ def _broken(answer: dict[str, Any], change: str) -> Any:
     elif change == "batch_size true":
         broken["config"]["batch_size"] = True
     elif change == "unknown hyperparameter":
-        broken["config"]["label_smoothing"] = 0.1
+        broken["config"]["mixup_alpha"] = 0.2
     elif change == "spec not an object":
         broken["spec"] = "typed"
     elif change == "classes not a list":
         broken["spec"]["data"]["classes"] = 3
     elif change == "a class not an integer":
         broken["spec"]["data"]["classes"] = [1, "two"]
+    elif change == "unknown augment policy":
+        broken["spec"]["data"]["augment"] = "cutmix"
+    elif change == "unknown objective metric":
+        broken["spec"]["objective"]["metric"] = "f1"
     elif change == "resume without url":
         broken["resume"] = {"epoch": 2}
     return broken
@@ -151,7 +171,9 @@ def _broken(answer: dict[str, Any], change: str) -> Any:
     ("not an object", r"the answer must be an object, not \["),
     ("lr a string", "config.lr must be a number, not 'fast'"),
     ("batch_size true", "config.batch_size must be an integer, not True"),
-    ("unknown hyperparameter", "config.label_smoothing: this worker does not know it"),
+    ("unknown hyperparameter", "config.mixup_alpha: this worker does not know it"),
+    ("unknown augment policy", "spec.data: unknown augment policy 'cutmix'"),
+    ("unknown objective metric", "spec.objective.metric: this worker does not know 'f1'"),
     ("spec not an object", "spec must be an object, not 'typed'"),
     ("classes not a list", r"spec.data.classes must be a list, not 3"),
     ("a class not an integer", r"spec.data.classes\[1\] must be an integer, not 'two'"),
@@ -180,16 +202,44 @@ def test_the_runner_hands_back_a_trial_it_cannot_read_and_stops(server: Server, 
     spec = digits_spec("unreadable", n_trials=2, baseline=False)
     assert api.post(f"{API}/studies", json=spec).status_code == 201
     answer = _claim(api, "unreadable", worker_id="old-worker")  # its messages name it
-    answer["config"]["label_smoothing"] = 0.1  # a hyperparameter of a newer server
+    answer["config"]["mixup_alpha"] = 0.2  # a hyperparameter of a newer server
     config = WorkerConfig(server=server.url, token=None, worker_id="old-worker", host="h",
                           device="cpu")  # fmt: skip
     runner = Runner(config, Caches(), threading.Event())
-    with pytest.raises(WorkerStopped, match="label_smoothing"):
+    with pytest.raises(WorkerStopped, match="mixup_alpha"):
         runner.run_trial(answer)
     shown = {t["trial_id"]: t for t in api.get(f"{API}/studies/unreadable/trials").json()}
     handed_back = shown[answer["trial_id"]]
     assert handed_back["state"] == "fail"
     assert "old-worker" in handed_back["fail_reason"]
-    assert "label_smoothing" in handed_back["fail_reason"]
+    assert "mixup_alpha" in handed_back["fail_reason"]
     retry = [t for t in shown.values() if t["retry_of"] == answer["number"]]
     assert [t["state"] for t in retry] == ["waiting"]  # a worker that can read it gets it next
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_the_runner_completes_an_epoch_best_study_with_its_best_epoch(server: Server,
+                                                                      api) -> None:
+    """A real fine-tune through the runner: the trial's value is its best epoch's accuracy and
+    that epoch is named (which weights the engine keeps: test_worker_engine)."""
+    spec = digits_spec(
+        "best-epoch-runner", n_trials=1, baseline=False, sampler={"name": "random", "seed": 0},
+        model={"arch": "mobilenet_v3_small", "weights": None, "freeze_backbone": True},
+        data={"kind": "digits", "image_size": 16, "batch_size": 32, "classes": [0, 1]},
+        training={"epochs": 4, "seed": 0},
+        objective={"metric": "val_accuracy", "epoch": "best"},
+        search_space={"lr": {"type": "categorical", "choices": [2.0]}},
+    )  # fmt: skip
+    assert api.post(f"{API}/studies", json=spec).status_code == 201
+    config = WorkerConfig(server=server.url, token=None, worker_id="best-w", host="h",
+                          device="cpu")  # fmt: skip
+    runner = Runner(config, Caches(), threading.Event())
+    assert runner.run_trial(_claim(api, "best-epoch-runner", worker_id="best-w")) == "completed"
+    (trial,) = api.get(f"{API}/studies/best-epoch-runner/trials").json()
+    curve = {int(epoch): value for epoch, value in trial["intermediate_values"].items()}
+    best_epoch = max(curve, key=lambda e: (curve[e], -e))
+    assert trial["state"] == "complete" and len(curve) == 4
+    assert (trial["value"], trial["value_epoch"]) == (curve[best_epoch], best_epoch)
+    assert trial["val_accuracy"] == curve[best_epoch] and trial["val_loss"] > 0
+    assert trial["has_weights"]

@@ -86,7 +86,8 @@ def heartbeat(trial_id: TrialId, services: ServicesDep,
 @router.post("/{trial_id}/complete", responses=ERRORS)
 def complete_trial(trial_id: TrialId, body: TrialComplete, services: ServicesDep,
                    worker_id: HolderId = None) -> TrialAck:
-    return services.messages.complete(trial_id, body.val_loss, body.val_accuracy, worker_id)
+    return services.messages.complete(trial_id, body.val_loss, body.val_accuracy, worker_id,
+                                      body.epoch)
 
 
 @router.post("/{trial_id}/fail", responses=ERRORS)
