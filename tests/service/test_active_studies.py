@@ -16,9 +16,9 @@ from service.registry import StudyHandle
 from service.scheduling import Candidate, order
 from service.settings import Settings
 from service.spec import Scheduling, StudySpec
+from tests.scripted import API, ScriptedWorker, create_study
 from tests.servers import digits_spec
 from tests.service.conftest import StorageMaker
-from tests.scripted import API, ScriptedWorker, create_study
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from service.app import create_app
 from service.settings import Settings
-from tests.service.conftest import StorageMaker
 from tests.scripted import API, ScriptedWorker, create_study, summary
+from tests.service.conftest import StorageMaker
 
 
 @pytest.fixture
