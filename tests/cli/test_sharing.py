@@ -5,35 +5,37 @@ from __future__ import annotations
 import httpx
 
 from cli.main import build_parser
-from tests.cli.conftest import FakeWorker, Run, create_study
+from tests.cli.conftest import Run, run_process
 from tests.cli.test_commands import rows
+from tests.scripted import API, ScriptedWorker, create_study
 from tests.servers import Server
 from worker.client import ServerClient
 
 
 def test_extend_adds_trials_to_a_done_study(cli: Run, api: httpx.Client) -> None:
     create_study(api, "to-extend", n_trials=1)
-    FakeWorker(api, "to-extend", "ext-0").run([1.0])
-    assert api.get("/studies/to-extend").json()["state"] == "done"
+    worker = ScriptedWorker(api, "ext-0", "to-extend")
+    assert worker.run(worker.next_trial(), [1.0]) == "complete"
+    assert api.get(f"{API}/studies/to-extend").json()["state"] == "done"
     r = cli("extend", "to-extend", "--trials", "2")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "study to-extend: n_trials 1 -> 3 (1 finished); it is running\n"
-    assert api.get("/studies/to-extend").json()["n_trials"] == 3
+    assert api.get(f"{API}/studies/to-extend").json()["n_trials"] == 3
     r = cli("extend", "to-extend", "--total", "2")
     assert r.returncode == 0, r.stderr
-    assert api.get("/studies/to-extend").json()["n_trials"] == 2
+    assert api.get(f"{API}/studies/to-extend").json()["n_trials"] == 2
 
 
 def test_extend_below_what_runs_is_one_line(cli: Run, api: httpx.Client) -> None:
     create_study(api, "to-shrink", n_trials=4)
-    FakeWorker(api, "to-shrink", "shrink-0").claim()
-    FakeWorker(api, "to-shrink", "shrink-1").claim()
+    for worker_id in ("shrink-0", "shrink-1"):
+        ScriptedWorker(api, worker_id, "to-shrink").next_trial()
     r = cli("extend", "to-shrink", "--total", "1")
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr == (
         "hpsearch extend: server answered 409: n_trials 1 is below the 2 trials study "
         "'to-shrink' has finished or in flight (0 finished, 2 running, 0 waiting)\n")
-    assert api.get("/studies/to-shrink").json()["n_trials"] == 4
+    assert api.get(f"{API}/studies/to-shrink").json()["n_trials"] == 4
 
 
 def test_extend_needs_a_number(cli: Run) -> None:
@@ -72,7 +74,7 @@ def test_the_worker_client_sends_its_labels(cli_server: Server, api: httpx.Clien
         assert claim is not None and claim["study"] == "needs-h100"
     finally:
         client.close()
-    workers = {w["worker_id"]: w for w in api.get("/workers").json()}
+    workers = {w["worker_id"]: w for w in api.get(f"{API}/workers").json()}
     assert workers["h100-0"]["labels"] == {"gpu": "h100"}
     assert workers["plain-0"]["labels"] == {}
 
@@ -88,15 +90,15 @@ def test_status_shows_priority_and_weight(cli: Run, api: httpx.Client) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_a_worker_process_announces_its_labels(cli: Run, api: httpx.Client) -> None:
+def test_a_worker_process_announces_its_labels(cli_server: Server, api: httpx.Client) -> None:
     """`hpsearch worker --label` end to end: the study needs another GPU, so the worker gets
     nothing (and exits, --exit-when-idle) but the server has heard its labels."""
     create_study(api, "needs-h200", scheduling={"requires": {"gpu": "h200"}})
-    r = cli("worker", "--study", "needs-h200", "--label", "gpu=a100", "--label", "pool=b",
-            "--exit-when-idle", "--device", "cpu", "--worker-id", "labelled-proc",
-            timeout=120)
+    r = run_process("worker", "--study", "needs-h200", "--label", "gpu=a100", "--label",
+                    "pool=b", "--exit-when-idle", "--device", "cpu", "--worker-id",
+                    "labelled-proc", server=cli_server.url, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "nothing to run" in r.stderr
-    workers = {w["worker_id"]: w for w in api.get("/workers").json()}
+    workers = {w["worker_id"]: w for w in api.get(f"{API}/workers").json()}
     assert workers["labelled-proc"]["labels"] == {"gpu": "a100", "pool": "b"}
-    assert api.get("/studies/needs-h200").json()["counts"]["running"] == 0
+    assert api.get(f"{API}/studies/needs-h200").json()["counts"]["running"] == 0
