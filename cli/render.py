@@ -40,6 +40,22 @@ def study_line(study: Body) -> str:
     )
 
 
+def data_lines(study: Body) -> list[str]:
+    """What the study's preflight found in its data set, or that it has not run yet."""
+    data = study.get("data")
+    if not data:
+        return ["data: not checked yet (the preflight runs before the first trial trains)"] \
+            if study.get("preflight") == "pending" and study.get("state") == "running" else []
+    classes = data.get("classes") or []
+    shown = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)"
+                                       if len(classes) > 10 else "")
+    line = (f"data: {len(classes)} classes ({shown}); {data.get('train_images')} train / "
+            f"{data.get('val_images')} val / {data.get('test_images')} test images")
+    if data.get("skipped_images"):
+        line += f", {data['skipped_images']} undecodable skipped"
+    return [line]
+
+
 def best_lines(study: Body) -> list[str]:
     """The best trial so far, its improvement over the baseline, and its params."""
     best, baseline = study.get("best"), study.get("baseline")
