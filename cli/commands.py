@@ -241,11 +241,14 @@ def stop(args: argparse.Namespace) -> int:
 @_command
 def resume(args: argparse.Namespace) -> int:
     with _client(args) as api:
+        before = api.get(_study_path(args.study))
         study = api.post(_study_path(args.study) + "/resume")
     progress = f"{study['finished']}/{study['n_trials']} trials finished"
-    if study["state"] == "running":
-        again = "; its preflight runs first" if study.get("preflight") == "pending" else ""
-        _out(f"resumed study {study['name']}: trials are handed out again ({progress}){again}")
+    if before["state"] == "error" and study["state"] == "running":
+        _out(f"resumed study {study['name']}: its preflight runs again ({progress}); "
+             f"it failed with: {before.get('error')}")
+    elif study["state"] == "running":
+        _out(f"resumed study {study['name']}: trials are handed out again ({progress})")
     else:  # done: resuming hands out nothing more
         _out(f"study {study['name']} is {study['state']}: {progress}")
     return 0
