@@ -3,16 +3,20 @@ spec's: every worker would fail; this machine's: another worker may have what it
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
+from tests.scripted import API
+from tests.servers import Server, digits_spec
 from tests.worker.conftest import JobFactory
 from tests.worker.test_worker_folders import make_split, write_image
 from worker.data import DataCache
 from worker.engine import Caches
 from worker.models import WeightsCache
 from worker.preflight import PreflightFault, run_preflight
+from worker.runner import Runner, WorkerConfig
 
 
 def folder_data(root: Path, **kw: object) -> dict[str, object]:
@@ -82,3 +86,27 @@ def test_a_missing_weights_file_is_this_workers_fault(make_job: JobFactory,
     job = make_job(model={"weights_path": str(tmp_path / "absent.pth")})
     found = fault((job, caches))
     assert found.fault == "worker" and "absent.pth" in found.error
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_the_runner_skips_a_study_whose_data_this_machine_lacks(server: Server, api,
+                                                                 tmp_path: Path) -> None:
+    """The runner's side against a real server: no training, the trial handed back, the study
+    excluded from this worker's next claims and shown in GET /workers."""
+    absent = tmp_path / "absent"
+    spec = digits_spec("elsewhere", n_trials=2, data={"kind": "imagefolder",
+                                                        "root": str(absent), "image_size": 16})
+    assert api.post(f"{API}/studies", json=spec).status_code == 201
+    config = WorkerConfig(server=server.url, token=None, worker_id="lacking", host="h",
+                          device="cpu")  # fmt: skip
+    runner = Runner(config, Caches(), threading.Event())
+    answer = runner.client.claim("lacking", None, "cpu", "h")
+    assert answer is not None and answer["preflight"] is True
+    assert runner.run_trial(answer) == "skipped"
+    assert "is not a directory on this machine" in runner.skipped["elsewhere"]
+    (trial, retry) = api.get(f"{API}/studies/elsewhere/trials").json()
+    assert (trial["state"], retry["state"]) == ("fail", "waiting")
+    (worker,) = api.get(f"{API}/workers").json()
+    assert worker["skipped_studies"] == runner.skipped
+    assert runner.client.claim("lacking", None, "cpu", "h", exclude=["elsewhere"]) is None
+    assert api.get(f"{API}/studies/elsewhere").json()["state"] == "running"
