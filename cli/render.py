@@ -41,11 +41,10 @@ def study_line(study: Body) -> str:
 
 
 def data_lines(study: Body) -> list[str]:
-    """What the study's preflight found in its data set, or that it has not run yet."""
+    """What the study's preflight found in its data set; nothing before it passed."""
     data = study.get("data")
     if not data:
-        return ["data: not checked yet (the preflight runs before the first trial trains)"] \
-            if study.get("preflight") == "pending" and study.get("state") == "running" else []
+        return []
     classes = data.get("classes") or []
     shown = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)"
                                        if len(classes) > 10 else "")

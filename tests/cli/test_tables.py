@@ -69,8 +69,7 @@ def test_a_studys_data_and_error_lines() -> None:
                                      "val_images": 10, "test_images": 0, "skipped_images": 2}}
     assert data_lines(study) == [
         "data: 2 classes (cat, dog); 40 train / 10 val / 0 test images, 2 undecodable skipped"]
-    assert data_lines({**study, "data": None, "preflight": "pending"}) == [
-        "data: not checked yet (the preflight runs before the first trial trains)"]
+    assert data_lines({**study, "data": None, "preflight": "pending"}) == []
     failed = {**study, "state": "error", "data": None, "preflight": "pending",
               "state_reason": "the preflight failed: /d/train holds 1 class folder(s) ['cat']"}
     assert data_lines(failed) == []
