@@ -164,7 +164,9 @@ def workers_table(workers: Sequence[Body]) -> str:
         for w in workers
     ]
     headers = ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN", "LABELS"]
-    return fmt.table(headers, rows, right=(4,))
+    notes = [f"{w['worker_id']} skips study {study}: {_first_line(why)}"
+             for w in workers for study, why in sorted((w.get("skipped_studies") or {}).items())]
+    return "\n".join([fmt.table(headers, rows, right=(4,)), *notes])
 
 
 def _labels(labels: Mapping[str, str] | None) -> str:

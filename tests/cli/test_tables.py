@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from cli import tables
-from cli.render import best_lines, best_yaml, data_lines, study_line
+from cli.render import best_lines, best_yaml, data_lines, study_line, workers_table
 
 
 def test_table_pads_columns_and_aligns_numbers_right() -> None:
@@ -77,3 +77,15 @@ def test_a_studys_data_and_error_lines() -> None:
     assert study_line(failed).endswith("; the preflight failed: /d/train holds 1 class "
                                        "folder(s) ['cat']")
     assert "\n" not in study_line(failed)
+
+
+def test_the_workers_table_says_which_studies_a_worker_skips() -> None:
+    seen = dt.datetime.now(dt.UTC).isoformat()
+    lines = workers_table([
+        {"worker_id": "w-0", "host": "h", "device": "cpu", "study": None, "last_seen": seen,
+         "skipped_studies": {"pets": "data root /data/pets is not a directory on this machine"}},
+        {"worker_id": "w-1", "host": "h", "device": "cpu", "study": "pets", "last_seen": seen},
+    ]).splitlines()
+    assert lines[0].split()[0] == "WORKER" and len(lines) == 4
+    assert lines[-1] == ("w-0 skips study pets: data root /data/pets is not a directory on this "
+                         "machine")
