@@ -147,7 +147,8 @@ def status(args: argparse.Namespace) -> int:
             return 0
         study = api.get(_study_path(args.study))
         trials = api.get(_study_path(args.study) + "/trials")
-    _out("\n".join([render.study_line(study), *render.best_lines(study), ""]))
+    _out("\n".join([render.study_line(study), *render.data_lines(study),
+                     *render.best_lines(study), ""]))
     _out(render.trials_table(trials) if trials else "no trials yet")
     return 0
 
@@ -162,6 +163,9 @@ def watch(args: argparse.Namespace) -> int:
         server = api.server
     lines = [f"study {study['name']} is {study['state']}: "
              f"{study['finished']}/{study['n_trials']} trials finished"]
+    if study.get("error"):
+        lines.append(f"error: {study['error']}; fix it, then `hpsearch resume "
+                     f"{shlex.quote(study['name'])}`")
     if not sys.stdout.isatty():  # on a terminal the last frame shows the best already
         lines += render.best_lines(study)
     if study.get("best"):
@@ -237,9 +241,13 @@ def stop(args: argparse.Namespace) -> int:
 @_command
 def resume(args: argparse.Namespace) -> int:
     with _client(args) as api:
+        before = api.get(_study_path(args.study))
         study = api.post(_study_path(args.study) + "/resume")
     progress = f"{study['finished']}/{study['n_trials']} trials finished"
-    if study["state"] == "running":
+    if before["state"] == "error" and study["state"] == "running":
+        _out(f"resumed study {study['name']}: its preflight runs again ({progress}); "
+             f"it failed with: {before.get('error')}")
+    elif study["state"] == "running":
         _out(f"resumed study {study['name']}: trials are handed out again ({progress})")
     else:  # done: resuming hands out nothing more
         _out(f"study {study['name']} is {study['state']}: {progress}")

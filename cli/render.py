@@ -40,6 +40,21 @@ def study_line(study: Body) -> str:
     )
 
 
+def data_lines(study: Body) -> list[str]:
+    """What the study's preflight found in its data set; nothing before it passed."""
+    data = study.get("data")
+    if not data:
+        return []
+    classes = data.get("classes") or []
+    shown = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)"
+                                       if len(classes) > 10 else "")
+    line = (f"data: {len(classes)} classes ({shown}); {data.get('train_images')} train / "
+            f"{data.get('val_images')} val / {data.get('test_images')} test images")
+    if data.get("skipped_images"):
+        line += f", {data['skipped_images']} undecodable skipped"
+    return [line]
+
+
 def best_lines(study: Body) -> list[str]:
     """The best trial so far, its improvement over the baseline, and its params."""
     best, baseline = study.get("best"), study.get("baseline")
@@ -149,7 +164,9 @@ def workers_table(workers: Sequence[Body]) -> str:
         for w in workers
     ]
     headers = ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN", "LABELS"]
-    return fmt.table(headers, rows, right=(4,))
+    notes = [f"{w['worker_id']} skips study {study}: {_first_line(why)}"
+             for w in workers for study, why in sorted((w.get("skipped_studies") or {}).items())]
+    return "\n".join([fmt.table(headers, rows, right=(4,)), *notes])
 
 
 def _labels(labels: Mapping[str, str] | None) -> str:

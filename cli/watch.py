@@ -15,7 +15,7 @@ from cli import tables as fmt
 from cli.client import ApiError, Client, ServerUnreachable
 
 CLEAR = "\033[H\033[J"  # cursor home, erase to the end of the screen
-ENDED = ("done", "stopped")
+ENDED = ("done", "stopped", "error")
 
 Body = Mapping[str, Any]
 

@@ -30,6 +30,7 @@ from service.lease_keeper import LeaseKeeper
 from service.leases import Leases
 from service.messages import TrialMessages
 from service.metrics import LatencyMiddleware, Metrics, StorageCollector
+from service.preflight import Preflights
 from service.registry import StudyRegistry
 from service.schemas import TrialCounts
 from service.settings import Settings
@@ -65,14 +66,17 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
     metrics.registry.register(StorageCollector(
         _trial_counts(backend), lambda: len(backend.list_workers(3 * settings.grace_period))
     ))
+    messages = TrialMessages(backend, registry, leases, artifacts, metrics)
+    preflights = Preflights(backend, registry, messages)
     return Services(
         settings=settings,
         backend=backend,
         registry=registry,
         studies=StudyService(backend, registry, artifacts, settings.public_url,
                              settings.keep_top_k),
-        claims=Claims(backend, registry, metrics, settings.heartbeat_interval),
-        messages=TrialMessages(backend, registry, leases, artifacts, metrics),
+        claims=Claims(backend, registry, metrics, settings.heartbeat_interval, preflights),
+        messages=messages,
+        preflights=preflights,
         leases=leases,
         artifacts=artifacts,
         metrics=metrics,

@@ -21,6 +21,7 @@ from service.budget import Budget
 from service.errors import NotFound
 from service.grid import ServerGridSampler, grid_left
 from service.metrics import Metrics
+from service.preflight import Preflights
 from service.registry import StudyHandle, StudyRegistry
 from service.scheduling import Candidate, below_limit, order, serves
 from service.schemas import ClaimedTrial, Resume, TrialClaim
@@ -32,8 +33,9 @@ logger = logging.getLogger(__name__)
 
 class Claims:
     def __init__(self, backend: Backend, registry: StudyRegistry, metrics: Metrics,
-                 heartbeat_interval: float) -> None:
+                 heartbeat_interval: float, preflights: Preflights) -> None:
         self._backend = backend
+        self._preflights = preflights
         self._registry = registry
         self._metrics = metrics
         self._heartbeat_interval = heartbeat_interval
@@ -44,9 +46,13 @@ class Claims:
             # The new trial already counts as running once the lock is released, so the
             # budget stays exact while it is sampled.
             with self._backend.claim_lock.hold(handle.study_id):
-                started = self._start_trial(handle, _worker_attrs(request))
+                gate = self._preflights.gate(handle, request.preflight)
+                started = (None if gate == "none"
+                           else self._start_trial(handle, _worker_attrs(request)))
+                if started is not None and gate == "flag":
+                    self._preflights.flagged(handle, internals.trial_id(started))
             if started is not None:
-                trial = self._hand_out(handle, started, request)
+                trial = self._hand_out(handle, started, request, preflight=gate == "flag")
                 self._backend.touch_worker(
                     request.worker_id, study=handle.name, trial_number=trial.number,
                     trial_id=trial.trial_id, **fields,
@@ -65,13 +71,17 @@ class Claims:
         n_trials counts), which also marks a study done for good."""
         if request.study:
             handle = self._registry.get(request.study)  # 404 for an unknown study
-            allowed = serves(request.labels, handle.spec.scheduling.requires)
+            allowed = serves(request.labels, handle.spec.scheduling.requires) \
+                and request.study not in request.exclude
             if allowed and not self._registry.is_stopped(handle):
                 yield handle
             return
         candidates = []
+        excluded = set(request.exclude)
         for rank, study in enumerate(self._backend.active_studies()):
             row = study.row
+            if row.name in excluded:
+                continue
             try:
                 handle = self._registry.open(row.study_id, row.name, row.spec_version)
             except NotFound:  # deleted meanwhile
@@ -119,12 +129,13 @@ class Claims:
             trial.set_user_attr(key, value)  # the Trial's own copy of its attrs follows
 
     def _hand_out(self, handle: StudyHandle, trial: optuna.trial.Trial,
-                  request: TrialClaim) -> ClaimedTrial:
+                  request: TrialClaim, preflight: bool) -> ClaimedTrial:
         _suggest_all(trial, handle.distributions)  # a waiting trial's fixed params, or samples
         frozen = internals.frozen_copy(trial)
         resume = self._resume(handle, frozen)
-        logger.info("trial %d of %s -> %s%s", frozen.number, handle.name, request.worker_id,
-                    f" (resuming after epoch {resume.epoch})" if resume else "")
+        logger.info("trial %d of %s -> %s%s%s", frozen.number, handle.name, request.worker_id,
+                    f" (resuming after epoch {resume.epoch})" if resume else "",
+                    " (preflight first)" if preflight else "")
         return ClaimedTrial(
             trial_id=internals.trial_id(frozen),
             study=handle.name,
@@ -136,6 +147,7 @@ class Claims:
             is_baseline=bool(frozen.user_attrs.get(keys.BASELINE)),
             heartbeat_interval=self._heartbeat_interval,
             resume=resume,
+            preflight=preflight,
         )
 
     def _resume(self, handle: StudyHandle, trial: FrozenTrial) -> Resume | None:

@@ -21,6 +21,13 @@ CREATED_AT = "created_at"  # UTC, ISO 8601
 
 # --- study system attrs -----------------------------------------------------------------------
 STOPPED = "hpsearch:stopped"
+# The study preflight (service/preflight.py): {"state": "pending" | "passed", "trial_id": the
+# preflight trial handed out last, or null, "data": what the passed preflight found, or null}.
+# Absent on studies created before preflights existed: they count as passed.
+PREFLIGHT = "hpsearch:preflight"
+# Why the study's spec cannot be trained (a preflight's spec fault), or null: no trial is
+# handed out while it is set; `resume` clears it.
+ERROR = "hpsearch:error"
 
 # --- trial user attrs (shown in the dashboard) -----------------------------------------------
 BASELINE = "baseline"

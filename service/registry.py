@@ -20,6 +20,7 @@ from service.architectures import check_model
 from service.errors import InvalidInput, NotFound
 from service.grid import mark_grid_points
 from service.optimizers import build_pruner, build_sampler
+from service.preflight_state import PENDING
 from service.pruning import CompletedTrials
 from service.search_space import (
     SearchSpace,
@@ -151,6 +152,8 @@ class StudyRegistry:
             keys.CREATED_AT: utcnow().isoformat(),
         }, direction=spec.objective.direction)
         handle = self._handle(study, spec, space)
+        # The first trial handed to a worker that runs preflights checks the study first.
+        self._backend.set_study_system_attrs(handle.study_id, {keys.PREFLIGHT: PENDING})
         # Waiting trials are made under the claim lock (claims count them there), and a claim
         # must find the baseline and the warm start's configurations waiting in this order.
         with self._backend.claim_lock.hold(handle.study_id):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 
 from service import keys
 from service.spec import Scheduling
@@ -97,12 +104,34 @@ class TrialCounts(BaseModel):
     fail: int = 0
 
 
+class StudyData(BaseModel):
+    """What a study's passed preflight found in its data set."""
+
+    classes: list[str] = Field(max_length=100_000)
+    train_images: int = Field(ge=0)
+    val_images: int = Field(ge=0)
+    test_images: int = Field(0, ge=0)
+    skipped_images: int = Field(0, ge=0, description="Undecodable files left out "
+                                "(data.on_bad_image: skip)")
+
+
 class StudyPublic(BaseModel):
     name: str
-    state: Literal["running", "stopped", "done"]
+    state: Literal["running", "stopped", "done", "error"]
     state_reason: str | None = Field(
         None, description="Why no new trials are handed out (the budget is spent, the grid "
-        "is exhausted, too many failures, stopped); null while they are"
+        "is exhausted, too many failures, stopped, the preflight failed); null while they are"
+    )
+    error: str | None = Field(
+        None, description="In state error: why the spec cannot be trained, as the preflight "
+        "found it; `resume` runs the preflight again"
+    )
+    preflight: Literal["pending", "passed"] = Field(
+        "passed", description="Whether a worker has checked the data, the model and one "
+        "training step; until then one trial at a time runs, as that check"
+    )
+    data: StudyData | None = Field(
+        None, description="What the preflight found in the data set; null until it passed"
     )
     n_trials: int
     finished: int = Field(description="COMPLETE + PRUNED trials, what n_trials counts")
@@ -150,6 +179,15 @@ class TrialClaim(_In):
         Annotated[str, Field(pattern=keys.LABEL_VALUE_PATTERN)],
     ] = Field(default_factory=dict, max_length=keys.MAX_LABELS,
               description="The worker's labels; a study's scheduling.requires must match them")
+    preflight: bool = Field(
+        False, description="The worker runs a study's preflight when its claim answer says "
+        "so (hpsearch worker does). A study whose preflight has not passed hands such workers "
+        "one trial at a time, flagged preflight; claims without it are served as before"
+    )
+    exclude: list[Annotated[str, Field(pattern=keys.STUDY_NAME_PATTERN)]] = Field(
+        default_factory=list, max_length=1000,
+        description="Studies this worker skips (its preflight found its machine lacking)",
+    )
 
 
 class Resume(BaseModel):
@@ -178,6 +216,37 @@ class ClaimedTrial(BaseModel):
     is_baseline: bool
     heartbeat_interval: Seconds
     resume: Resume | None
+    preflight: bool = Field(
+        False, description="Check the study before training this trial and POST the result "
+        "to /trials/{trial_id}/preflight; train it only if the check passed"
+    )
+
+
+class PreflightResult(_In):
+    """A preflight's outcome: ok with what it found, or the fault and its error. A `spec`
+    fault (the data set, the model) puts the study in error; a `worker` fault (this machine
+    lacks the data root, the weights file or the memory) makes this worker skip the study."""
+
+    ok: bool
+    data: StudyData | None = None
+    fault: Literal["spec", "worker"] | None = None
+    error: str | None = Field(None, min_length=1, max_length=4000)
+
+    @model_validator(mode="after")
+    def _complete(self) -> PreflightResult:
+        if self.ok and self.data is None:
+            raise ValueError("a passed preflight sends its data")
+        if not self.ok and (self.fault is None or self.error is None):
+            raise ValueError("a failed preflight sends its fault and error")
+        return self
+
+
+class PreflightAnswer(BaseModel):
+    study: str
+    outcome: Literal["passed", "error", "skipped"] = Field(
+        description="passed: train the trial; error: the study is in error and the trial "
+        "failed; skipped: the trial was handed back and this worker skips the study"
+    )
 
 
 class TrialReport(_In):
@@ -224,6 +293,9 @@ class WorkerPublic(BaseModel):
     trial_number: int | None
     last_seen: AwareDatetime
     labels: dict[str, str] = {}
+    skipped_studies: dict[str, str] = Field(
+        default_factory=dict, description="Studies the worker skips, and why"
+    )
 
 
 class Health(BaseModel):

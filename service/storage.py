@@ -68,15 +68,19 @@ workers_table = sa.Table(
     sa.Column("trial_id", sa.Integer, nullable=True),
     sa.Column("last_seen", sa.DateTime, nullable=False),
     sa.Column("labels", sa.Text, nullable=True),  # JSON {key: value}; added after the first release
+    # JSON {study: why}: studies this worker skips (its preflight found its machine lacking)
+    sa.Column("skipped", sa.Text, nullable=True),
 )
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:
     """Columns added to hpsearch's tables since a database was created."""
     present = {c["name"] for c in sa.inspect(engine).get_columns(workers_table.name)}
-    if "labels" not in present:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"ALTER TABLE {workers_table.name} ADD COLUMN labels TEXT"))
+    for column in ("labels", "skipped"):
+        if column not in present:
+            with engine.begin() as conn:
+                conn.execute(sa.text(
+                    f"ALTER TABLE {workers_table.name} ADD COLUMN {column} TEXT"))
 
 
 def utcnow() -> dt.datetime:
@@ -219,6 +223,17 @@ class Backend:
     def set_stopped(self, study_id: int, stopped: bool) -> None:
         self._storage.set_study_system_attr(study_id, keys.STOPPED, stopped)
 
+    def study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        """hpsearch's own study state (stopped, preflight, error), read now."""
+        try:
+            return self._storage.get_study_system_attrs(study_id)
+        except KeyError as exc:
+            raise NotFound(f"no study with id {study_id}") from exc
+
+    def set_study_system_attrs(self, study_id: int, attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            self._storage.set_study_system_attr(study_id, key, value)
+
     def study_names(self) -> list[str]:
         """The names of the studies hpsearch created (others in the database are not ours)."""
         return [s.study_name for s in self._storage.get_all_studies() if keys.SPEC in s.user_attrs]
@@ -351,6 +366,14 @@ class Backend:
         with self._engine.begin() as conn:
             conn.execute(stmt)
 
+    def skip_study(self, worker_id: str, study: str, why: str) -> None:
+        """Record that the worker skips `study`, and why (shown in GET /workers)."""
+        with self._engine.connect() as conn:
+            found = conn.execute(sa.select(workers_table.c.skipped)
+                                 .where(workers_table.c.worker_id == worker_id)).scalar()
+        skipped = {**(json.loads(found) if found else {}), study: why}
+        self.touch_worker(worker_id, skipped=json.dumps(skipped, sort_keys=True))
+
     def list_workers(self, seen_within: float) -> list[dict[str, Any]]:
         since = utcnow() - dt.timedelta(seconds=seen_within)
         query = (
@@ -362,6 +385,7 @@ class Backend:
             rows = [dict(row._mapping) for row in conn.execute(query)]
         for row in rows:
             row["labels"] = json.loads(row["labels"]) if row["labels"] else {}
+            row["skipped_studies"] = json.loads(row["skipped"]) if row["skipped"] else {}
         return rows
 
 

@@ -12,6 +12,7 @@ from service.artifacts import Artifacts
 from service.budget import Budget
 from service.errors import Conflict, NotFound
 from service.grid import assigned_grid_ids, grid_left
+from service.preflight_state import Preflight, retry
 from service.registry import StudyHandle, StudyRegistry
 from service.schemas import BestList, StudyPatch, StudyPublic, TrialPublic
 from service.spec import StudySpec
@@ -118,9 +119,13 @@ class StudyService:
         ranking = ranked(handle, trials)
         best = best_trial(handle, ranking[0], base_value) if ranking else None
         reason = budget.reason()
-        if budget.ended():
+        attrs = self._backend.study_system_attrs(handle.study_id)
+        preflight = Preflight.of(attrs)
+        if preflight.error is not None:
+            state, reason = "error", f"the preflight failed: {preflight.error}"
+        elif budget.ended():
             state = "done"
-        elif self._registry.is_stopped(handle):
+        elif attrs.get(keys.STOPPED):
             state, reason = "stopped", "stopped: no new trials are handed out"
         else:
             state = "running"
@@ -144,6 +149,9 @@ class StudyService:
             spec=handle.spec.model_dump(mode="json"),
             priority=handle.spec.scheduling.priority,
             weight=handle.spec.scheduling.weight,
+            error=preflight.error,
+            preflight=preflight.state,
+            data=preflight.data,
         )
 
     def patch(self, name: str, change: StudyPatch, base_url: str) -> StudyPublic:
@@ -204,11 +212,14 @@ class StudyService:
         return self.summary(name, base_url, handle=handle)
 
     def resume(self, name: str, base_url: str) -> StudyPublic:
-        """Undo `stop`: hand out trials again. A study that is not stopped is left as it is."""
+        """Undo `stop`, and clear a failed preflight's error (the next claim runs the
+        preflight again): hand out trials again. Any other study is left as it is."""
         handle = self._registry.get(name)
         if self._registry.is_stopped(handle):
             self._backend.set_stopped(handle.study_id, False)
             logger.info("resumed study %s", name)
+        if retry(self._backend, handle.study_id):
+            logger.info("study %s: its preflight runs again", name)
         return self.summary(name, base_url, handle=handle)
 
     def delete(self, name: str) -> None:

@@ -48,7 +48,7 @@ _TRIALS = models.TrialModel.__table__
 _STUDY_USER_ATTRS = models.StudyUserAttributeModel.__table__
 _STUDY_SYSTEM_ATTRS = models.StudySystemAttributeModel.__table__
 
-StudyState = Literal["running", "stopped", "done"]
+StudyState = Literal["running", "stopped", "done", "error"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,15 @@ def _stopped() -> sa.ColumnElement[bool]:
         _STUDY_SYSTEM_ATTRS.c.study_id == table.c.study_id,
         _STUDY_SYSTEM_ATTRS.c.key == keys.STOPPED,
         _STUDY_SYSTEM_ATTRS.c.value_json == json.dumps(True),
+    )
+
+
+def _errored() -> sa.ColumnElement[bool]:
+    """The study's spec failed its preflight: like stopped, it hands out nothing until resumed."""
+    return sa.exists().where(
+        _STUDY_SYSTEM_ATTRS.c.study_id == table.c.study_id,
+        _STUDY_SYSTEM_ATTRS.c.key == keys.ERROR,
+        _STUDY_SYSTEM_ATTRS.c.value_json != json.dumps(None),
     )
 
 
@@ -133,10 +142,11 @@ def ref(conn: sa.Connection, name: str) -> tuple[int, int] | None:
 
 
 def active(conn: sa.Connection) -> list[ActiveStudy]:
-    """The studies that are neither done nor stopped, oldest first, with their running trials:
+    """The studies that are neither done nor stopped nor in error, oldest first, with their
+    running trials:
     two indexed queries, whose cost grows with these studies and their running trials only."""
     rows = [_row(r) for r in conn.execute(
-        _rows().where(table.c.done == sa.false(), ~_stopped())
+        _rows().where(table.c.done == sa.false(), ~_stopped(), ~_errored())
         .order_by(table.c.created_at, table.c.study_id)
     )]
     if not rows:
@@ -158,14 +168,17 @@ def not_done(conn: sa.Connection) -> list[StudyRow]:
 def page(conn: sa.Connection, state: StudyState | None, limit: int | None,
          offset: int) -> list[StudyRow]:
     """Studies by id (creation order), optionally of one state as the `done` flag and the
-    stopped attr say. The caller marks done studies first, so the flag is up to date."""
+    stopped and error attrs say (an error outranks stopped). The caller marks done studies
+    first, so the flag is up to date."""
     query = _rows().order_by(table.c.study_id).offset(offset)
     if state == "done":
         query = query.where(table.c.done == sa.true())
+    elif state == "error":
+        query = query.where(table.c.done == sa.false(), _errored())
     elif state == "stopped":
-        query = query.where(table.c.done == sa.false(), _stopped())
+        query = query.where(table.c.done == sa.false(), _stopped(), ~_errored())
     elif state == "running":
-        query = query.where(table.c.done == sa.false(), ~_stopped())
+        query = query.where(table.c.done == sa.false(), ~_stopped(), ~_errored())
     if limit is not None:
         query = query.limit(limit)
     return [_row(r) for r in conn.execute(query)]

@@ -108,12 +108,16 @@ class ServerClient:
     # --- the protocol --------------------------------------------------------------------------
     def claim(
         self, worker_id: str, study: str | None, device: str, host: str,
-        labels: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None, exclude: list[str] | None = None,
     ) -> dict[str, Any] | None:
+        """A trial, or None. This worker runs preflights (`preflight`); it skips the studies
+        in `exclude`."""
         body: dict[str, Any] = {"worker_id": worker_id, "study": study, "device": device,
-                                "host": host}
+                                "host": host, "preflight": True}
         if labels:  # only when there are some: a server without labels refuses the field
             body["labels"] = labels
+        if exclude:
+            body["exclude"] = exclude
         response = self._request("POST", "/api/v1/trials/claim", json=body)
         return None if response.status_code == 204 else response.json()
 
@@ -147,6 +151,12 @@ class ServerClient:
         if epoch is not None:
             body["epoch"] = epoch
         self._request("POST", f"/api/v1/trials/{trial_id}/complete", json=body, trial=True)
+
+    def preflight(self, trial_id: int, result: dict[str, Any]) -> str:
+        """Send a preflight's result ({ok, data} or {ok: false, fault, error}); returns the
+        outcome: passed (train the trial), error or skipped (the server ended it)."""
+        path = f"/api/v1/trials/{trial_id}/preflight"
+        return str(self._request("POST", path, json=result, trial=True).json()["outcome"])
 
     def fail(self, trial_id: int, reason: str, *, retry: bool = False) -> None:
         # A 409 means it is already finished (or failed by the server), a 404 that it is gone:

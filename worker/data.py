@@ -152,6 +152,11 @@ class DataCache:
         # a faulty data set fails every trial the same way: decode it once, not per trial
         self._failed: dict[tuple[Hashable, ...], str] = {}
 
+    def forget_failure(self, spec: DataSpec) -> None:
+        """Decode the data set again at the next ``get`` if it failed before: a preflight run
+        again after a study's error was cleared checks the data as it is now."""
+        self._failed.pop(spec.decode_key(), None)
+
     def get(self, spec: DataSpec, device: torch.device | str = "cpu") -> ImageData:
         device = torch.device(device)
         key = spec.decode_key()

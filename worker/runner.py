@@ -23,6 +23,7 @@ from worker.engine import (
 )
 from worker.heartbeat import Heartbeat
 from worker.models import WeightsUnavailable
+from worker.preflight import PreflightFault, run_preflight
 from worker.trial import BadClaim, Hyperparameters, Trial
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class Runner:
         self.client = client or ServerClient(config.server, config.token,
                                              worker_id=config.worker_id)
         self.trials_run = 0
+        # Studies this worker's preflight found its machine lacking for, and why.
+        self.skipped: dict[str, str] = {}
 
     def run(self) -> int:
         """Run trials until stopped, out of trials (--exit-when-idle) or --max-trials."""
@@ -69,7 +72,7 @@ class Runner:
         while not self.stop.is_set() and (limit is None or self.trials_run < limit):
             claim = self.client.claim(
                 self.config.worker_id, self.config.study, self.config.device, self.config.host,
-                self.config.labels,
+                self.config.labels, sorted(self.skipped),
             )
             if claim is None:
                 if self.config.exit_when_idle:
@@ -88,6 +91,10 @@ class Runner:
         trial = self._read(claim)
         logger.info("%s: %s", trial.label, _describe(trial.job.hparams))
         with Heartbeat(self.client, trial.trial_id, trial.heartbeat_interval) as heartbeat:
+            if trial.preflight:
+                ended = self._preflight(trial, heartbeat)
+                if ended is not None:
+                    return ended
             try:
                 outcome = self._train(trial, heartbeat)
             except Exception as exc:  # each kind of early end is told apart in _ended_early
@@ -97,6 +104,34 @@ class Runner:
                 logger.info("%s pruned after %d epochs", trial.label, outcome.epochs_run)
                 return "pruned"
             return self._complete(trial, outcome, heartbeat)
+
+    def _preflight(self, trial: Trial, heartbeat: Heartbeat) -> str | None:
+        """Check the study before its first trial trains and tell the server. Returns None when
+        the trial should train, else how it ended (the server failed or re-queued it)."""
+        logger.info("%s: checking the study first (preflight)", trial.label)
+        try:
+            result: dict[str, Any] = {"ok": True,
+                                      "data": run_preflight(trial.job, self.caches,
+                                                            self.config.device)}
+        except PreflightFault as fault:
+            result = {"ok": False, "fault": fault.fault, "error": fault.error[:4000]}
+        try:
+            outcome = self.client.preflight(trial.trial_id, result)
+        except LeaseLost as exc:
+            return _abandoned(trial.label, exc)
+        if outcome == "passed":
+            return None
+        heartbeat.finish()
+        if outcome == "error":
+            logger.error("study %s cannot be trained; it is in error until it is resumed: %s",
+                         trial.study, result["error"])
+            return "preflight failed"
+        self.skipped[trial.study] = result["error"]
+        logger.warning("skipping study %s on this worker (handed back): %s", trial.study,
+                       result["error"])
+        if self.config.study == trial.study:  # the one study this worker serves
+            raise WorkerStopped(f"study {trial.study}: {result['error']}")
+        return "skipped"
 
     def _read(self, claim: Mapping[str, Any]) -> Trial:
         """The typed trial of a claim answer. One this worker cannot read is handed back (a

@@ -136,6 +136,7 @@ class Trial:
     heartbeat_interval: float
     resume: Resume | None
     job: TrialJob
+    preflight: bool = False  # check the study first (worker/preflight.py), then train
 
     @property
     def label(self) -> str:
@@ -160,6 +161,8 @@ class Trial:
                 job=TrialJob.from_parts(
                     claim.get("spec"), claim.get("config"), _field(claim, "seed", int, "")
                 ),
+                # a server without preflights does not send it
+                preflight=_typed(claim.get("preflight", False), bool, "preflight"),
             )
         except BadClaim as exc:
             raise BadClaim(exc.problem, trial_id) from None

@@ -15,6 +15,7 @@ from service.claims import Claims
 from service.leases import Leases
 from service.messages import TrialMessages
 from service.metrics import Metrics
+from service.preflight import Preflights
 from service.registry import StudyRegistry
 from service.settings import Settings
 from service.storage import Backend
@@ -29,6 +30,7 @@ class Services:
     studies: StudyService
     claims: Claims
     messages: TrialMessages
+    preflights: Preflights
     leases: Leases
     artifacts: Artifacts
     metrics: Metrics

@@ -88,3 +88,28 @@ def test_submit_warm_start_from_an_unknown_study(cli: Run, api: httpx.Client,
         "  warm_start.study: no study named 'ghost' to warm-start from"
     ]
     assert api.get(f"{API}/studies/cold").status_code == 404
+
+
+def test_a_preflight_error_shows_in_status_and_watch_and_resume_runs_it_again(
+    cli: Run, api: httpx.Client
+) -> None:
+    create_study(api, "broken-data", n_trials=2)
+    worker = ScriptedWorker(api, "w-broken", "broken-data")
+    trial = worker.next_trial(preflight=True)
+    cause = "/data/pets/train holds 1 class folder(s) ['cat']; at least 2 are needed"
+    r = api.post(f"{API}/trials/{trial.trial_id}/preflight",
+                 json={"ok": False, "fault": "spec", "error": cause})
+    assert r.status_code == 200, r.text
+
+    status = cli("status", "broken-data")
+    assert status.returncode == 0, status.stderr
+    first = status.stdout.splitlines()[0]
+    assert first.startswith("study broken-data: error,") and first.endswith(cause)
+    watched = cli("watch", "broken-data", "--interval", "0.1")  # an error ends it
+    assert watched.returncode == 0, watched.stderr
+    assert f"error: {cause}; fix it, then `hpsearch resume broken-data`" in watched.stdout
+
+    resumed = cli("resume", "broken-data")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith("resumed study broken-data: its preflight runs again")
+    assert worker.next_trial(preflight=True).body["preflight"] is True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from cli import tables
-from cli.render import best_lines, best_yaml
+from cli.render import best_lines, best_yaml, data_lines, study_line, workers_table
 
 
 def test_table_pads_columns_and_aligns_numbers_right() -> None:
@@ -61,3 +61,31 @@ def test_best_configs_name_the_metric_they_rank_by() -> None:
     assert text.startswith("# hpsearch: study s, the top 2 trials by val accuracy, best first")
     assert "# 1. trial 3, val loss 0.25, accuracy 87.5%, +5.0% vs the baseline" in text
     assert "by val loss" in best_yaml({**body, "objective": None}, 2)
+
+
+def test_a_studys_data_and_error_lines() -> None:
+    study = {"name": "pets", "state": "running", "preflight": "passed", "finished": 0,
+             "n_trials": 4, "data": {"classes": ["cat", "dog"], "train_images": 40,
+                                     "val_images": 10, "test_images": 0, "skipped_images": 2}}
+    assert data_lines(study) == [
+        "data: 2 classes (cat, dog); 40 train / 10 val / 0 test images, 2 undecodable skipped"]
+    assert data_lines({**study, "data": None, "preflight": "pending"}) == []
+    failed = {**study, "state": "error", "data": None, "preflight": "pending",
+              "state_reason": "the preflight failed: /d/train holds 1 class folder(s) ['cat']"}
+    assert data_lines(failed) == []
+    assert study_line(failed).startswith("study pets: error, 0/4 finished")
+    assert study_line(failed).endswith("; the preflight failed: /d/train holds 1 class "
+                                       "folder(s) ['cat']")
+    assert "\n" not in study_line(failed)
+
+
+def test_the_workers_table_says_which_studies_a_worker_skips() -> None:
+    seen = dt.datetime.now(dt.UTC).isoformat()
+    lines = workers_table([
+        {"worker_id": "w-0", "host": "h", "device": "cpu", "study": None, "last_seen": seen,
+         "skipped_studies": {"pets": "data root /data/pets is not a directory on this machine"}},
+        {"worker_id": "w-1", "host": "h", "device": "cpu", "study": "pets", "last_seen": seen},
+    ]).splitlines()
+    assert lines[0].split()[0] == "WORKER" and len(lines) == 4
+    assert lines[-1] == ("w-0 skips study pets: data root /data/pets is not a directory on this "
+                         "machine")

@@ -19,6 +19,8 @@ from service.schemas import (
     ClaimedTrial,
     ErrorBody,
     HeartbeatAnswer,
+    PreflightAnswer,
+    PreflightResult,
     ReportAnswer,
     TrialAck,
     TrialClaim,
@@ -95,6 +97,16 @@ def fail_trial(trial_id: TrialId, body: TrialFail, services: ServicesDep,
                worker_id: HolderId = None) -> TrialAck:
     """Fail the trial with a reason; retry=true hands it back to be run again at once."""
     return services.messages.fail(trial_id, body.reason, body.retry, worker_id)
+
+
+@router.post("/{trial_id}/preflight", responses=ERRORS)
+def preflight_result(trial_id: TrialId, body: PreflightResult, services: ServicesDep,
+                     worker_id: HolderId = None) -> PreflightAnswer:
+    """The result of the study's preflight, run before this trial (claimed with
+    preflight=true) trains: passed (train it), a spec fault (the study goes into error, the
+    trial fails) or a fault of this worker's machine (the trial is handed back, the worker
+    skips the study)."""
+    return services.preflights.record(trial_id, body, worker_id)
 
 
 @contextlib.asynccontextmanager
