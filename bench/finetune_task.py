@@ -35,7 +35,8 @@ def pretrained_weights(image_size: int = 32) -> Path:
 
 def data_section(image_size: int, batch_size: int = 64, augment: bool = True) -> dict[str, Any]:
     return {"kind": "digits", "root": None, "classes": list(FINETUNE_CLASSES),
-            "image_size": image_size, "batch_size": batch_size, "val_fraction": 0.2,
+            "image_size": image_size, "resize_size": round(image_size * 256 / 224),
+            "interpolation": "bilinear", "batch_size": batch_size, "val_fraction": 0.2,
             "augment": "flip_crop" if augment else "none", "on_bad_image": "error"}
 
 

@@ -44,3 +44,30 @@ def check_model(spec: StudySpec) -> Iterator[tuple[str, str]]:
     multiple = entry.get("image_size_multiple_of")
     if multiple and size % multiple:
         yield "data.image_size", f"{arch} needs a multiple of {multiple} px, not {size}"
+
+
+def with_preprocessing(spec: StudySpec) -> StudySpec:
+    """`spec` with its data's image_size, resize_size and interpolation decided: what the spec
+    gives, else the pretrained weights' own preset, else 224 px, x 256/224 and bilinear (as
+    before presets). The worker receives the decided values and keeps no defaults."""
+    data = spec.data
+    preset = _preset(spec)
+    crop = data.image_size or (preset["crop"] if preset else 224)
+    if data.resize_size is not None:
+        resize = data.resize_size
+    elif preset and data.image_size is None:
+        resize = preset["resize"]
+    else:
+        resize = max(crop, round(crop * 256 / 224))
+    interpolation = data.interpolation or (preset["interpolation"] if preset else "bilinear")
+    decided = data.model_copy(update={"image_size": crop, "resize_size": max(resize, crop),
+                                      "interpolation": interpolation})
+    return spec.model_copy(update={"data": decided})
+
+
+def _preset(spec: StudySpec) -> dict[str, Any] | None:
+    entry = architectures().get(spec.model.arch)
+    if entry is None or spec.model.weights is None:
+        return None
+    name = entry["default_weights"] if spec.model.weights == "DEFAULT" else spec.model.weights
+    return entry["presets"].get(name)

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from service import keys, warm_start
 from service import optuna_internals as internals
-from service.architectures import check_model
+from service.architectures import check_model, with_preprocessing
 from service.errors import InvalidInput, NotFound
 from service.grid import mark_grid_points
 from service.optimizers import build_pruner, build_sampler
@@ -144,6 +144,7 @@ class StudyRegistry:
         return source
 
     def create(self, spec: StudySpec) -> StudyHandle:
+        spec = with_preprocessing(spec)  # stored decided: every process hands out the same
         space, sampler, pruner = self.check(spec)
         source = self.warm_start_source(spec)
         study = self._backend.create_study(spec.name, sampler, pruner, {
@@ -210,7 +211,8 @@ class StudyRegistry:
         attrs = self._backend.study_user_attrs(study_id)
         if keys.SPEC not in attrs:
             raise NotFound(f"study {name!r} was not created by hpsearch")
-        spec = StudySpec.model_validate(attrs[keys.SPEC])
+        # Specs stored before preprocessing presets existed get today's values (224, x256/224).
+        spec = with_preprocessing(StudySpec.model_validate(attrs[keys.SPEC]))
         space = SearchSpace.model_validate(attrs[keys.SPACE])
         sampler, pruner = self._build(spec, space)
         study = self._backend.load_study(name, sampler, pruner)
@@ -225,7 +227,8 @@ class StudyRegistry:
     def _respec(self, handle: StudyHandle, version: int) -> StudyHandle:
         """The handle with the spec as stored now. Only n_trials and scheduling can change
         (PATCH), so the Study, its sampler and what it has read stay."""
-        spec = StudySpec.model_validate(self._backend.study_user_attrs(handle.study_id)[keys.SPEC])
+        spec = with_preprocessing(
+            StudySpec.model_validate(self._backend.study_user_attrs(handle.study_id)[keys.SPEC]))
         fresh = dataclasses.replace(handle, spec=spec, version=version)
         with self._lock:
             current = self._handles.get(handle.name)

@@ -55,7 +55,27 @@ def _augment_policy(value: Any) -> Any:
 
 
 class _DataCommon(_Strict):
-    image_size: int = Field(224, ge=8, le=1024)
+    # Unset, the three preprocessing sizes are the pretrained weights' own evaluation preset
+    # (torchvision's weights.transforms()), resolved when the study is created.
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="Crop size; default: the weights' preset (224 without)"
+    )
+    resize_size: int | None = Field(
+        None, ge=8, le=2048,
+        description="Shorter side before cropping; default: the weights' preset with its crop, "
+        "else image_size x 256/224",
+    )
+    interpolation: Literal["bilinear", "bicubic"] | None = Field(
+        None, description="For resizing image folders; default: the weights' preset (bilinear)"
+    )
+
+    @field_validator("resize_size")
+    @classmethod
+    def _resize_holds_the_crop(cls, resize: int | None, info: ValidationInfo) -> int | None:
+        crop = info.data.get("image_size")
+        if resize is not None and crop is not None and resize < crop:
+            raise ValueError(f"{resize} is below image_size {crop}: the crop would not fit")
+        return resize
     batch_size: int = Field(64, ge=1, le=8192)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     augment: AugmentPolicy = Field(

@@ -24,7 +24,9 @@ NO_LINEAR_HEAD = ("squeezenet1_0", "squeezenet1_1")
 
 
 def supported() -> dict[str, dict[str, Any]]:
-    """{arch: {weights: [names], min_image_size: px[, image_size_multiple_of: px]}}."""
+    """{arch: {weights: [names], default_weights, presets: {weights: {crop, resize,
+    interpolation}}, min_image_size: px[, image_size_multiple_of: px]}}: each weights' own
+    evaluation preset (torchvision's ``weights.transforms()``), the spec's defaults."""
     table: dict[str, dict[str, Any]] = {}
     for arch in torchvision.models.list_models(module=torchvision.models):
         if arch in NO_LINEAR_HEAD:
@@ -32,6 +34,8 @@ def supported() -> dict[str, dict[str, Any]]:
         weights = list(torchvision.models.get_model_weights(arch))
         entry: dict[str, Any] = {
             "weights": [w.name for w in weights],
+            "default_weights": torchvision.models.get_model_weights(arch).DEFAULT.name,
+            "presets": {w.name: _preset(w) for w in weights},
             "min_image_size": max(max(w.meta["min_size"]) for w in weights),
         }
         if arch.startswith("vit_"):
@@ -41,6 +45,15 @@ def supported() -> dict[str, dict[str, Any]]:
             entry.update(min_image_size=patch, image_size_multiple_of=patch)
         table[arch] = entry
     return table
+
+
+def _preset(weights: Any) -> dict[str, Any]:
+    transforms = weights.transforms()
+    return {
+        "crop": int(transforms.crop_size[0]),
+        "resize": int(transforms.resize_size[0]),
+        "interpolation": transforms.interpolation.value,  # "bilinear", "bicubic"
+    }
 
 
 def build_on_meta(arch: str) -> nn.Module:

@@ -1,7 +1,7 @@
 """Decoded data sets held in memory, and the batches a trial trains on.
 
 A data set is decoded once per worker process into uint8 tensors of a square
-``stored_size`` (``round(image_size * 256 / 224)``), kept in a :class:`DataCache`
+``stored_size`` (the spec's ``resize_size``), kept in a :class:`DataCache`
 and shared by every trial of a study. Batches are cut from those tensors by an
 index permutation drawn from a generator seeded by (trial seed, epoch), so the
 data order and the augmentation of an epoch depend on nothing else: a run resumed
@@ -84,7 +84,9 @@ class DataSpec:
     is a hyperparameter: :class:`worker.trial.Hyperparameters`)."""
 
     kind: str
-    image_size: int
+    image_size: int  # the crop the model sees
+    resize_size: int  # the shorter side images are resized to (and stored at) before cropping
+    interpolation: str  # of that resize, for image folders: "bilinear" or "bicubic"
     val_fraction: float
     root: str | None
     classes: tuple[int, ...] | None
@@ -99,6 +101,8 @@ class DataSpec:
         return cls(
             kind=str(data["kind"]),
             image_size=int(data["image_size"]),
+            resize_size=int(data["resize_size"]),
+            interpolation=str(data["interpolation"]),
             val_fraction=float(data["val_fraction"]),
             root=str(Path(root).expanduser().resolve()) if root else None,
             classes=tuple(sorted(int(c) for c in classes)) if classes else None,
@@ -108,13 +112,13 @@ class DataSpec:
 
     @property
     def stored_size(self) -> int:
-        return max(self.image_size, round(self.image_size * 256 / 224))
+        return self.resize_size
 
     def decode_key(self) -> tuple[Hashable, ...]:
         """What the decoded tensors depend on (not the batch size or augmentation)."""
         return (
-            self.kind, self.root, self.image_size, self.val_fraction, self.classes,
-            self.on_bad_image,
+            self.kind, self.root, self.image_size, self.resize_size, self.interpolation,
+            self.val_fraction, self.classes, self.on_bad_image,
         )  # fmt: skip
 
 
@@ -242,24 +246,25 @@ def load_digits(spec: DataSpec) -> ImageData:
     )
 
 
-def decode_image(path: str, size: int) -> Tensor:
-    """RGB uint8 [3, size, size]: shorter side resized to ``size``, then center-cropped.
-    Raises :class:`~worker.folders.DatasetError` naming the file when it cannot be decoded."""
+def decode_image(path: str, size: int, interpolation: str) -> Tensor:
+    """RGB uint8 [3, size, size]: shorter side resized to ``size`` (``interpolation``: bilinear
+    or bicubic), then center-cropped. Raises :class:`~worker.folders.DatasetError` naming the
+    file when it cannot be decoded."""
     rgb = open_rgb(path)
-    rgb = TF.resize(rgb, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    rgb = TF.resize(rgb, size, interpolation=InterpolationMode(interpolation), antialias=True)
     return TF.pil_to_tensor(TF.center_crop(rgb, [size, size]))
 
 
-def _decode_all(
-    samples: Sequence[tuple[str, int]], size: int, skip_bad: bool = False
-) -> tuple[Split, int]:
-    """(the decoded split, how many undecodable files ``skip_bad`` left out)."""
+def _decode_all(samples: Sequence[tuple[str, int]], spec: DataSpec) -> tuple[Split, int]:
+    """(the decoded split at ``spec``'s stored size, how many undecodable files
+    ``on_bad_image: skip`` left out)."""
+    size = spec.stored_size
 
     def decode(path: str) -> Tensor | None:
         try:
-            return decode_image(path, size)
+            return decode_image(path, size, spec.interpolation)
         except DatasetError as exc:
-            if not skip_bad:
+            if spec.on_bad_image != "skip":
                 raise
             logger.warning("skipped: %s", exc)
             return None
@@ -286,13 +291,12 @@ def load_imagefolder(spec: DataSpec) -> ImageData:
     if spec.root is None:
         raise ValueError("data.root is required for kind 'imagefolder'")
     layout = find_layout(spec.root)
-    size, skip = spec.stored_size, spec.on_bad_image == "skip"
     if layout.val is not None:
-        train, skipped = _decode_all(layout.train, size, skip)
-        val, val_skipped = _decode_all(layout.val, size, skip)
+        train, skipped = _decode_all(layout.train, spec)
+        val, val_skipped = _decode_all(layout.val, spec)
         skipped += val_skipped
     else:
-        everything, skipped = _decode_all(layout.train, size, skip)
+        everything, skipped = _decode_all(layout.train, spec)
         train_idx, val_idx = stratified_split(
             everything.labels.tolist(), spec.val_fraction, SPLIT_SEED
         )
@@ -310,7 +314,7 @@ def load_test_split(spec: DataSpec) -> Split | None:
     layout = find_layout(spec.root)
     if layout.test is None:
         return None
-    return _decode_all(layout.test, spec.stored_size, spec.on_bad_image == "skip")[0]
+    return _decode_all(layout.test, spec)[0]
 
 
 def place(data: ImageData, device: torch.device) -> ImageData:

@@ -56,6 +56,8 @@ def pretrain_digits(
             "kind": "digits",
             "root": None,
             "image_size": image_size,
+            "resize_size": round(image_size * 256 / 224),  # as the server decides
+            "interpolation": "bilinear",
             "val_fraction": 0.2,
             "classes": list(classes),
             "augment": "flip_crop",

@@ -19,7 +19,7 @@ from service.search_space import (
     to_distributions,
 )
 from service.settings import DEFAULT_SEARCH_SPACES
-from tests.scripted import API, unique
+from tests.scripted import API, ScriptedWorker, unique
 from tests.servers import Server, digits_spec
 
 LR = {"type": "float", "low": 1e-4, "high": 0.1, "log": True}
@@ -309,3 +309,36 @@ def test_augment_booleans_keep_working_as_policies(client: httpx.Client, given: 
     assert spec["data"]["augment"] == stored
     assert spec["objective"] == {"metric": "val_loss", "epoch": "last"}
     assert spec["training"]["norm_weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize(("model", "data", "decided"), [
+    # Unset: the weights' own evaluation preset (torchvision's weights.transforms()).
+    ({"arch": "resnet50"}, {}, (224, 232, "bilinear")),  # DEFAULT is IMAGENET1K_V2
+    ({"arch": "resnet50", "weights": "IMAGENET1K_V1"}, {}, (224, 256, "bilinear")),
+    ({"arch": "efficientnet_b3"}, {}, (300, 320, "bicubic")),
+    ({"arch": "vit_b_16", "weights": "IMAGENET1K_SWAG_E2E_V1"}, {}, (384, 384, "bicubic")),
+    # A crop of one's own resizes by 256/224, as before presets; the interpolation stays.
+    ({"arch": "efficientnet_b3"}, {"image_size": 160}, (160, 183, "bicubic")),
+    ({"arch": "resnet18", "weights": None}, {}, (224, 256, "bilinear")),
+    ({"arch": "resnet18", "weights": None},
+     {"image_size": 64, "resize_size": 64, "interpolation": "bicubic"}, (64, 64, "bicubic")),
+])
+def test_preprocessing_defaults_to_the_weights_preset(client: httpx.Client, model: dict,
+                                                      data: dict, decided: tuple) -> None:
+    spec = digits_spec(unique("preset"), model=model, data={"kind": "digits", **data})
+    r = client.post(f"{API}/studies", json=spec)
+    assert r.status_code == 201, r.text
+    shown = r.json()["spec"]["data"]
+    assert (shown["image_size"], shown["resize_size"], shown["interpolation"]) == decided
+    worker = ScriptedWorker(client, "w-preset", spec["name"])
+    sent = worker.claim().body["spec"]["data"]  # what workers get: decided, no defaults left
+    assert (sent["image_size"], sent["resize_size"], sent["interpolation"]) == decided
+
+
+def test_a_resize_below_the_crop_is_422(client: httpx.Client) -> None:
+    spec = digits_spec(unique("resize"), data={"kind": "digits", "image_size": 32,
+                                               "resize_size": 24})
+    r = client.post(f"{API}/studies", json=spec)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "data.resize_size"
+    assert "below image_size 32" in r.json()["errors"][0]["reason"]

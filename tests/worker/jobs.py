@@ -18,6 +18,8 @@ BASE_JOB: dict[str, Any] = {
         "kind": "digits",
         "root": None,
         "image_size": 16,
+        "resize_size": 18,  # the server's x 256/224
+        "interpolation": "bilinear",
         "batch_size": 32,
         "val_fraction": 0.25,
         "classes": [0, 1],

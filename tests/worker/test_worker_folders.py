@@ -29,7 +29,8 @@ def make_split(folder: Path, n: int = 3, classes: dict[str, tuple[int, int, int]
 
 
 def spec(root: Path, **kw: object) -> DataSpec:
-    base = {"kind": "imagefolder", "root": str(root), "image_size": 16, "val_fraction": 0.34,
+    base = {"kind": "imagefolder", "root": str(root), "image_size": 16, "resize_size": 18,
+            "interpolation": "bilinear", "val_fraction": 0.34,
             "classes": None, "augment": True, "on_bad_image": "error"}  # fmt: skip
     return DataSpec.from_dict({**base, **kw})
 

@@ -82,7 +82,7 @@ def test_a_claim_answer_reads_into_the_trial_its_spec_asked_for(answers) -> None
         resume=None,
         job=TrialJob(
             model=ModelSpec("mobilenet_v3_small", None, None, True),
-            data=DataSpec("digits", 20, 0.3, None, (1, 3), "none", "skip"),
+            data=DataSpec("digits", 20, 23, "bilinear", 0.3, None, (1, 3), "none", "skip"),
             training=Training(
                 epochs=7, checkpoint_every=2, compile=True, norm_weight_decay=None
             ),
