@@ -47,11 +47,13 @@ def evaluate_weights(job: TrialJob, weights: bytes) -> tuple[float, float]:
                     rt=Runtime(torch.device("cpu")))
 
 
-@pytest.mark.parametrize("kept", ["last", "best"])
+@pytest.mark.parametrize(("kept", "frozen"), [("last", False), ("best", False), ("last", True)])
 def test_test_metrics_are_the_kept_weights_on_the_test_split(
-        make_job: JobFactory, tmp_path: Path, kept: str) -> None:
+        make_job: JobFactory, tmp_path: Path, kept: str, frozen: bool) -> None:
+    """Frozen: the head trained on cached features; the whole model is evaluated on images."""
     job = make_job(data=folder_data(image_folders(tmp_path)), training={"epochs": 3},
-                   objective={"metric": "val_accuracy", "epoch": kept})
+                   objective={"metric": "val_accuracy", "epoch": kept},
+                   model={"freeze_backbone": frozen})
     caches = Caches(weights=WeightsCache(allow_download=False))
     outcome = fine_tune(job, caches, lambda report: False)
     uploaded = outcome.weights_bytes()
