@@ -108,21 +108,25 @@ def best_table(body: Body) -> str:
     trials, baseline = body.get("trials") or [], body.get("baseline")
     if not trials:
         return f"study {body['study']} has no complete trial yet"
+    # test columns only where the data set has a test folder: they are shown, never ranked by
+    tested = any(t.get("test_loss") is not None for t in [*trials, baseline or {}])
     rows: list[list[Any]] = []
     for rank, t in enumerate(trials, start=1):
-        rows.append(_best_row(f"{rank} (baseline)" if t.get("is_baseline") else rank, t))
+        rows.append(_best_row(f"{rank} (baseline)" if t.get("is_baseline") else rank, t, tested))
     if baseline and not any(t.get("is_baseline") for t in trials):
-        rows.append(_best_row("baseline", baseline))
-    headers = ["RANK", "#", "VAL LOSS", "ACCURACY", "VS BASELINE", "EPOCHS", "PARAMS"]
-    text = fmt.table(headers, rows, right=(1, 2, 3, 4, 5))
+        rows.append(_best_row("baseline", baseline, tested))
+    headers = ["RANK", "#", "VAL LOSS", "ACCURACY", *(["TEST LOSS", "TEST ACC"] if tested else []),
+               "VS BASELINE", "EPOCHS", "PARAMS"]
+    text = fmt.table(headers, rows, right=tuple(range(1, 8 if tested else 6)))
     if baseline is None:
         text += "\n(the baseline has not finished: no improvement to show)"
     return text
 
 
-def _best_row(rank: object, t: Body) -> list[Any]:
+def _best_row(rank: object, t: Body, tested: bool = False) -> list[Any]:
+    test = [fmt.loss(t.get("test_loss")), fmt.accuracy(t.get("test_accuracy"))] if tested else []
     return [rank, t["number"], fmt.loss(t["val_loss"]), fmt.accuracy(t.get("val_accuracy")),
-            fmt.improvement(t.get("improvement_over_baseline_pct")), t.get("epochs"),
+            *test, fmt.improvement(t.get("improvement_over_baseline_pct")), t.get("epochs"),
             fmt.params(t.get("params"))]
 
 
@@ -146,8 +150,11 @@ def best_yaml(body: Body, k: int) -> str:
 
 
 def _accuracy(t: Body) -> str:
-    accuracy = t.get("val_accuracy")
-    return "" if accuracy is None else f", accuracy {fmt.accuracy(accuracy)}"
+    accuracy, test_loss = t.get("val_accuracy"), t.get("test_loss")
+    text = "" if accuracy is None else f", accuracy {fmt.accuracy(accuracy)}"
+    if test_loss is not None:
+        text += f" (test: loss {test_loss:.6g}, accuracy {fmt.accuracy(t.get('test_accuracy'))})"
+    return text
 
 
 def _vs(t: Body) -> str:

@@ -36,6 +36,9 @@ DEVICE = "device"
 VAL_ACCURACY = "val_accuracy"
 VAL_LOSS = "val_loss"  # the latest epoch's, then at completion the objective epoch's
 OBJECTIVE_EPOCH = "objective_epoch"  # the epoch whose metrics (and weights) the trial keeps
+# The kept weights on the data set's test folder: shown by `best`, never used for selection.
+TEST_LOSS = "test_loss"
+TEST_ACCURACY = "test_accuracy"
 TRAIN_LOSS_PREFIX = "train_loss:"  # one attr per epoch: train_loss:<epoch>
 FAIL_REASON = "fail_reason"
 RETRY_OF = "retry_of"
@@ -44,7 +47,8 @@ RESUMED_FROM_EPOCH = "resumed_from_epoch"
 WARM_START = "warm_start"  # a configuration enqueued from the source's best
 PRIOR = "prior"  # prior evidence for the sampler: never counted, ranked or pruned against
 # What a retry copies from the trial it retries that describes that trial's own run.
-PER_RUN = (FAIL_REASON, VAL_ACCURACY, VAL_LOSS, OBJECTIVE_EPOCH, RESUMED_FROM_EPOCH, DEVICE)
+PER_RUN = (FAIL_REASON, VAL_ACCURACY, VAL_LOSS, OBJECTIVE_EPOCH, RESUMED_FROM_EPOCH, DEVICE,
+           TEST_LOSS, TEST_ACCURACY)
 
 # --- trial system attrs -----------------------------------------------------------------------
 CHECKPOINT = "hpsearch:checkpoint"  # {"artifact_id", "epoch"}

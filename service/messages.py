@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import optuna
 from optuna.trial import TrialState
@@ -94,9 +94,12 @@ class TrialMessages:
         return pruner.prune(handle.study, self._backend.trial(facts.trial_id))
 
     def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None,
-                 worker_id: str | None = None, epoch: int | None = None) -> TrialAck:
+                 worker_id: str | None = None, epoch: int | None = None,
+                 test: Mapping[str, float] | None = None) -> TrialAck:
         """``val_loss``/``val_accuracy``: the trial's result, of ``epoch`` (the objective's
-        epoch, the last when not given); the objective's metric of them is the trial's value."""
+        epoch, the last when not given); the objective's metric of them is the trial's value.
+        ``test``: test_loss/test_accuracy of the kept weights, stored as attrs and nothing
+        else (selection never reads them)."""
         handle, facts = self._registry.facts(trial_id)
         check_holder(handle, facts.number, facts.worker, worker_id)
         if facts.state == TrialState.COMPLETE:
@@ -112,6 +115,9 @@ class TrialMessages:
             attrs[keys.VAL_ACCURACY] = val_accuracy
         if epoch is not None:
             attrs[keys.OBJECTIVE_EPOCH] = epoch
+        for name, key in (("test_loss", keys.TEST_LOSS), ("test_accuracy", keys.TEST_ACCURACY)):
+            if test and test.get(name) is not None:
+                attrs[key] = test[name]
         # If it finished meanwhile, _finish says how.
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             self._backend.set_user_attrs(trial_id, attrs)

@@ -89,6 +89,11 @@ class BestTrial(BaseModel):
     )
     val_loss: float
     val_accuracy: float | None
+    test_loss: float | None = Field(
+        None, description="The kept weights on the test folder (null without one); never "
+        "used for selection, and not shown in the trial list"
+    )
+    test_accuracy: float | None = None
     epochs: int
     duration_s: float | None
     is_baseline: bool
@@ -268,6 +273,12 @@ class TrialComplete(_In):
         description="The 0-based epoch these values (and the weights uploaded) are of: the "
         "best epoch under objective.epoch best; the last when not given",
     )
+    test_loss: float | None = Field(
+        None, allow_inf_nan=False,
+        description="The kept weights' loss on the data set's test folder, when it has one: "
+        "reported by `best`, never used for ranking, pruning or the budget",
+    )
+    test_accuracy: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
 
 
 class TrialFail(_In):

@@ -124,6 +124,8 @@ def best_trial(handle: StudyHandle, trial: FrozenTrial, baseline_value: float | 
         value_epoch=value_epoch(trial),
         val_loss=trial.value if loss is None else loss,
         val_accuracy=trial.user_attrs.get(keys.VAL_ACCURACY),
+        test_loss=trial.user_attrs.get(keys.TEST_LOSS),
+        test_accuracy=trial.user_attrs.get(keys.TEST_ACCURACY),
         epochs=len(trial.intermediate_values),
         duration_s=duration_s(trial),
         is_baseline=bool(trial.user_attrs.get(keys.BASELINE)),

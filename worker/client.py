@@ -144,12 +144,16 @@ class ServerClient:
         )
 
     def complete(
-        self, trial_id: int, val_loss: float, val_accuracy: float | None, epoch: int | None = None
+        self, trial_id: int, val_loss: float, val_accuracy: float | None, epoch: int | None = None,
+        test: tuple[float, float] | None = None,
     ) -> None:
-        """``epoch``: the epoch the values (and the uploaded weights) are of."""
+        """``epoch``: the epoch the values (and the uploaded weights) are of; ``test``: those
+        weights' (loss, accuracy) on the test folder, when the data set has one."""
         body: dict[str, Any] = {"val_loss": val_loss, "val_accuracy": val_accuracy}
         if epoch is not None:
             body["epoch"] = epoch
+        if test is not None:
+            body["test_loss"], body["test_accuracy"] = test
         self._request("POST", f"/api/v1/trials/{trial_id}/complete", json=body, trial=True)
 
     def preflight(self, trial_id: int, result: dict[str, Any]) -> str:

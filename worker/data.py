@@ -153,6 +153,7 @@ class DataCache:
     def __init__(self, capacity: int = 2) -> None:
         self._decoded: BoundedCache[tuple[Hashable, ...], ImageData] = BoundedCache(capacity)
         self._placed: BoundedCache[tuple[Hashable, ...], ImageData] = BoundedCache(capacity)
+        self._tests: BoundedCache[tuple[Hashable, ...], Split | None] = BoundedCache(capacity)
         # a faulty data set fails every trial the same way: decode it once, not per trial
         self._failed: dict[tuple[Hashable, ...], str] = {}
 
@@ -160,6 +161,11 @@ class DataCache:
         """Decode the data set again at the next ``get`` if it failed before: a preflight run
         again after a study's error was cleared checks the data as it is now."""
         self._failed.pop(spec.decode_key(), None)
+
+    def get_test(self, spec: DataSpec) -> Split | None:
+        """The decoded ``test`` folder (on the CPU: it is read once per completed trial), or
+        None when the data set has none; decoded once per process, like the other splits."""
+        return self._tests.get_or_create(spec.decode_key(), lambda: load_test_split(spec))
 
     def get(self, spec: DataSpec, device: torch.device | str = "cpu") -> ImageData:
         device = torch.device(device)

@@ -390,6 +390,28 @@ def fine_tune(
     )
 
 
+def evaluate_on_test(
+    job: TrialJob, caches: Caches, outcome: TrialOutcome, device: str = "cpu"
+) -> tuple[float, float] | None:
+    """(loss, accuracy) of the outcome's kept weights (the ones uploaded) on the data set's
+    ``test`` folder, evaluated as validation is; None when it has none. Never used for
+    selection: the server only shows it in ``best``."""
+    test = caches.data.get_test(job.data)
+    if test is None or len(test) == 0:
+        return None
+    rt = Runtime(torch.device(device))
+    model = outcome.model
+    if outcome.kept is not None:  # objective.epoch best: the best epoch's weights, not the last
+        model.load_state_dict(outcome.kept)
+    mean, std = normalization(job.model)
+    images = ImageBatches(
+        caches.data.get(job.data, rt.device), batch_size=job.hparams.batch_size, augment="none",
+        seed=job.seed, device=rt.device, mean=mean, std=std, channels_last=rt.cuda,
+    )
+    batches = images.ordered_batches(test, 2 * job.hparams.batch_size)
+    return evaluate(model, batches, epoch=outcome.epoch or 0, rt=rt)
+
+
 def _keep_if_best(state: TrainingState, objective: Objective, report: EpochReport) -> None:
     """Remember the epoch (its metrics and a CPU copy of its weights) if it is the best yet."""
     best = state.best

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from worker.data import ImageBatches, load_test_split
+from worker.data import ImageBatches
 from worker.engine import Caches
 from worker.models import WeightsUnavailable, build_network, normalization
 from worker.trial import TrialJob
@@ -55,7 +55,7 @@ def run_preflight(job: TrialJob, caches: Caches, device: str) -> dict[str, Any]:
 def _check(job: TrialJob, caches: Caches, device: torch.device) -> dict[str, Any]:
     caches.data.forget_failure(job.data)  # the data as it is now, not as a failure remembered
     data = caches.data.get(job.data, device)
-    test = load_test_split(job.data)
+    test = caches.data.get_test(job.data)  # decoded once: each completed trial reads it
     network = build_network(
         job.model, num_classes=data.num_classes, image_size=job.data.image_size, seed=job.seed,
         cache=caches.weights, templates=caches.templates,

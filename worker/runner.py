@@ -19,6 +19,7 @@ from worker.engine import (
     Interrupted,
     NonFiniteLoss,
     TrialOutcome,
+    evaluate_on_test,
     fine_tune,
 )
 from worker.heartbeat import Heartbeat
@@ -185,13 +186,15 @@ class Runner:
         return "failed"
 
     def _complete(self, trial: Trial, outcome: TrialOutcome, heartbeat: Heartbeat) -> str:
-        """Upload the weights (unless told not to) and complete the trial."""
+        """Evaluate the kept weights on the test folder (if any), upload them (unless told not
+        to) and complete the trial."""
+        test = self._test(trial, outcome)
         try:
             if self.config.upload_weights:
                 self.client.upload_weights(trial.trial_id, outcome.weights_bytes())
             heartbeat.finish()
             self.client.complete(
-                trial.trial_id, outcome.val_loss, outcome.val_accuracy, outcome.epoch
+                trial.trial_id, outcome.val_loss, outcome.val_accuracy, outcome.epoch, test
             )
         except LeaseLost as exc:
             return _abandoned(trial.label, exc, finished=True)
@@ -202,6 +205,18 @@ class Runner:
             outcome.val_accuracy,
         )
         return "completed"
+
+    def _test(self, trial: Trial, outcome: TrialOutcome) -> tuple[float, float] | None:
+        """The test metrics of a completed trial; None without a test folder. They are only
+        shown, never selected on: a failure to compute them is logged, not a failed trial."""
+        try:
+            test = evaluate_on_test(trial.job, self.caches, outcome, self.config.device)
+        except Exception:  # noqa: BLE001 - the trial's result stands without them
+            logger.warning("%s: no test metrics", trial.label, exc_info=True)
+            return None
+        if test is not None:
+            logger.info("%s: test_loss %.4f, test_accuracy %.3f", trial.label, *test)
+        return test
 
     def _reporter(self, trial_id: int) -> Callable[[EpochReport], bool]:
         def on_epoch(report: EpochReport) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from cli import tables
-from cli.render import best_lines, best_yaml, data_lines, study_line, workers_table
+from cli.render import best_lines, best_table, best_yaml, data_lines, study_line, workers_table
 
 
 def test_table_pads_columns_and_aligns_numbers_right() -> None:
@@ -89,3 +89,20 @@ def test_the_workers_table_says_which_studies_a_worker_skips() -> None:
     assert lines[0].split()[0] == "WORKER" and len(lines) == 4
     assert lines[-1] == ("w-0 skips study pets: data root /data/pets is not a directory on this "
                          "machine")
+
+
+def test_best_shows_test_columns_only_for_a_data_set_with_a_test_folder() -> None:
+    trial = {"number": 3, "val_loss": 0.25, "val_accuracy": 0.875, "test_loss": 0.5,
+             "test_accuracy": 0.75, "epochs": 2, "params": {"lr": 0.1},
+             "improvement_over_baseline_pct": 5.0, "config": {"hparams": {}}}
+    baseline = {**trial, "number": 0, "test_loss": None, "test_accuracy": None,
+                "improvement_over_baseline_pct": None}
+    lines = best_table({"study": "s", "trials": [trial], "baseline": baseline}).splitlines()
+    assert lines[0].split() == ["RANK", "#", "VAL", "LOSS", "ACCURACY", "TEST", "LOSS", "TEST",
+                                "ACC", "VS", "BASELINE", "EPOCHS", "PARAMS"]
+    assert lines[1].split()[:7] == ["1", "3", "0.2500", "87.5%", "0.5000", "75.0%", "+5.0%"]
+    assert lines[2].split()[:6] == ["baseline", "0", "0.2500", "87.5%", "-", "-"]
+    assert "(test: loss 0.5, accuracy 75.0%)" in best_yaml({"study": "s", "trials": [trial]}, 1)
+    untested = {**trial, "test_loss": None, "test_accuracy": None}
+    text = best_table({"study": "s", "trials": [untested], "baseline": None})
+    assert "TEST" not in text and "test" not in best_yaml({"study": "s", "trials": [untested]}, 1)

@@ -88,8 +88,15 @@ def heartbeat(trial_id: TrialId, services: ServicesDep,
 @router.post("/{trial_id}/complete", responses=ERRORS)
 def complete_trial(trial_id: TrialId, body: TrialComplete, services: ServicesDep,
                    worker_id: HolderId = None) -> TrialAck:
+    """The trial's result. test_loss/test_accuracy (the kept weights on the test folder) are
+    stored for `best` to show; they never rank, prune or count toward the budget."""
     return services.messages.complete(trial_id, body.val_loss, body.val_accuracy, worker_id,
-                                      body.epoch)
+                                      body.epoch, test=_test_metrics(body))
+
+
+def _test_metrics(body: TrialComplete) -> dict[str, float]:
+    pairs = (("test_loss", body.test_loss), ("test_accuracy", body.test_accuracy))
+    return {name: value for name, value in pairs if value is not None}
 
 
 @router.post("/{trial_id}/fail", responses=ERRORS)
