@@ -31,7 +31,7 @@ from service.search_space import (
     to_distributions,
 )
 from service.settings import Settings
-from service.spec import StudySpec, check_paths, recipe
+from service.spec import StudySpec, check_paths, fit_warmup, recipe, schedule_problems
 from service.storage import Backend, TrialFacts, utcnow
 from service.validation import format_errors
 
@@ -75,7 +75,8 @@ class StudyRegistry:
         if isinstance(spec.search_space, SearchSpace):
             return spec.search_space
         try:
-            return load_named_space(spec.search_space, self._settings.search_spaces_dir)
+            named = load_named_space(spec.search_space, self._settings.search_spaces_dir)
+            return fit_warmup(named, spec.training.epochs)
         except ValidationError as exc:
             errors = format_errors(exc.errors(), None)
             problems = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
@@ -88,6 +89,8 @@ class StudyRegistry:
         """The checks that need more than the spec itself; returns the resolved space and the
         sampler and pruner they built. Raises InvalidInput."""
         space = self.resolve_space(spec)
+        for field, reason in schedule_problems(spec, space):  # a named space nothing fits
+            raise InvalidInput(reason, field=field)
         if spec.baseline is not False:
             given = spec.baseline.model_fields_set
             values = recipe(spec)  # what the baseline trial runs

@@ -321,6 +321,28 @@ def _warmup_problem(warmup_epochs: int | None, epochs: int) -> str | None:
     return None
 
 
+def fit_warmup(space: SearchSpace, epochs: int) -> SearchSpace:
+    """A named (shared) space with the warmup lengths that end before ``epochs`` only: the
+    default space's 0..3 suits 10 epochs, and a 3-epoch study gets 0..2 rather than a 422 (a
+    space written inline in the spec is refused instead). Unchanged when nothing fits."""
+    param = space.root.get("warmup_epochs")
+    highest = _highest_warmup(space)
+    if param is None or highest is None or highest < epochs:
+        return space
+    if isinstance(param, CategoricalParam):
+        kept = [c for c in param.choices if int(c) < epochs]
+        if not kept:
+            return space
+        fitted: Any = param.model_copy(update={"choices": kept})
+    else:
+        step = getattr(param, "step", 1) or 1
+        high = param.low + (epochs - 1 - int(param.low)) // step * step
+        if high < param.low:
+            return space
+        fitted = type(param).model_validate({**param.model_dump(), "high": high})
+    return SearchSpace({**space.root, "warmup_epochs": fitted})
+
+
 def schedule_problems(spec: StudySpec, space: SearchSpace) -> list[tuple[str, str]]:
     """What in the (loaded) search space cannot run for ``training.epochs``, as (field, reason)."""
     why = _warmup_problem(_highest_warmup(space), spec.training.epochs)

@@ -19,6 +19,7 @@ from service.search_space import (
     to_distributions,
 )
 from service.settings import DEFAULT_SEARCH_SPACES
+from service.spec import fit_warmup
 from tests.scripted import API, ScriptedWorker, unique
 from tests.servers import Server, digits_spec
 
@@ -342,3 +343,28 @@ def test_a_resize_below_the_crop_is_422(client: httpx.Client) -> None:
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "data.resize_size"
     assert "below image_size 32" in r.json()["errors"][0]["reason"]
+
+
+def test_a_named_space_keeps_only_warmups_that_end_before_training(client: httpx.Client) -> None:
+    """The default space's warmup 0..3 fits 10 epochs; a 2-epoch study samples 0..1 only."""
+    name = unique("short-warmup")
+    spec = digits_spec(name, training={"epochs": 2, "seed": 0}, n_trials=12,
+                       sampler={"name": "random", "seed": 3}, baseline=False)
+    assert client.post(f"{API}/studies", json=spec).status_code == 201
+    worker = ScriptedWorker(client, "w-warmup", name)
+    warmups = {worker.claim().params["warmup_epochs"] for _ in range(12)}
+    assert warmups == {0, 1}
+
+
+def test_fit_warmup_clips_ranges_and_choices_and_leaves_what_cannot_fit() -> None:
+    lr = {"type": "float", "low": 1e-3, "high": 0.1, "log": True}
+    ranged = SearchSpace.model_validate(
+        {"lr": lr, "warmup_epochs": {"type": "int", "low": 0, "high": 6, "step": 2}})
+    assert fit_warmup(ranged, 5).root["warmup_epochs"].high == 4
+    assert fit_warmup(ranged, 10) == ranged
+    chosen = SearchSpace.model_validate(
+        {"lr": lr, "warmup_epochs": {"type": "categorical", "choices": [0, 3, 5]}})
+    assert fit_warmup(chosen, 4).root["warmup_epochs"].choices == [0, 3]
+    late = SearchSpace.model_validate(
+        {"lr": lr, "warmup_epochs": {"type": "int", "low": 3, "high": 5}})
+    assert fit_warmup(late, 3) == late  # nothing fits: the study is refused (schedule_problems)
