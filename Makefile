@@ -33,6 +33,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check service worker cli tests bench
+	$(BIN)/ruff format --check service worker cli tests bench
 
 demo: install
 	$(BIN)/hpsearch demo

@@ -68,17 +68,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m bench.claim_scale",
         description="claim latency (TPE) with many finished trials in a study",
     )
-    parser.add_argument("--backends", default="sqlite",
-                        help="comma-separated: sqlite,postgresql (default %(default)s; filling "
-                        "5,000 trials takes about 4 minutes per backend on 2 busy cores)")
-    parser.add_argument("--sizes", default="1000,5000",
-                        help="finished trials before measuring (default %(default)s)")
-    parser.add_argument("--samples", type=int, default=40,
-                        help="claims measured at each size (default %(default)s)")
-    parser.add_argument("--warmup", type=int, default=3,
-                        help="unrecorded claims first at each size (default %(default)s)")
-    parser.add_argument("--profile", type=Path,
-                        help="folder: record the server with py-spy while measuring")
+    parser.add_argument(
+        "--backends",
+        default="sqlite",
+        help="comma-separated: sqlite,postgresql (default %(default)s; filling "
+        "5,000 trials takes about 4 minutes per backend on 2 busy cores)",
+    )
+    parser.add_argument(
+        "--sizes",
+        default="1000,5000",
+        help="finished trials before measuring (default %(default)s)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=40, help="claims measured at each size (default %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="unrecorded claims first at each size (default %(default)s)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="folder: record the server with py-spy while measuring"
+    )
     parser.add_argument("--py-spy", help="py-spy binary (default: on PATH or /tmp/tools/bin)")
     add_server_flags(parser)
     return parser.parse_args(argv)
@@ -91,7 +103,9 @@ def finished_trial(rng: random.Random, dists: dict[str, Any]) -> optuna.trial.Fr
     epochs = rng.randint(2, 4) if pruned else EPOCHS
     curve = {e: synthetic_loss(params, e) * rng.uniform(0.9, 1.1) for e in range(epochs)}
     return optuna.trial.create_trial(
-        params=params, distributions=dists, intermediate_values=curve,
+        params=params,
+        distributions=dists,
+        intermediate_values=curve,
         state=TrialState.PRUNED if pruned else TrialState.COMPLETE,
         value=None if pruned else curve[epochs - 1],
     )
@@ -126,10 +140,14 @@ def _timed_post(http: httpx.Client, path: str, body: dict[str, Any]) -> tuple[fl
 
 
 def claim_and_complete(http: httpx.Client) -> tuple[float, float]:
-    claim_s, trial = _timed_post(http, f"{API}/trials/claim",
-                                 {"worker_id": "scale", "study": STUDY})
-    complete_s, _ = _timed_post(http, f"{API}/trials/{trial['trial_id']}/complete",
-                                {"val_loss": synthetic_loss(trial["params"], EPOCHS - 1)})
+    claim_s, trial = _timed_post(
+        http, f"{API}/trials/claim", {"worker_id": "scale", "study": STUDY}
+    )
+    complete_s, _ = _timed_post(
+        http,
+        f"{API}/trials/{trial['trial_id']}/complete",
+        {"val_loss": synthetic_loss(trial["params"], EPOCHS - 1)},
+    )
     return claim_s, complete_s
 
 
@@ -141,8 +159,11 @@ def ask_and_tell(study: optuna.Study, dists: dict[str, Any]) -> float:
     return elapsed
 
 
-def measure(http: httpx.Client, study: optuna.Study, args: argparse.Namespace,
-            ) -> tuple[list[float], list[float], list[float]]:
+def measure(
+    http: httpx.Client,
+    study: optuna.Study,
+    args: argparse.Namespace,
+) -> tuple[list[float], list[float], list[float]]:
     dists = distributions()
     claims, completes, asks = [], [], []
     for i in range(args.warmup + args.samples):
@@ -158,11 +179,15 @@ def measure(http: httpx.Client, study: optuna.Study, args: argparse.Namespace,
 def run_backend(backend: str, args: argparse.Namespace, folder: Path) -> list[Row]:
     sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
     rows = []
-    with fresh_storage(backend, folder) as url, server_for(args, url, folder) as server, \
-            httpx.Client(base_url=server.url, timeout=120) as http:
+    with (
+        fresh_storage(backend, folder) as url,
+        server_for(args, url, folder) as server,
+        httpx.Client(base_url=server.url, timeout=120) as http,
+    ):
         create_study(server.url, study_spec(STUDY))
-        study = optuna.load_study(study_name=STUDY, storage=raw_storage(url),
-                                  sampler=raw_sampler(), pruner=raw_pruner())
+        study = optuna.load_study(
+            study_name=STUDY, storage=raw_storage(url), sampler=raw_sampler(), pruner=raw_pruner()
+        )
         for size in sizes:
             fill_s = fill(study, max(0, size - len(study.get_trials(deepcopy=False))), size)
             print(f"  {backend}: {size} finished trials (filled in {fill_s:.0f} s)", flush=True)
@@ -182,13 +207,18 @@ def result_line(rows: list[Row]) -> str:
     parts = []
     for r in rows:
         p50 = percentile(r.claim, 50)
-        parts.append(f"{r.backend} {r.size}: claim p50 {ms(p50)} ms "
-                     f"({p50 / percentile(r.ask, 50):.1f}x raw ask)")
+        parts.append(
+            f"{r.backend} {r.size}: claim p50 {ms(p50)} ms "
+            f"({p50 / percentile(r.ask, 50):.1f}x raw ask)"
+        )
     at_target = [percentile(r.claim, 50) for r in rows if r.size == TARGET_SIZE]
-    verdict = ("not measured" if not at_target
-               else "met" if max(at_target) < TARGET_P50_S else "NOT met")
-    return (f"claim scale: {'; '.join(parts)} (target p50 < {TARGET_P50_S * 1000:.0f} ms at "
-            f"{TARGET_SIZE}: {verdict})")
+    verdict = (
+        "not measured" if not at_target else "met" if max(at_target) < TARGET_P50_S else "NOT met"
+    )
+    return (
+        f"claim scale: {'; '.join(parts)} (target p50 < {TARGET_P50_S * 1000:.0f} ms at "
+        f"{TARGET_SIZE}: {verdict})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,14 +230,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hpsearch-scale-") as tmp:
         for backend in (b.strip() for b in args.backends.split(",") if b.strip()):
             rows += run_backend(backend, args, Path(tmp))
-    print("\n" + table(
-        ["storage", "finished trials", "claim p50 / p99 ms", "complete p50 / p99 ms",
-         "raw ask p50 / p99 ms", "claim / raw ask (p50)"],
-        [[r.backend, r.size, f"{ms(percentile(r.claim, 50))} / {ms(percentile(r.claim, 99))}",
-          f"{ms(percentile(r.complete, 50))} / {ms(percentile(r.complete, 99))}",
-          f"{ms(percentile(r.ask, 50))} / {ms(percentile(r.ask, 99))}",
-          f"{percentile(r.claim, 50) / percentile(r.ask, 50):.2f}"] for r in rows],
-    ) + "\n")
+    print(
+        "\n"
+        + table(
+            [
+                "storage",
+                "finished trials",
+                "claim p50 / p99 ms",
+                "complete p50 / p99 ms",
+                "raw ask p50 / p99 ms",
+                "claim / raw ask (p50)",
+            ],
+            [
+                [
+                    r.backend,
+                    r.size,
+                    f"{ms(percentile(r.claim, 50))} / {ms(percentile(r.claim, 99))}",
+                    f"{ms(percentile(r.complete, 50))} / {ms(percentile(r.complete, 99))}",
+                    f"{ms(percentile(r.ask, 50))} / {ms(percentile(r.ask, 99))}",
+                    f"{percentile(r.claim, 50) / percentile(r.ask, 50):.2f}",
+                ]
+                for r in rows
+            ],
+        )
+        + "\n"
+    )
     print(f"# after: {machine()}")
     print(result_line(rows))
     return 0

@@ -56,8 +56,9 @@ class RawClientConfig:
 
 
 # --- over HTTP -------------------------------------------------------------------------------
-def _post(http: httpx.Client, kind: str, path: str, body: dict[str, Any],
-          result: ClientResult) -> httpx.Response | None:
+def _post(
+    http: httpx.Client, kind: str, path: str, body: dict[str, Any], result: ClientResult
+) -> httpx.Response | None:
     start = time.perf_counter()
     try:
         response = http.post(path, json=body)
@@ -70,10 +71,16 @@ def _post(http: httpx.Client, kind: str, path: str, body: dict[str, Any],
     return response
 
 
-def _http_trial(http: httpx.Client, cfg: HttpClientConfig, result: ClientResult,
-                hard_stop: float) -> None:
-    claim = _post(http, "claim", f"{API}/trials/claim",
-                  {"worker_id": cfg.worker_id, "study": cfg.study}, result)
+def _http_trial(
+    http: httpx.Client, cfg: HttpClientConfig, result: ClientResult, hard_stop: float
+) -> None:
+    claim = _post(
+        http,
+        "claim",
+        f"{API}/trials/claim",
+        {"worker_id": cfg.worker_id, "study": cfg.study},
+        result,
+    )
     if claim is None or claim.status_code != 200:
         time.sleep(ERROR_PAUSE_S)  # 204 (nothing to run) or an error
         return
@@ -83,16 +90,26 @@ def _http_trial(http: httpx.Client, cfg: HttpClientConfig, result: ClientResult,
         if time.monotonic() > hard_stop:
             return  # abandon it: the server's lease sweep fails it later
         loss = synthetic_loss(params, epoch)
-        report = _post(http, "report", f"{API}/trials/{trial_id}/report",
-                       {"epoch": epoch, "val_loss": loss}, result)
+        report = _post(
+            http,
+            "report",
+            f"{API}/trials/{trial_id}/report",
+            {"epoch": epoch, "val_loss": loss},
+            result,
+        )
         if report is None or report.status_code != 200:
             return
         if report.json()["prune"]:
             result.trials += 1
             result.pruned += 1
             return
-    done = _post(http, "complete", f"{API}/trials/{trial_id}/complete",
-                 {"val_loss": synthetic_loss(params, cfg.epochs - 1)}, result)
+    done = _post(
+        http,
+        "complete",
+        f"{API}/trials/{trial_id}/complete",
+        {"val_loss": synthetic_loss(params, cfg.epochs - 1)},
+        result,
+    )
     if done is not None and done.status_code == 200:
         result.trials += 1
 
@@ -111,8 +128,9 @@ def http_client(cfg: HttpClientConfig, barrier: Any) -> ClientResult:
 
 
 # --- raw Optuna ------------------------------------------------------------------------------
-def _raw_trial(study: optuna.Study, dists: dict[str, Any], cfg: RawClientConfig,
-               result: ClientResult) -> None:
+def _raw_trial(
+    study: optuna.Study, dists: dict[str, Any], cfg: RawClientConfig, result: ClientResult
+) -> None:
     start = time.perf_counter()
     trial = study.ask(fixed_distributions=dists)
     result.timed("ask", time.perf_counter() - start)
@@ -142,8 +160,12 @@ def _raw_trial(study: optuna.Study, dists: dict[str, Any], cfg: RawClientConfig,
 
 def raw_client(cfg: RawClientConfig, barrier: Any) -> ClientResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial on the console
-    study = optuna.load_study(study_name=cfg.study, storage=raw_storage(cfg.storage_url),
-                              sampler=raw_sampler(), pruner=raw_pruner())
+    study = optuna.load_study(
+        study_name=cfg.study,
+        storage=raw_storage(cfg.storage_url),
+        sampler=raw_sampler(),
+        pruner=raw_pruner(),
+    )
     dists = distributions()
     study.get_trials(deepcopy=False)  # connect before the clock starts
     barrier.wait(timeout=SETUP_TIMEOUT_S)

@@ -17,8 +17,15 @@ PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
 # The common recipe (service.search_space.COMMON_RECIPE): what the baseline trial runs.
 BASELINE: dict[str, Any] = {
-    "lr": 0.01, "momentum": 0.9, "step_size": 10, "gamma": 0.1, "warmup_epochs": 0,
-    "weight_decay": 0.0, "nesterov": False, "head_lr_mult": 1.0, "label_smoothing": 0.0,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "step_size": 10,
+    "gamma": 0.1,
+    "warmup_epochs": 0,
+    "weight_decay": 0.0,
+    "nesterov": False,
+    "head_lr_mult": 1.0,
+    "label_smoothing": 0.0,
 }
 
 logger = logging.getLogger(__name__)
@@ -34,20 +41,42 @@ def pretrained_weights(image_size: int = 32) -> Path:
 
 
 def data_section(image_size: int, batch_size: int = 64, augment: bool = True) -> dict[str, Any]:
-    return {"kind": "digits", "root": None, "classes": list(FINETUNE_CLASSES),
-            "image_size": image_size, "resize_size": round(image_size * 256 / 224),
-            "interpolation": "bilinear", "batch_size": batch_size, "val_fraction": 0.2,
-            "augment": "flip_crop" if augment else "none", "on_bad_image": "error"}
+    return {
+        "kind": "digits",
+        "root": None,
+        "classes": list(FINETUNE_CLASSES),
+        "image_size": image_size,
+        "resize_size": round(image_size * 256 / 224),
+        "interpolation": "bilinear",
+        "batch_size": batch_size,
+        "val_fraction": 0.2,
+        "augment": "flip_crop" if augment else "none",
+        "on_bad_image": "error",
+    }
 
 
 def model_section(weights: Path, freeze_backbone: bool = False) -> dict[str, Any]:
-    return {"arch": ARCH, "weights": None, "weights_path": str(weights),
-            "freeze_backbone": freeze_backbone}
+    return {
+        "arch": ARCH,
+        "weights": None,
+        "weights_path": str(weights),
+        "freeze_backbone": freeze_backbone,
+    }
 
 
-def study_spec(name: str, weights: Path, *, image_size: int, epochs: int, seed: int,
-               sampler: dict[str, Any], pruner: dict[str, Any], n_trials: int,
-               freeze_backbone: bool, baseline: bool) -> dict[str, Any]:
+def study_spec(
+    name: str,
+    weights: Path,
+    *,
+    image_size: int,
+    epochs: int,
+    seed: int,
+    sampler: dict[str, Any],
+    pruner: dict[str, Any],
+    n_trials: int,
+    freeze_backbone: bool,
+    baseline: bool,
+) -> dict[str, Any]:
     """A study over sgd_steplr_warmup. No checkpoints: a benchmark never resumes, and a
     resnet18 training state is ~90 MB per epoch to upload."""
     return {
@@ -72,9 +101,17 @@ def worker_config(url: str, study: str, label: str, **overrides: Any) -> Any:
     benchmark reads losses, not weights)."""
     from worker.runner import WorkerConfig
 
-    return WorkerConfig(server=url, token=None, worker_id=f"bench-{label}", host="bench",
-                        device="cpu", study=study, exit_when_idle=True, upload_weights=False,
-                        **overrides)
+    return WorkerConfig(
+        server=url,
+        token=None,
+        worker_id=f"bench-{label}",
+        host="bench",
+        device="cpu",
+        study=study,
+        exit_when_idle=True,
+        upload_weights=False,
+        **overrides,
+    )
 
 
 def run_workers(url: str, study: str, count: int, caches: Any) -> None:

@@ -38,7 +38,10 @@ EPOCHS = 5
 BACKENDS = ("sqlite", "postgresql")
 # The service's defaults for TPE and the median pruner, given explicitly to both sides.
 TPE_OPTIONS: dict[str, Any] = {
-    "n_startup_trials": 10, "n_ei_candidates": 24, "multivariate": True, "constant_liar": True,
+    "n_startup_trials": 10,
+    "n_ei_candidates": 24,
+    "multivariate": True,
+    "constant_liar": True,
 }
 MEDIAN_OPTIONS: dict[str, Any] = {"n_startup_trials": 5, "n_warmup_steps": 1}
 
@@ -59,8 +62,15 @@ def fresh_storage(kind: str, folder: Path) -> Iterator[str]:
         drop_database(url)
 
 
-PG_COUNTERS = ("xact_commit", "xact_rollback", "tup_returned", "tup_fetched", "tup_inserted",
-               "tup_updated", "tup_deleted")
+PG_COUNTERS = (
+    "xact_commit",
+    "xact_rollback",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+)
 
 
 def pg_counters(url: str) -> dict[str, int] | None:
@@ -74,8 +84,9 @@ def pg_counters(url: str) -> dict[str, int] | None:
     time.sleep(1.0)  # let the exiting backends flush their statistics
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(admin_url(PG_BASE), autocommit=True) as conn:
-        row = conn.execute(f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database "
-                           "WHERE datname = %s", (name,)).fetchone()
+        row = conn.execute(
+            f"SELECT {', '.join(PG_COUNTERS)} FROM pg_stat_database WHERE datname = %s", (name,)
+        ).fetchone()
     return None if row is None else dict(zip(PG_COUNTERS, map(int, row), strict=True))
 
 
@@ -145,8 +156,13 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def running_server(storage_url: str, folder: Path, log_level: str = "info",
-                   args: Sequence[str] = (), code: Path = REPO) -> Iterator[ServerProcess]:
+def running_server(
+    storage_url: str,
+    folder: Path,
+    log_level: str = "info",
+    args: Sequence[str] = (),
+    code: Path = REPO,
+) -> Iterator[ServerProcess]:
     """A real `hpsearch serve` on a free loopback port, run from the checkout at `code` (a copy
     with an experimental change, say), stopped on exit."""
     data_dir = folder / f"server-{uuid.uuid4().hex[:8]}"
@@ -154,12 +170,26 @@ def running_server(storage_url: str, folder: Path, log_level: str = "info",
     env = {k: v for k, v in os.environ.items() if not k.startswith("HPSEARCH_")}
     env.update(PYTHONUNBUFFERED="1", PYTHONPATH=str(code), HPSEARCH_LOG_LEVEL=log_level)
     port = free_port()
-    cmd = [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--storage", storage_url, "--data-dir", str(data_dir), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage",
+        storage_url,
+        "--data-dir",
+        str(data_dir),
+        *args,
+    ]
     log_path = data_dir / "server.log"
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(cmd, env=env, cwd=code, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            cmd, env=env, cwd=code, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     try:
         server.wait_ready(timeout=120)
@@ -169,21 +199,36 @@ def running_server(storage_url: str, folder: Path, log_level: str = "info",
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server-log-level", default="info",
-                        help="log level of the server started (default %(default)s, as deployed)")
-    parser.add_argument("--server-workers", type=int, default=1,
-                        help="`hpsearch serve --workers`: server processes (default %(default)s)")
-    parser.add_argument("--code", type=Path, default=REPO,
-                        help="checkout whose service/ the server runs (default: this one); "
-                        "for measuring a change on a copy")
+    parser.add_argument(
+        "--server-log-level",
+        default="info",
+        help="log level of the server started (default %(default)s, as deployed)",
+    )
+    parser.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="`hpsearch serve --workers`: server processes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--code",
+        type=Path,
+        default=REPO,
+        help="checkout whose service/ the server runs (default: this one); "
+        "for measuring a change on a copy",
+    )
 
 
 @contextlib.contextmanager
-def server_for(args: argparse.Namespace, storage_url: str,
-               folder: Path) -> Iterator[ServerProcess]:
+def server_for(args: argparse.Namespace, storage_url: str, folder: Path) -> Iterator[ServerProcess]:
     """The server the flags of add_server_flags describe."""
-    with running_server(storage_url, folder, args.server_log_level,
-                        ["--workers", str(args.server_workers)], args.code.resolve()) as server:
+    with running_server(
+        storage_url,
+        folder,
+        args.server_log_level,
+        ["--workers", str(args.server_workers)],
+        args.code.resolve(),
+    ) as server:
         yield server
 
 
@@ -245,8 +290,9 @@ class ClientResult:
         self.error_sample = self.error_sample or f"{type(exc).__name__}: {exc}"[:300]
 
 
-def _client_main(target: Callable[[Any, Any], ClientResult], config: Any, barrier: Any,
-                 results: Any) -> None:
+def _client_main(
+    target: Callable[[Any, Any], ClientResult], config: Any, barrier: Any, results: Any
+) -> None:
     try:
         results.put(target(config, barrier))
     except BaseException as exc:  # report it instead of leaving the parent waiting
@@ -256,8 +302,12 @@ def _client_main(target: Callable[[Any, Any], ClientResult], config: Any, barrie
         results.put(result)
 
 
-def run_clients(target: Callable[[Any, Any], ClientResult], configs: Sequence[Any],
-                setup_timeout: float, run_timeout: float) -> list[ClientResult]:
+def run_clients(
+    target: Callable[[Any, Any], ClientResult],
+    configs: Sequence[Any],
+    setup_timeout: float,
+    run_timeout: float,
+) -> list[ClientResult]:
     """Run `target(config, barrier)` in one process per config. Each target connects, waits on
     the barrier, then runs; the processes are forked from a server that has already imported
     the clients' modules, so 32 of them start in seconds on two cores."""
@@ -265,8 +315,10 @@ def run_clients(target: Callable[[Any, Any], ClientResult], configs: Sequence[An
     ctx.set_forkserver_preload(["bench.clients"])
     barrier = ctx.Barrier(len(configs) + 1)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_client_main, args=(target, c, barrier, results), daemon=True)
-             for c in configs]
+    procs = [
+        ctx.Process(target=_client_main, args=(target, c, barrier, results), daemon=True)
+        for c in configs
+    ]
     for p in procs:
         p.start()
     out: list[ClientResult] = []
@@ -276,8 +328,9 @@ def run_clients(target: Callable[[Any, Any], ClientResult], configs: Sequence[An
         while len(out) < len(procs):
             out.append(results.get(timeout=max(0.1, deadline - time.monotonic())))
     except (queue.Empty, threading.BrokenBarrierError) as exc:
-        raise RuntimeError(f"clients did not finish: {type(exc).__name__} "
-                           f"({len(out)} of {len(procs)} reported)") from exc
+        raise RuntimeError(
+            f"clients did not finish: {type(exc).__name__} ({len(out)} of {len(procs)} reported)"
+        ) from exc
     finally:
         for p in procs:
             p.join(timeout=5)
@@ -324,25 +377,34 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A Markdown table, so the output can be pasted into RESULTS.md as is."""
     cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in cells]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
 
 def machine() -> str:
     load = os.getloadavg()
-    return (f"{platform.node()}: {os.cpu_count()} cores, load average "
-            f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, Python {platform.python_version()}; "
-            f"code {code_state(REPO)}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, load average "
+        f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}, Python {platform.python_version()}; "
+        f"code {code_state(REPO)}"
+    )
 
 
 def code_state(checkout: Path) -> str:
     """The commit of a checkout and whether its service/ differs from it: results are only
     comparable for the same server code."""
+
     def git(*args: str) -> str:
-        done = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True,
-                              text=True, timeout=30, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(checkout), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         return done.stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"

@@ -48,19 +48,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="K scripted workers at full speed for a fixed time; fails on any 5xx",
     )
     parser.add_argument("--workers", type=int, default=8, help="K (default %(default)s)")
-    parser.add_argument("--duration", type=float, default=60.0,
-                        help="seconds of load (default %(default)s)")
-    parser.add_argument("--epochs", type=int, default=5,
-                        help="reports per trial (default %(default)s)")
-    parser.add_argument("--storage", choices=("sqlite", "postgresql"), default="sqlite",
-                        help="storage of the server this script starts (default %(default)s)")
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of load (default %(default)s)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=5, help="reports per trial (default %(default)s)"
+    )
+    parser.add_argument(
+        "--storage",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="storage of the server this script starts (default %(default)s)",
+    )
     parser.add_argument("--server", help="use this running server (loopback only) instead")
     parser.add_argument("--token", help="worker/admin token when --server has tokens on")
     add_server_flags(parser)
-    parser.add_argument("--profile", type=Path,
-                        help="record the server (own server only) with py-spy into this file")
-    parser.add_argument("--profile-mode", choices=sorted(MODES), default="active",
-                        help="py-spy sampling: active threads, the GIL holder, or all (wall)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record the server (own server only) with py-spy into this file",
+    )
+    parser.add_argument(
+        "--profile-mode",
+        choices=sorted(MODES),
+        default="active",
+        help="py-spy sampling: active threads, the GIL holder, or all (wall)",
+    )
     parser.add_argument("--py-spy", help="py-spy binary (default: on PATH or /tmp/tools/bin)")
     args = parser.parse_args(argv)
     if args.server and urlparse(args.server).hostname not in LOOPBACK:
@@ -76,23 +89,25 @@ def target_server(args: argparse.Namespace, folder: Path) -> Iterator[tuple[str,
     if args.server:
         yield args.server.rstrip("/"), None
         return
-    with fresh_storage(args.storage, folder) as url, \
-            server_for(args, url, folder) as server:
+    with fresh_storage(args.storage, folder) as url, server_for(args, url, folder) as server:
         yield server.url, server.process.pid
 
 
 def run_load(args: argparse.Namespace, base_url: str, pid: int | None) -> list[ClientResult]:
     study = f"load-{uuid.uuid4().hex[:8]}"
     create_study(base_url, study_spec(study, epochs=args.epochs), args.token)
-    configs = [HttpClientConfig(base_url, study, f"load-{i}", 10**9, args.duration,
-                                epochs=args.epochs, token=args.token)
-               for i in range(args.workers)]
+    configs = [
+        HttpClientConfig(
+            base_url, study, f"load-{i}", 10**9, args.duration, epochs=args.epochs, token=args.token
+        )
+        for i in range(args.workers)
+    ]
     if args.profile is None or pid is None:
-        return run_clients(http_client, configs, setup_timeout=180,
-                           run_timeout=args.duration + 90)
+        return run_clients(http_client, configs, setup_timeout=180, run_timeout=args.duration + 90)
     with py_spy(pid, args.profile, args.py_spy, args.profile_mode) as out:
-        results = run_clients(http_client, configs, setup_timeout=180,
-                              run_timeout=args.duration + 90)
+        results = run_clients(
+            http_client, configs, setup_timeout=180, run_timeout=args.duration + 90
+        )
     print(summarize(out) if out else "py-spy not found: no profile", flush=True)
     return results
 
@@ -106,13 +121,22 @@ def report(args: argparse.Namespace, results: list[ClientResult]) -> int:
     requests = sum(statuses.values())
     errors = sum(r.errors for r in results)
     server_errors = sum(n for code, n in statuses.items() if code >= 500)
-    rows = [[kind, len(merged(results, kind)), ms(percentile(merged(results, kind), 50)),
-             ms(percentile(merged(results, kind), 99))] for kind in CALLS]
+    rows = [
+        [
+            kind,
+            len(merged(results, kind)),
+            ms(percentile(merged(results, kind), 50)),
+            ms(percentile(merged(results, kind), 99)),
+        ]
+        for kind in CALLS
+    ]
     print(table(["call", "requests", "p50 ms", "p99 ms"], rows))
     trials = sum(r.trials for r in results)
-    print(f"\n{args.workers} workers, {elapsed:.1f} s: {requests} requests "
-          f"({requests / elapsed:.1f}/s), {trials} trials finished "
-          f"({sum(r.pruned for r in results)} pruned)")
+    print(
+        f"\n{args.workers} workers, {elapsed:.1f} s: {requests} requests "
+        f"({requests / elapsed:.1f}/s), {trials} trials finished "
+        f"({sum(r.pruned for r in results)} pruned)"
+    )
     print("statuses: " + ", ".join(f"{c}: {n}" for c, n in sorted(statuses.items())))
     sample = next((r.error_sample for r in results if r.error_sample), None)
     if errors:
@@ -120,10 +144,12 @@ def report(args: argparse.Namespace, results: list[ClientResult]) -> int:
     print(f"# after: {machine()}")
     claim, rep = merged(results, "claim"), merged(results, "report")
     ok = server_errors == 0 and errors == 0
-    print(f"load: {requests / elapsed:.1f} requests/s; claim p50/p99 "
-          f"{ms(percentile(claim, 50))}/{ms(percentile(claim, 99))} ms; report p50/p99 "
-          f"{ms(percentile(rep, 50))}/{ms(percentile(rep, 99))} ms; 5xx: {server_errors}; "
-          f"no answer: {errors} -> {'OK' if ok else 'FAIL'}")
+    print(
+        f"load: {requests / elapsed:.1f} requests/s; claim p50/p99 "
+        f"{ms(percentile(claim, 50))}/{ms(percentile(claim, 99))} ms; report p50/p99 "
+        f"{ms(percentile(rep, 50))}/{ms(percentile(rep, 99))} ms; 5xx: {server_errors}; "
+        f"no answer: {errors} -> {'OK' if ok else 'FAIL'}"
+    )
     return 0 if ok else 1
 
 
@@ -131,10 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     print(f"# load on {machine()}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="hpsearch-load-") as tmp, \
-            target_server(args, Path(tmp)) as (base_url, pid):
-        print(f"# {args.workers} workers for {args.duration:.0f} s against {base_url}"
-              f"{'' if args.server else f' ({args.storage})'}", flush=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="hpsearch-load-") as tmp,
+        target_server(args, Path(tmp)) as (base_url, pid),
+    ):
+        print(
+            f"# {args.workers} workers for {args.duration:.0f} s against {base_url}"
+            f"{'' if args.server else f' ({args.storage})'}",
+            flush=True,
+        )
         results = run_load(args, base_url, pid)
     return report(args, results)
 

@@ -17,22 +17,41 @@ from pathlib import Path
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^:()]*)(?::\d+)?\)$")
 # A leaf frame's package: the first of these found in its file path.
-PACKAGES = ("service/", "optuna/", "sqlalchemy/", "psycopg", "sqlite3/", "pydantic",
-            "fastapi/", "starlette/", "uvicorn/", "anyio/", "httptools", "logging/",
-            "prometheus_client/", "json/", "threading.py", "selectors.py")
+PACKAGES = (
+    "service/",
+    "optuna/",
+    "sqlalchemy/",
+    "psycopg",
+    "sqlite3/",
+    "pydantic",
+    "fastapi/",
+    "starlette/",
+    "uvicorn/",
+    "anyio/",
+    "httptools",
+    "logging/",
+    "prometheus_client/",
+    "json/",
+    "threading.py",
+    "selectors.py",
+)
 
 
 MODES = {"active": [], "gil": ["--gil"], "wall": ["--idle"]}
 
 
 def find_py_spy(given: str | None) -> str | None:
-    return given or shutil.which("py-spy") or (
-        "/tmp/tools/bin/py-spy" if Path("/tmp/tools/bin/py-spy").exists() else None)
+    return (
+        given
+        or shutil.which("py-spy")
+        or ("/tmp/tools/bin/py-spy" if Path("/tmp/tools/bin/py-spy").exists() else None)
+    )
 
 
 @contextlib.contextmanager
-def py_spy(pid: int, out: Path, py_spy_bin: str | None, mode: str = "active",
-           rate: int = 100) -> Iterator[Path | None]:
+def py_spy(
+    pid: int, out: Path, py_spy_bin: str | None, mode: str = "active", rate: int = 100
+) -> Iterator[Path | None]:
     """Record `pid` (and its children) while the block runs; yield the raw output path, or
     None when py-spy is not available. `mode` is one of MODES: "active" samples threads that
     run (Python or C, e.g. SQLite), "gil" only the thread holding the GIL (where one server
@@ -41,8 +60,20 @@ def py_spy(pid: int, out: Path, py_spy_bin: str | None, mode: str = "active",
     if binary is None:
         yield None
         return
-    cmd = [binary, "record", "--pid", str(pid), "--format", "raw", "--output", str(out),
-           "--rate", str(rate), "--subprocesses", "--nonblocking"]
+    cmd = [
+        binary,
+        "record",
+        "--pid",
+        str(pid),
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--rate",
+        str(rate),
+        "--subprocesses",
+        "--nonblocking",
+    ]
     cmd += MODES[mode]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -83,8 +114,9 @@ def summarize(raw: Path, top: int = 25, match: str = "service/") -> str:
         total += count
         if frames:
             leaves[_package(frames[-1][1])] += count
-        seen = {f"{func} ({file.split('site-packages/')[-1]})" for func, file in frames
-                if match in file}
+        seen = {
+            f"{func} ({file.split('site-packages/')[-1]})" for func, file in frames if match in file
+        }
         for name in seen:
             inclusive[name] += count
     if total == 0:

@@ -89,8 +89,9 @@ class Cell:
     @property
     def problems(self) -> str:
         errors = sum(r.errors for r in self.results)
-        bad = sum(n for r in self.results for code, n in r.statuses.items() if code >= 300
-                  and code != 204)
+        bad = sum(
+            n for r in self.results for code, n in r.statuses.items() if code >= 300 and code != 204
+        )
         sample = next((r.error_sample for r in self.results if r.error_sample), None)
         return "" if not (errors or bad) else f"{errors} errors, {bad} non-2xx ({sample})"
 
@@ -101,33 +102,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="trials/s of the hpsearch service against raw Optuna, side by side "
         "(the defaults take about 8 minutes on 2 cores)",
     )
-    parser.add_argument("--backends", default=",".join(BACKENDS),
-                        help="comma-separated: sqlite,postgresql (default %(default)s)")
-    parser.add_argument("--clients", default="1,8,32",
-                        help="comma-separated client counts (default %(default)s)")
-    parser.add_argument("--trials", type=int, default=192,
-                        help="trials per cell, split over its clients (default %(default)s)")
-    parser.add_argument("--max-seconds", type=float, default=10.0,
-                        help="time limit per cell (default %(default)s)")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="runs of each cell, service and raw interleaved (default %(default)s)")
-    parser.add_argument("--variant", type=Path,
-                        help="a second checkout (a copy with a change to service/): its server "
-                        "runs as a third side, interleaved with the other two")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated: sqlite,postgresql (default %(default)s)",
+    )
+    parser.add_argument(
+        "--clients", default="1,8,32", help="comma-separated client counts (default %(default)s)"
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=192,
+        help="trials per cell, split over its clients (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-seconds", type=float, default=10.0, help="time limit per cell (default %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="runs of each cell, service and raw interleaved (default %(default)s)",
+    )
+    parser.add_argument(
+        "--variant",
+        type=Path,
+        help="a second checkout (a copy with a change to service/): its server "
+        "runs as a third side, interleaved with the other two",
+    )
     add_server_flags(parser)
     return parser.parse_args(argv)
 
 
-def run_service(backend: str, clients: int, args: argparse.Namespace,
-                folder: Path) -> Outcome:
+def run_service(backend: str, clients: int, args: argparse.Namespace, folder: Path) -> Outcome:
     with fresh_storage(backend, folder) as url:
         with server_for(args, url, folder) as server:
             results = _drive(server.url, clients, args)
         return results, pg_counters(url)
 
 
-def run_variant(backend: str, clients: int, args: argparse.Namespace,
-                folder: Path) -> Outcome:
+def run_variant(backend: str, clients: int, args: argparse.Namespace, folder: Path) -> Outcome:
     variant = argparse.Namespace(**{**vars(args), "code": args.variant})
     with fresh_storage(backend, folder) as url:
         with server_for(variant, url, folder) as server:
@@ -138,25 +153,36 @@ def run_variant(backend: str, clients: int, args: argparse.Namespace,
 def _drive(base_url: str, clients: int, args: argparse.Namespace) -> list[ClientResult]:
     """Create the study on a running server and run the scripted HTTP workers against it."""
     create_study(base_url, study_spec(STUDY))
-    configs = [HttpClientConfig(base_url, STUDY, f"bench-{i}", _share(args.trials, clients, i),
-                                args.max_seconds) for i in range(clients)]
+    configs = [
+        HttpClientConfig(
+            base_url, STUDY, f"bench-{i}", _share(args.trials, clients, i), args.max_seconds
+        )
+        for i in range(clients)
+    ]
     return run_clients(http_client, configs, setup_timeout=180, run_timeout=args.max_seconds + 90)
 
 
-def run_raw(backend: str, clients: int, args: argparse.Namespace,
-            folder: Path) -> Outcome:
+def run_raw(backend: str, clients: int, args: argparse.Namespace, folder: Path) -> Outcome:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with fresh_storage(backend, folder) as url:
         storage = raw_storage(url)
-        optuna.create_study(storage=storage, study_name=STUDY, direction="minimize",
-                            sampler=raw_sampler(), pruner=raw_pruner())
+        optuna.create_study(
+            storage=storage,
+            study_name=STUDY,
+            direction="minimize",
+            sampler=raw_sampler(),
+            pruner=raw_pruner(),
+        )
         storage.engine.dispose()
-        configs = [RawClientConfig(url, STUDY, _share(args.trials, clients, i), args.max_seconds)
-                   for i in range(clients)]
-        results = run_clients(raw_client, configs, setup_timeout=180,
-                              run_timeout=args.max_seconds + 90)
+        configs = [
+            RawClientConfig(url, STUDY, _share(args.trials, clients, i), args.max_seconds)
+            for i in range(clients)
+        ]
+        results = run_clients(
+            raw_client, configs, setup_timeout=180, run_timeout=args.max_seconds + 90
+        )
         return results, pg_counters(url)
 
 
@@ -185,9 +211,12 @@ def run_cells(args: argparse.Namespace) -> list[Cell]:
                 run = RUNS[mode]
                 cell = Cell(mode, backend, clients, repeat, *run(backend, clients, args, Path(tmp)))
                 cells.append(cell)
-                print(f"  {backend:10} {clients:3} clients  {mode:7} run {repeat + 1}: "
-                      f"{cell.trials} trials in {cell.elapsed:.1f} s = {cell.rate:.1f}/s"
-                      f"{'  ' + cell.problems if cell.problems else ''}", flush=True)
+                print(
+                    f"  {backend:10} {clients:3} clients  {mode:7} run {repeat + 1}: "
+                    f"{cell.trials} trials in {cell.elapsed:.1f} s = {cell.rate:.1f}/s"
+                    f"{'  ' + cell.problems if cell.problems else ''}",
+                    flush=True,
+                )
     return cells
 
 
@@ -217,8 +246,11 @@ def throughput_table(cells: list[Cell]) -> str:
         row += [median_spread([c.rate for c in _group(cells, m, backend, clients)]) for m in sides]
         raw = _group(cells, "raw", backend, clients)
         for side in http_sides:
-            paired = [s.rate / r.rate for s, r in
-                      zip(_group(cells, side, backend, clients), raw, strict=False) if r.rate]
+            paired = [
+                s.rate / r.rate
+                for s, r in zip(_group(cells, side, backend, clients), raw, strict=False)
+                if r.rate
+            ]
             row += [f"{_ratio(cells, backend, clients, side):.2f}", median_spread(paired, "{:.2f}")]
         rows.append(row)
     header = ["storage", "clients"] + [f"{m} trials/s" for m in sides]
@@ -237,8 +269,17 @@ def latency_table(cells: list[Cell]) -> str:
                 samples = merged(results, kind)
                 row.append(f"{kind} {ms(percentile(samples, 50))} / {ms(percentile(samples, 99))}")
             rows.append(row)
-    return table(["storage", "clients", "side", "call p50 / p99 ms", "call p50 / p99 ms",
-                  "call p50 / p99 ms"], rows)
+    return table(
+        [
+            "storage",
+            "clients",
+            "side",
+            "call p50 / p99 ms",
+            "call p50 / p99 ms",
+            "call p50 / p99 ms",
+        ],
+        rows,
+    )
 
 
 def database_table(cells: list[Cell]) -> str | None:
@@ -259,12 +300,16 @@ def database_table(cells: list[Cell]) -> str | None:
 
 
 def ratio_line(cells: list[Cell], side: str = "service") -> str:
-    parts = [f"{backend} {clients}: {_ratio(cells, backend, clients, side):.2f}x"
-             for backend, clients in _keys(cells)]
+    parts = [
+        f"{backend} {clients}: {_ratio(cells, backend, clients, side):.2f}x"
+        for backend, clients in _keys(cells)
+    ]
     targeted = [_ratio(cells, b, n, side) for b, n in _keys(cells) if n in TARGET_CLIENTS]
     verdict = "not measured" if not targeted else "met" if min(targeted) >= 1.0 else "NOT met"
-    return (f"ratio {side}/raw trials/s: {'; '.join(parts)} "
-            f"(target >= 1.0x at {' and '.join(map(str, TARGET_CLIENTS))} clients: {verdict})")
+    return (
+        f"ratio {side}/raw trials/s: {'; '.join(parts)} "
+        f"(target >= 1.0x at {' and '.join(map(str, TARGET_CLIENTS))} clients: {verdict})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -59,18 +59,25 @@ def arms(seed: int, args: argparse.Namespace) -> list[Arm]:
     them), seeded. TPE's startup trials are random search's first trials (same seed)."""
     tpe = {"name": "tpe", "seed": seed, "n_startup_trials": args.tpe_startup}
     out = [
-        Arm("TPE + median", tpe,
-            {"name": "median", "n_startup_trials": args.median_startup, "n_warmup_steps": 1}),
+        Arm(
+            "TPE + median",
+            tpe,
+            {"name": "median", "n_startup_trials": args.median_startup, "n_warmup_steps": 1},
+        ),
         Arm("TPE + successive halving", tpe, {"name": "successive_halving"}),
     ]
     if args.sh_min_resource:
-        out.append(Arm(f"TPE + SH, min_resource {args.sh_min_resource}", tpe,
-                       {"name": "successive_halving", "min_resource": args.sh_min_resource}))
+        out.append(
+            Arm(
+                f"TPE + SH, min_resource {args.sh_min_resource}",
+                tpe,
+                {"name": "successive_halving", "min_resource": args.sh_min_resource},
+            )
+        )
     return [
         *out,
         Arm(RANDOM, {"name": "random", "seed": seed}, {"name": "none"}),
-        Arm(BASELINE_ARM, {"name": "random", "seed": seed}, {"name": "none"},
-            baseline_only=True),
+        Arm(BASELINE_ARM, {"name": "random", "seed": seed}, {"name": "none"}, baseline_only=True),
     ]
 
 
@@ -98,8 +105,11 @@ class ArmResult:
         spent = 0
         for t in self.trials:
             spent += t["epochs"]
-            if t["state"] == "complete" and t["val_loss"] is not None \
-                    and t["val_loss"] <= threshold:
+            if (
+                t["state"] == "complete"
+                and t["val_loss"] is not None
+                and t["val_loss"] <= threshold
+            ):
                 return spent
         return None
 
@@ -108,23 +118,42 @@ class ArmResult:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default 0 1 2")
     p.add_argument("--trials", type=int, default=40, help="trials per search arm (default 40)")
-    p.add_argument("--random-trials", type=int, default=120,
-                   help="trials of random search (default 120: enough that it usually gets "
-                   "within 2 %% of the best, so its epochs are measured, not bounded)")
-    p.add_argument("--tpe-startup", type=int, default=10,
-                   help="TPE n_startup_trials (default 10, the service's)")
-    p.add_argument("--median-startup", type=int, default=5,
-                   help="median pruner n_startup_trials (default 5, the service's)")
-    p.add_argument("--sh-min-resource", type=int,
-                   help="add an arm: TPE + successive halving with this min_resource")
+    p.add_argument(
+        "--random-trials",
+        type=int,
+        default=120,
+        help="trials of random search (default 120: enough that it usually gets "
+        "within 2 %% of the best, so its epochs are measured, not bounded)",
+    )
+    p.add_argument(
+        "--tpe-startup",
+        type=int,
+        default=10,
+        help="TPE n_startup_trials (default 10, the service's)",
+    )
+    p.add_argument(
+        "--median-startup",
+        type=int,
+        default=5,
+        help="median pruner n_startup_trials (default 5, the service's)",
+    )
+    p.add_argument(
+        "--sh-min-resource",
+        type=int,
+        help="add an arm: TPE + successive halving with this min_resource",
+    )
     p.add_argument("--epochs", type=int, default=15, help="epochs per trial (default 15)")
     p.add_argument("--image-size", type=int, default=32, help="pixels (default 32)")
-    p.add_argument("--full", action="store_true",
-                   help="fine-tune the whole network instead of the head on frozen features")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="fine-tune the whole network instead of the head on frozen features",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     return p.parse_args(argv)
 
@@ -135,13 +164,28 @@ def trials_of(arm: Arm, args: argparse.Namespace) -> int:
     return args.random_trials if arm.name == RANDOM else args.trials
 
 
-def run_arm(url: str, arm: Arm, seed: int, args: argparse.Namespace, weights: Path,
-            caches: Any, out: list[ArmResult]) -> None:
+def run_arm(
+    url: str,
+    arm: Arm,
+    seed: int,
+    args: argparse.Namespace,
+    weights: Path,
+    caches: Any,
+    out: list[ArmResult],
+) -> None:
     name = unique_name(f"eff-s{seed}")
-    spec = study_spec(name, weights, image_size=args.image_size, epochs=args.epochs, seed=seed,
-                      sampler=arm.sampler, pruner=arm.pruner,
-                      n_trials=trials_of(arm, args),
-                      freeze_backbone=not args.full, baseline=arm.baseline_only)
+    spec = study_spec(
+        name,
+        weights,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        seed=seed,
+        sampler=arm.sampler,
+        pruner=arm.pruner,
+        n_trials=trials_of(arm, args),
+        freeze_backbone=not args.full,
+        baseline=arm.baseline_only,
+    )
     create_study(url, spec)
     began = time.perf_counter()
     run_workers(url, name, 1, caches)
@@ -154,8 +198,10 @@ def run_seed(seed: int, args: argparse.Namespace, weights: Path, caches: Any) ->
     """The arms of one seed, one after another: trials run side by side in one process are not
     reproducible (torch's global RNG, which initialises the new head, is shared by threads)."""
     out: list[ArmResult] = []
-    with tempfile.TemporaryDirectory(prefix="bench-eff-") as tmp, running_server(
-            f"sqlite:///{Path(tmp) / 'bench.db'}", Path(tmp), "warning") as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-eff-") as tmp,
+        running_server(f"sqlite:///{Path(tmp) / 'bench.db'}", Path(tmp), "warning") as server,
+    ):
         for arm in arms(seed, args):
             run_arm(server.url, arm, seed, args, weights, caches, out)
     return out
@@ -175,17 +221,30 @@ def seed_table(results: list[ArmResult]) -> tuple[str, float, float]:
     rows = []
     for r in results:
         best = r.best
-        rows.append([
-            r.arm, f"{r.count('complete')}/{r.count('pruned')}/{r.count('fail')}", r.epochs,
-            fmt_epochs(r.epochs_to(threshold), r.epochs),
-            fmt_epochs(r.epochs_to(loose), r.epochs),
-            f"{best['val_loss']:.4f}" if best else "-",
-            f"{best['val_accuracy']:.3f}" if best else "-",
-            f"{100 * (base_loss - best['val_loss']) / base_loss:+.1f}" if best else "-",
-            f"{r.wall_s:.0f}",
-        ])
-    header = ["arm", "complete/pruned/failed", "epochs spent", "epochs to within 2 %", "to 5 %",
-              "best val loss", "its accuracy", "better than baseline %", "wall s"]
+        rows.append(
+            [
+                r.arm,
+                f"{r.count('complete')}/{r.count('pruned')}/{r.count('fail')}",
+                r.epochs,
+                fmt_epochs(r.epochs_to(threshold), r.epochs),
+                fmt_epochs(r.epochs_to(loose), r.epochs),
+                f"{best['val_loss']:.4f}" if best else "-",
+                f"{best['val_accuracy']:.3f}" if best else "-",
+                f"{100 * (base_loss - best['val_loss']) / base_loss:+.1f}" if best else "-",
+                f"{r.wall_s:.0f}",
+            ]
+        )
+    header = [
+        "arm",
+        "complete/pruned/failed",
+        "epochs spent",
+        "epochs to within 2 %",
+        "to 5 %",
+        "best val loss",
+        "its accuracy",
+        "better than baseline %",
+        "wall s",
+    ]
     return table(header, rows), best_seen, base_loss
 
 
@@ -208,8 +267,9 @@ def summary(all_results: dict[int, list[ArmResult]]) -> dict[str, list[tuple[flo
         best_seen = min(r.best["val_loss"] for r in results if r.best is not None)
         by_arm = {r.arm: r for r in results}
         for arm in (a for a in by_arm if a not in (RANDOM, BASELINE_ARM)):
-            ratios.setdefault(arm, []).append(epochs_ratio(
-                by_arm[RANDOM], by_arm[arm], best_seen * (1 + WITHIN)))
+            ratios.setdefault(arm, []).append(
+                epochs_ratio(by_arm[RANDOM], by_arm[arm], best_seen * (1 + WITHIN))
+            )
     return ratios
 
 
@@ -235,16 +295,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     weights = pretrained_weights(32)
     what = "full fine-tuning" if args.full else "frozen backbone, head only (cached features)"
-    print(f"task: resnet18 pretrained on digits 0-4 ({weights.name}), fine-tuned on digits 5-9, "
-          f"{what}, {args.image_size}px; {args.trials} trials per TPE arm, {args.random_trials} "
-          f"for random search, {args.epochs} epochs each; seeds {args.seeds}")
+    print(
+        f"task: resnet18 pretrained on digits 0-4 ({weights.name}), fine-tuned on digits 5-9, "
+        f"{what}, {args.image_size}px; {args.trials} trials per TPE arm, {args.random_trials} "
+        f"for random search, {args.epochs} epochs each; seeds {args.seeds}"
+    )
     caches = Caches()
     all_results: dict[int, list[ArmResult]] = {}
     for seed in args.seeds:
         all_results[seed] = run_seed(seed, args, weights, caches)
         text, best_seen, base_loss = seed_table(all_results[seed])
-        print(f"\nseed {seed}: best val loss seen {best_seen:.4f} (2 % threshold "
-              f"{best_seen * (1 + WITHIN):.4f}), baseline {base_loss:.4f}\n{text}", flush=True)
+        print(
+            f"\nseed {seed}: best val loss seen {best_seen:.4f} (2 % threshold "
+            f"{best_seen * (1 + WITHIN):.4f}), baseline {base_loss:.4f}\n{text}",
+            flush=True,
+        )
     wins = beats_baseline(all_results)
     n = len(args.seeds)
     print(f"\nmachine at the end: {machine()}; {time.perf_counter() - started:.0f} s in all")
@@ -253,11 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     ratios = summary(all_results)
     for arm in sorted(ratios, key=lambda a: a == "TPE + median"):  # the default pruner last
         known = [v for v, _ in ratios[arm] if not math.isnan(v)]
-        per_seed = ", ".join("neither found" if math.isnan(v) else f"{sign}{v:.2f}"
-                             for v, sign in ratios[arm])
+        per_seed = ", ".join(
+            "neither found" if math.isnan(v) else f"{sign}{v:.2f}" for v, sign in ratios[arm]
+        )
         middle = f"{median(known):.2f}" if known else "n/a"
-        print(f"epochs-to-within-2% ratio random/{arm} (target >= 3): median {middle} "
-              f"(per seed {per_seed})")
+        print(
+            f"epochs-to-within-2% ratio random/{arm} (target >= 3): median {middle} "
+            f"(per seed {per_seed})"
+        )
     return 0
 
 

@@ -59,15 +59,22 @@ TARGET_RATIO, TARGET_IDLE_CORE = 1.2, 0.02
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.study_scale", description=__doc__)
     parser.add_argument("--backend", default="sqlite", help="sqlite or postgresql")
-    parser.add_argument("--finished", default="1,50,200",
-                        help="finished studies of each server measured side by side; the "
-                        "target compares the last with the first (default %(default)s: 50 "
-                        "fills a page as 200 does, so 200/50 is the history alone)")
+    parser.add_argument(
+        "--finished",
+        default="1,50,200",
+        help="finished studies of each server measured side by side; the "
+        "target compares the last with the first (default %(default)s: 50 "
+        "fills a page as 200 does, so 200/50 is the history alone)",
+    )
     parser.add_argument("--trials", type=int, default=100, help="trials per finished study")
     parser.add_argument("--samples", type=int, default=60, help="claims and lists measured")
     parser.add_argument("--warmup", type=int, default=5, help="unrecorded claims first")
-    parser.add_argument("--idle-trials", type=int, default=100_000,
-                        help="finished trials for the idle measurement (0: skip it)")
+    parser.add_argument(
+        "--idle-trials",
+        type=int,
+        default=100_000,
+        help="finished trials for the idle measurement (0: skip it)",
+    )
     parser.add_argument("--idle-s", type=float, default=30.0, help="idle seconds measured")
     add_server_flags(parser)
     return parser.parse_args(argv)
@@ -97,21 +104,45 @@ def write_history(url: str, studies: int, trials: int, seed: int = 0) -> float:
         study.set_user_attr("search_space", space)
         study.set_user_attr("created_at", now.isoformat())
         study_id = study._study_id
-        rows = [{"number": n, "study_id": study_id, "state": "COMPLETE", "datetime_start": now,
-                 "datetime_complete": now} for n in range(trials)]
+        rows = [
+            {
+                "number": n,
+                "study_id": study_id,
+                "state": "COMPLETE",
+                "datetime_start": now,
+                "datetime_complete": now,
+            }
+            for n in range(trials)
+        ]
         with storage.engine.begin() as conn:
-            ids = conn.execute(
-                trial_t.insert().returning(trial_t.c.trial_id, sort_by_parameter_order=True),
-                rows).scalars().all()
+            ids = (
+                conn.execute(
+                    trial_t.insert().returning(trial_t.c.trial_id, sort_by_parameter_order=True),
+                    rows,
+                )
+                .scalars()
+                .all()
+            )
             values, params = [], []
             for trial_id in ids:
                 drawn = {p: _draw(rng, d) for p, d in dists.items()}
-                values.append({"trial_id": trial_id, "objective": 0, "value_type": "FINITE",
-                               "value": synthetic_loss(drawn, EPOCHS - 1)})
-                params += [{"trial_id": trial_id, "param_name": p,
-                            "param_value": dists[p].to_internal_repr(v),
-                            "distribution_json": optuna.distributions.distribution_to_json(
-                                dists[p])} for p, v in drawn.items()]
+                values.append(
+                    {
+                        "trial_id": trial_id,
+                        "objective": 0,
+                        "value_type": "FINITE",
+                        "value": synthetic_loss(drawn, EPOCHS - 1),
+                    }
+                )
+                params += [
+                    {
+                        "trial_id": trial_id,
+                        "param_name": p,
+                        "param_value": dists[p].to_internal_repr(v),
+                        "distribution_json": optuna.distributions.distribution_to_json(dists[p]),
+                    }
+                    for p, v in drawn.items()
+                ]
             conn.execute(value_t.insert(), values)
             conn.execute(param_t.insert(), params)
     storage.engine.dispose()
@@ -127,8 +158,10 @@ def claim_once(http: httpx.Client) -> float:
     if r.status_code != 200 or r.json()["study"] != LIVE:
         raise RuntimeError(f"claim: {r.status_code} {r.text[:300]}")
     trial = r.json()
-    http.post(f"{API}/trials/{trial['trial_id']}/complete",
-              json={"val_loss": synthetic_loss(trial["params"], EPOCHS - 1)}).raise_for_status()
+    http.post(
+        f"{API}/trials/{trial['trial_id']}/complete",
+        json={"val_loss": synthetic_loss(trial["params"], EPOCHS - 1)},
+    ).raise_for_status()
     return elapsed
 
 
@@ -140,8 +173,11 @@ def list_once(http: httpx.Client) -> float:
     return elapsed
 
 
-def measure(https: list[httpx.Client], samples: int, warmup: int,
-            ) -> list[tuple[list[float], list[float]]]:
+def measure(
+    https: list[httpx.Client],
+    samples: int,
+    warmup: int,
+) -> list[tuple[list[float], list[float]]]:
     """Claims and lists on every server in turn, so that the load other programs put on the
     machine falls on each alike; per server, (claim seconds, list seconds)."""
     out: list[tuple[list[float], list[float]]] = [([], []) for _ in https]
@@ -164,16 +200,20 @@ def compare(args: argparse.Namespace, folder: Path) -> list[dict[str, Any]]:
         for finished in sizes:
             url = stack.enter_context(fresh_storage(args.backend, folder))
             fill_s = write_history(url, finished, args.trials)
-            print(f"  {finished} finished studies of {args.trials} trials written in "
-                  f"{fill_s:.0f} s", flush=True)
+            print(
+                f"  {finished} finished studies of {args.trials} trials written in {fill_s:.0f} s",
+                flush=True,
+            )
             server = stack.enter_context(server_for(args, url, folder))
             spec = study_spec(LIVE)
             spec["sampler"] = {"name": "random", "seed": 0}  # the history, not TPE, is measured
             create_study(server.url, spec)
             https.append(stack.enter_context(httpx.Client(base_url=server.url, timeout=120)))
         measured = measure(https, args.samples, args.warmup)
-    return [{"finished": n, "claims": c, "lists": ls}
-            for n, (c, ls) in zip(sizes, measured, strict=True)]
+    return [
+        {"finished": n, "claims": c, "lists": ls}
+        for n, (c, ls) in zip(sizes, measured, strict=True)
+    ]
 
 
 def _cpu_s(group: int) -> float:
@@ -203,9 +243,12 @@ def idle(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             time.sleep(args.idle_s)
             used = _cpu_s(group) - before
     share = used / args.idle_s
-    print(f"  idle: {studies * args.trials} finished trials in {studies} studies (written in "
-          f"{fill_s:.0f} s; the server was ready in {ready_s:.1f} s): {used:.2f} CPU s in "
-          f"{args.idle_s:.0f} s = {100 * share:.2f} % of a core", flush=True)
+    print(
+        f"  idle: {studies * args.trials} finished trials in {studies} studies (written in "
+        f"{fill_s:.0f} s; the server was ready in {ready_s:.1f} s): {used:.2f} CPU s in "
+        f"{args.idle_s:.0f} s = {100 * share:.2f} % of a core",
+        flush=True,
+    )
     return {"trials": studies * args.trials, "cpu_s": used, "share": share, "ready_s": ready_s}
 
 
@@ -217,12 +260,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hpsearch-studies-") as tmp:
         measured = compare(args, Path(tmp))
         quiet = idle(args, Path(tmp)) if args.idle_trials else None
-    rows = [[r["finished"],
-             f"{ms(percentile(r['claims'], 50))} / {ms(percentile(r['claims'], 99))}",
-             f"{ms(percentile(r['lists'], 50))} / {ms(percentile(r['lists'], 99))}"]
-            for r in measured]
-    print("\n" + table(["finished studies", "claim p50 / p99 ms", "list?limit=50 p50 / p99 ms"],
-                       rows) + "\n")
+    rows = [
+        [
+            r["finished"],
+            f"{ms(percentile(r['claims'], 50))} / {ms(percentile(r['claims'], 99))}",
+            f"{ms(percentile(r['lists'], 50))} / {ms(percentile(r['lists'], 99))}",
+        ]
+        for r in measured
+    ]
+    print(
+        "\n"
+        + table(["finished studies", "claim p50 / p99 ms", "list?limit=50 p50 / p99 ms"], rows)
+        + "\n"
+    )
     first, last = measured[0], measured[-1]
     claim_ratio = percentile(last["claims"], 50) / percentile(first["claims"], 50)
     list_ratio = percentile(last["lists"], 50) / percentile(first["lists"], 50)
@@ -236,16 +286,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         middle = measured[-2]
         claims = percentile(last["claims"], 50) / percentile(middle["claims"], 50)
         lists = percentile(last["lists"], 50) / percentile(middle["lists"], 50)
-        verdicts.insert(1, f"{last['finished']}/{middle['finished']} (pages alike): claim "
-                        f"{claims:.2f}, list {lists:.2f}")
+        verdicts.insert(
+            1,
+            f"{last['finished']}/{middle['finished']} (pages alike): claim "
+            f"{claims:.2f}, list {lists:.2f}",
+        )
     if quiet is not None:
-        verdicts.append(f"idle CPU {100 * quiet['share']:.2f} % of a core with "
-                        f"{quiet['trials']} finished trials (target < {100 * TARGET_IDLE_CORE:.0f} "
-                        f"%: {'met' if quiet['share'] < TARGET_IDLE_CORE else 'NOT met'})")
+        verdicts.append(
+            f"idle CPU {100 * quiet['share']:.2f} % of a core with "
+            f"{quiet['trials']} finished trials (target < {100 * TARGET_IDLE_CORE:.0f} "
+            f"%: {'met' if quiet['share'] < TARGET_IDLE_CORE else 'NOT met'})"
+        )
     print(f"# after: {machine()}")
     print("study scale: " + "; ".join(verdicts))
-    print(json.dumps({"claim_ratio": claim_ratio, "list_ratio": list_ratio,
-                      "idle": quiet}, default=str))
+    print(
+        json.dumps(
+            {"claim_ratio": claim_ratio, "list_ratio": list_ratio, "idle": quiet}, default=str
+        )
+    )
     return 0
 
 

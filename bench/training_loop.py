@@ -54,14 +54,16 @@ STD = (0.229, 0.224, 0.225)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--repeats", type=int, default=7, help="epochs per arm in (a) (default 7)")
     p.add_argument("--trials", type=int, default=8, help="trials per arm in (b) (default 8)")
     p.add_argument("--image-size", type=int, default=32, help="pixels (default 32)")
     p.add_argument("--batch-size", type=int, default=64, help="default 64")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads, the same for every arm (default 1)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads, the same for every arm (default 1)"
+    )
     p.add_argument("--skip", choices=("epoch", "claim"), help="leave out part (a) or (b)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -80,7 +82,7 @@ class Tensors:
 
 def normalise(images: Tensor, image_size: int) -> Tensor:
     top = (images.shape[-1] - image_size) // 2
-    crop = images[:, :, top:top + image_size, top:top + image_size].float() / 255
+    crop = images[:, :, top : top + image_size, top : top + image_size].float() / 255
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     return ((crop - mean) / std).contiguous()
 
@@ -88,8 +90,12 @@ def normalise(images: Tensor, image_size: int) -> Tensor:
 def tensors_of(data: Any) -> Tensors:
     """The worker's decoded ImageData as plain float tensors."""
     size = data.image_size
-    return Tensors(normalise(data.train.images, size), data.train.labels,
-                   normalise(data.val.images, size), data.val.labels)
+    return Tensors(
+        normalise(data.train.images, size),
+        data.train.labels,
+        normalise(data.val.images, size),
+        data.val.labels,
+    )
 
 
 def plain_model(weights: Path | dict[str, Tensor], num_classes: int, seed: int) -> nn.Module:
@@ -98,16 +104,19 @@ def plain_model(weights: Path | dict[str, Tensor], num_classes: int, seed: int) 
         weights = torch.load(weights, map_location="cpu", weights_only=True)
     state = weights
     model = torchvision.models.resnet18()
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")},
-                          strict=False)
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
     torch.manual_seed(seed)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
 
 def plain_recipe(model: nn.Module) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.StepLR]:
-    opt = torch.optim.SGD(model.parameters(), lr=BASELINE["lr"], momentum=BASELINE["momentum"],
-                          weight_decay=BASELINE["weight_decay"])
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=BASELINE["lr"],
+        momentum=BASELINE["momentum"],
+        weight_decay=BASELINE["weight_decay"],
+    )
     return opt, torch.optim.lr_scheduler.StepLR(opt, BASELINE["step_size"], BASELINE["gamma"])
 
 
@@ -119,7 +128,7 @@ def plain_epoch(model: nn.Module, data: Tensors, batch_size: int, seed: int) -> 
     perm = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(seed))
     running = 0.0
     for i in range(len(perm) // batch_size):
-        idx = perm[i * batch_size:(i + 1) * batch_size]
+        idx = perm[i * batch_size : (i + 1) * batch_size]
         loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
         opt.zero_grad()
         loss.backward()
@@ -130,8 +139,9 @@ def plain_epoch(model: nn.Module, data: Tensors, batch_size: int, seed: int) -> 
     model.eval()
     correct, loss_sum = 0, 0.0
     with torch.inference_mode():
-        for x, y in zip(data.x_val.split(2 * batch_size), data.y_val.split(2 * batch_size),
-                        strict=True):
+        for x, y in zip(
+            data.x_val.split(2 * batch_size), data.y_val.split(2 * batch_size), strict=True
+        ):
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(1) == y).sum())
@@ -145,8 +155,12 @@ def worker_job(weights: Path, image_size: int, batch_size: int, augment: bool, s
     spec = {
         "model": model_section(weights),
         "data": data_section(image_size, batch_size, augment),
-        "training": {"epochs": 1, "compile": False, "checkpoint_every": 0,
-                     "norm_weight_decay": 0.0},
+        "training": {
+            "epochs": 1,
+            "compile": False,
+            "checkpoint_every": 0,
+            "norm_weight_decay": 0.0,
+        },
         "objective": {"metric": "val_loss", "epoch": "last"},
     }
     return TrialJob.from_parts(spec, {**BASELINE, "batch_size": batch_size}, seed)
@@ -171,11 +185,14 @@ def epoch_benchmark(args: argparse.Namespace, weights: Path) -> float:
     data = caches.data.get(DataSpec.from_dict(data_section(args.image_size, args.batch_size)))
     tensors = tensors_of(data)
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    jobs = {aug: worker_job(weights, args.image_size, args.batch_size, aug, args.seed)
-            for aug in (False, True)}
+    jobs = {
+        aug: worker_job(weights, args.image_size, args.batch_size, aug, args.seed)
+        for aug in (False, True)
+    }
     arms: dict[str, Callable[[], tuple[float, float]]] = {
-        "plain loop": lambda: plain_epoch(plain_model(state, data.num_classes, args.seed),
-                                          tensors, args.batch_size, args.seed),
+        "plain loop": lambda: plain_epoch(
+            plain_model(state, data.num_classes, args.seed), tensors, args.batch_size, args.seed
+        ),
         "worker (augment off)": lambda: worker_epoch(jobs[False], caches, len(data.train)),
         "worker (augment on)": lambda: worker_epoch(jobs[True], caches, len(data.train)),
     }
@@ -191,19 +208,28 @@ def epoch_benchmark(args: argparse.Namespace, weights: Path) -> float:
     return report_epochs(args, times, len(tensors.y_train))
 
 
-def report_epochs(args: argparse.Namespace, times: dict[str, list[tuple[float, float]]],
-                  n_train: int) -> float:
+def report_epochs(
+    args: argparse.Namespace, times: dict[str, list[tuple[float, float]]], n_train: int
+) -> float:
     plain = times["plain loop"]
     rows = []
     for name, pairs in times.items():
         train, whole = [p[0] for p in pairs], [p[1] for p in pairs]
         # Ratios repeat by repeat (the arms of one repeat ran back to back under the same load).
         ratio = [w[0] / p[0] for w, p in zip(pairs, plain, strict=True)]
-        rows.append([name, median_spread(train, "{:.3f}"), median_spread(whole, "{:.3f}"),
-                     median_spread(ratio, "{:.3f}")])
-    print(f"\n(a) epoch time: resnet18, digits {list(FINETUNE_CLASSES)}, {n_train} train images, "
-          f"{args.image_size}px, batch {args.batch_size}, {torch.get_num_threads()} thread(s), "
-          f"{args.repeats} interleaved repeats; median [min-max]")
+        rows.append(
+            [
+                name,
+                median_spread(train, "{:.3f}"),
+                median_spread(whole, "{:.3f}"),
+                median_spread(ratio, "{:.3f}"),
+            ]
+        )
+    print(
+        f"\n(a) epoch time: resnet18, digits {list(FINETUNE_CLASSES)}, {n_train} train images, "
+        f"{args.image_size}px, batch {args.batch_size}, {torch.get_num_threads()} thread(s), "
+        f"{args.repeats} interleaved repeats; median [min-max]"
+    )
     print(table(["arm", "training s", "epoch s (with val)", "training time / plain"], rows))
     worker = times["worker (augment off)"]
     of_medians = median([w[0] for w in worker]) / median([p[0] for p in plain])
@@ -272,7 +298,7 @@ def plain_start(weights: Path, image_size: int, batch_size: int, seed: int) -> S
     labels = keep[mask].float().argmax(1)
     pixels = torch.from_numpy(digits.images).float()[mask].unsqueeze(1) / 16
     pixels = F.interpolate(pixels, size=image_size, mode="bilinear").expand(-1, 3, -1, -1)
-    x = ((pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1))
+    x = (pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(labels), generator=gen)
     n_val = len(perm) // 5
@@ -314,10 +340,12 @@ def prepare_breakdown(weights: Path, repeats: int) -> None:
     pieces: dict[str, Callable[[], object]] = {
         "torchvision resnet18() (random init)": torchvision.models.resnet18,
         "worker build_network (init + load cached weights)": lambda: build_network(
-            spec, num_classes=5, image_size=32, seed=0, cache=cache),
+            spec, num_classes=5, image_size=32, seed=0, cache=cache
+        ),
         "copy.deepcopy of a built resnet18": lambda: copy.deepcopy(template),
         "meta-device resnet18 + load_state_dict(assign=True) of clones": lambda: meta_build(
-            cache.state_dict(spec) or {}),
+            cache.state_dict(spec) or {}
+        ),
         "torch.load of the weights file": lambda: torch.load(weights, weights_only=True),
         "sklearn load_digits": load_digits,
     }
@@ -343,25 +371,41 @@ def claim_benchmark(args: argparse.Namespace, weights: Path) -> float:
 
     logging.getLogger("worker.runner").setLevel(logging.CRITICAL)  # each trial "fails"
     clock = StepClock()
-    hooks = [register_module_forward_pre_hook(clock.on_forward),
-             register_optimizer_step_post_hook(clock.on_step)]
+    hooks = [
+        register_module_forward_pre_hook(clock.on_forward),
+        register_optimizer_step_post_hook(clock.on_step),
+    ]
     worker: list[Start] = []
     plain: list[Start] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp, running_server(
-                f"sqlite:///{Path(tmp) / 'bench.db'}", Path(tmp), "warning") as server:
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp,
+            running_server(f"sqlite:///{Path(tmp) / 'bench.db'}", Path(tmp), "warning") as server,
+        ):
             name = unique_name("claim")
-            create_study(server.url, study_spec(
-                name, weights, image_size=args.image_size, epochs=10, seed=args.seed,
-                sampler={"name": "tpe", "seed": args.seed},
-                pruner={"name": "median", "n_startup_trials": 5, "n_warmup_steps": 1},
-                n_trials=args.trials, freeze_backbone=False, baseline=True))
-            runner = Runner(worker_config(server.url, name, "claim"), Caches(),
-                            threading.Event())
+            create_study(
+                server.url,
+                study_spec(
+                    name,
+                    weights,
+                    image_size=args.image_size,
+                    epochs=10,
+                    seed=args.seed,
+                    sampler={"name": "tpe", "seed": args.seed},
+                    pruner={"name": "median", "n_startup_trials": 5, "n_warmup_steps": 1},
+                    n_trials=args.trials,
+                    freeze_backbone=False,
+                    baseline=True,
+                ),
+            )
+            runner = Runner(worker_config(server.url, name, "claim"), Caches(), threading.Event())
             for i in range(args.trials):
-                pair = [lambda: worker.append(worker_start(runner, clock)),
-                        lambda: plain.append(plain_start(weights, args.image_size,
-                                                         args.batch_size, args.seed))]
+                pair = [
+                    lambda: worker.append(worker_start(runner, clock)),
+                    lambda: plain.append(
+                        plain_start(weights, args.image_size, args.batch_size, args.seed)
+                    ),
+                ]
                 for run in pair if i % 2 == 0 else reversed(pair):
                     clock.armed = False
                     run()
@@ -375,21 +419,33 @@ def claim_benchmark(args: argparse.Namespace, weights: Path) -> float:
 
 def report_starts(args: argparse.Namespace, worker: list[Start], plain: list[Start]) -> float:
     def row(name: str, starts: list[Start]) -> list[str]:
-        return [name, median_spread([s.claim * 1000 for s in starts], "{:.0f}"),
-                median_spread([s.prepare * 1000 for s in starts], "{:.0f}"),
-                median_spread([s.first_step * 1000 for s in starts], "{:.0f}")]
+        return [
+            name,
+            median_spread([s.claim * 1000 for s in starts], "{:.0f}"),
+            median_spread([s.prepare * 1000 for s in starts], "{:.0f}"),
+            median_spread([s.first_step * 1000 for s in starts], "{:.0f}"),
+        ]
 
-    print(f"\n(b) claim to first optimizer step, ms: resnet18 on digits {list(FINETUNE_CLASSES)} "
-          f"at {args.image_size}px, batch {args.batch_size}, {torch.get_num_threads()} "
-          f"thread(s); {args.trials} trials per arm, alternating; median [min-max]")
-    print(table(["arm", "claim call", "t0 to first forward", "t0 to end of first step"], [
-        row("worker, trial 1 (cold caches)", worker[:1]),
-        row("worker, trials 2..N (cached)", worker[1:]),
-        row("plain script, every trial", plain),
-    ]))
+    print(
+        f"\n(b) claim to first optimizer step, ms: resnet18 on digits {list(FINETUNE_CLASSES)} "
+        f"at {args.image_size}px, batch {args.batch_size}, {torch.get_num_threads()} "
+        f"thread(s); {args.trials} trials per arm, alternating; median [min-max]"
+    )
+    print(
+        table(
+            ["arm", "claim call", "t0 to first forward", "t0 to end of first step"],
+            [
+                row("worker, trial 1 (cold caches)", worker[:1]),
+                row("worker, trials 2..N (cached)", worker[1:]),
+                row("plain script, every trial", plain),
+            ],
+        )
+    )
     ratio = [w.first_step / p.first_step for w, p in zip(worker[1:], plain[1:], strict=True)]
-    print(f"ratio worker (trials 2..N) / plain, first step: median {median(ratio):.3f} "
-          f"[{min(ratio):.3f}-{max(ratio):.3f}]")
+    print(
+        f"ratio worker (trials 2..N) / plain, first step: median {median(ratio):.3f} "
+        f"[{min(ratio):.3f}-{max(ratio):.3f}]"
+    )
     return median(ratio)
 
 
@@ -410,8 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     if claim_ratio is not None:
         print(f"claim-to-first-step ratio worker/plain (trials 2..N): {claim_ratio:.3f}")
     if epoch_ratio is not None:
-        print(f"epoch ratio worker/plain (training time, median of paired repeats, "
-              f"target <= 1.05): {epoch_ratio:.3f}")
+        print(
+            f"epoch ratio worker/plain (training time, median of paired repeats, "
+            f"target <= 1.05): {epoch_ratio:.3f}"
+        )
     return 0
 
 

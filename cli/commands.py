@@ -119,7 +119,7 @@ def submit(args: argparse.Namespace) -> int:
         f"start workers (on each GPU machine):\n  {worker}"
         + ("\n  (with --token or HPSEARCH_TOKEN set to the worker token)" if args.token else "")
         + f"\nfollow it:\n  hpsearch watch --server {shlex.quote(server)} "
-          f"{shlex.quote(study['name'])}"
+        f"{shlex.quote(study['name'])}"
     )
     return 0
 
@@ -147,8 +147,11 @@ def status(args: argparse.Namespace) -> int:
             return 0
         study = api.get(_study_path(args.study))
         trials = api.get(_study_path(args.study) + "/trials")
-    _out("\n".join([render.study_line(study), *render.data_lines(study),
-                     *render.best_lines(study), ""]))
+    _out(
+        "\n".join(
+            [render.study_line(study), *render.data_lines(study), *render.best_lines(study), ""]
+        )
+    )
     _out(render.trials_table(trials) if trials else "no trials yet")
     return 0
 
@@ -161,16 +164,21 @@ def watch(args: argparse.Namespace) -> int:
     with _client(args) as api:
         study = live.run(api, _study_path(args.study), args.interval, sys.stdout)
         server = api.server
-    lines = [f"study {study['name']} is {study['state']}: "
-             f"{study['finished']}/{study['n_trials']} trials finished"]
+    lines = [
+        f"study {study['name']} is {study['state']}: "
+        f"{study['finished']}/{study['n_trials']} trials finished"
+    ]
     if study.get("error"):
-        lines.append(f"error: {study['error']}; fix it, then `hpsearch resume "
-                     f"{shlex.quote(study['name'])}`")
+        lines.append(
+            f"error: {study['error']}; fix it, then `hpsearch resume {shlex.quote(study['name'])}`"
+        )
     if not sys.stdout.isatty():  # on a terminal the last frame shows the best already
         lines += render.best_lines(study)
     if study.get("best"):
-        lines.append(f"its config: hpsearch best --server {shlex.quote(server)} "
-                     f"{shlex.quote(study['name'])} -k 1 --format yaml")
+        lines.append(
+            f"its config: hpsearch best --server {shlex.quote(server)} "
+            f"{shlex.quote(study['name'])} -k 1 --format yaml"
+        )
     _out("\n".join(lines))
     return 0
 
@@ -212,8 +220,10 @@ def extend(args: argparse.Namespace) -> int:
         before = api.get(_study_path(args.study))
         n_trials = args.total if args.total is not None else before["n_trials"] + args.trials
         study = api.patch(_study_path(args.study), {"n_trials": n_trials})
-    _out(f"study {study['name']}: n_trials {before['n_trials']} -> {study['n_trials']} "
-         f"({study['finished']} finished); it is {study['state']}")
+    _out(
+        f"study {study['name']}: n_trials {before['n_trials']} -> {study['n_trials']} "
+        f"({study['finished']} finished); it is {study['state']}"
+    )
     return 0
 
 
@@ -225,16 +235,22 @@ def stop(args: argparse.Namespace) -> int:
         study = api.post(_study_path(args.study) + "/stop" + query)
     running = (study.get("counts") or {}).get("running", 0)
     if study["state"] == "done":
-        _out(f"study {study['name']} is already done: "
-             f"{study['finished']}/{study['n_trials']} trials finished")
+        _out(
+            f"study {study['name']} is already done: "
+            f"{study['finished']}/{study['n_trials']} trials finished"
+        )
     elif args.cancel_running:
         handed = (before.get("counts") or {}).get("running", 0) - running
-        _out(f"stopped study {study['name']}: {handed} running trial"
-             f"{'' if handed == 1 else 's'} handed back; `hpsearch resume {study['name']}` "
-             "runs them on from their last checkpoints")
+        _out(
+            f"stopped study {study['name']}: {handed} running trial"
+            f"{'' if handed == 1 else 's'} handed back; `hpsearch resume {study['name']}` "
+            "runs them on from their last checkpoints"
+        )
     else:
-        _out(f"stopped study {study['name']}: no new trials are handed out; "
-             f"{running} running trial{'' if running == 1 else 's'} will finish")
+        _out(
+            f"stopped study {study['name']}: no new trials are handed out; "
+            f"{running} running trial{'' if running == 1 else 's'} will finish"
+        )
     return 0
 
 
@@ -245,8 +261,10 @@ def resume(args: argparse.Namespace) -> int:
         study = api.post(_study_path(args.study) + "/resume")
     progress = f"{study['finished']}/{study['n_trials']} trials finished"
     if before["state"] == "error" and study["state"] == "running":
-        _out(f"resumed study {study['name']}: its preflight runs again ({progress}); "
-             f"it failed with: {before.get('error')}")
+        _out(
+            f"resumed study {study['name']}: its preflight runs again ({progress}); "
+            f"it failed with: {before.get('error')}"
+        )
     elif study["state"] == "running":
         _out(f"resumed study {study['name']}: trials are handed out again ({progress})")
     else:  # done: resuming hands out nothing more

@@ -43,10 +43,12 @@ def _label(text: str) -> tuple[str, str]:
     if not _LABEL_KEY.fullmatch(key):
         raise argparse.ArgumentTypeError(
             f"label key {key!r}: letters, digits and . _ / - (at most 63, starting with a "
-            "letter or digit)")
+            "letter or digit)"
+        )
     if not _LABEL_VALUE.fullmatch(value):
         raise argparse.ArgumentTypeError(
-            f"label value {value!r}: letters, digits and . _ : / + - (at most 128)")
+            f"label value {value!r}: letters, digits and . _ : / + - (at most 128)"
+        )
     return key, value
 
 
@@ -99,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--study", help="only run trials of this study")
     worker.add_argument(
-        "--label", type=_label, action="append", metavar="KEY=VALUE",
+        "--label",
+        type=_label,
+        action="append",
+        metavar="KEY=VALUE",
         help="a label of this worker, e.g. gpu=h100 (repeatable); a study whose scheduling "
         "requires labels gets only workers that have them",
     )
@@ -153,16 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     extend.add_argument("study")
     budget = extend.add_mutually_exclusive_group(required=True)
     budget.add_argument("--trials", type=_positive, metavar="N", help="N more trials")
-    budget.add_argument("--total", type=_positive, metavar="N",
-                        help="a budget of N trials in all (may lower it)")
+    budget.add_argument(
+        "--total", type=_positive, metavar="N", help="a budget of N trials in all (may lower it)"
+    )
     extend.set_defaults(run="cli.commands:extend")
 
     stop = sub.add_parser("stop", help="stop handing out trials of a study")
     _client_flags(stop)
     stop.add_argument("study")
-    stop.add_argument("--cancel-running", action="store_true",
-                      help="also hand back the running trials (resume runs them on from their "
-                      "last checkpoints)")
+    stop.add_argument(
+        "--cancel-running",
+        action="store_true",
+        help="also hand back the running trials (resume runs them on from their last checkpoints)",
+    )
     stop.set_defaults(run="cli.commands:stop")
 
     resume = sub.add_parser("resume", help="hand out trials of a stopped study again")

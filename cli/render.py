@@ -18,14 +18,32 @@ def studies_table(studies: Sequence[Body]) -> str:
     for s in studies:
         counts = s.get("counts") or {}
         best = s.get("best") or {}
-        rows.append([
-            s["name"], s["state"], f"{s['finished']}/{s['n_trials']}", counts.get("running", 0),
-            counts.get("pruned", 0), counts.get("fail", 0), fmt.loss(best.get("val_loss")),
-            fmt.improvement(s.get("improvement_over_baseline_pct")), s.get("priority"),
-            s.get("weight"),
-        ])
-    headers = ["STUDY", "STATE", "FINISHED", "RUNNING", "PRUNED", "FAILED", "BEST VAL LOSS",
-               "VS BASELINE", "PRIORITY", "WEIGHT"]
+        rows.append(
+            [
+                s["name"],
+                s["state"],
+                f"{s['finished']}/{s['n_trials']}",
+                counts.get("running", 0),
+                counts.get("pruned", 0),
+                counts.get("fail", 0),
+                fmt.loss(best.get("val_loss")),
+                fmt.improvement(s.get("improvement_over_baseline_pct")),
+                s.get("priority"),
+                s.get("weight"),
+            ]
+        )
+    headers = [
+        "STUDY",
+        "STATE",
+        "FINISHED",
+        "RUNNING",
+        "PRUNED",
+        "FAILED",
+        "BEST VAL LOSS",
+        "VS BASELINE",
+        "PRIORITY",
+        "WEIGHT",
+    ]
     return fmt.table(headers, rows, right=(2, 3, 4, 5, 6, 7, 8, 9))
 
 
@@ -46,10 +64,13 @@ def data_lines(study: Body) -> list[str]:
     if not data:
         return []
     classes = data.get("classes") or []
-    shown = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)"
-                                       if len(classes) > 10 else "")
-    line = (f"data: {len(classes)} classes ({shown}); {data.get('train_images')} train / "
-            f"{data.get('val_images')} val / {data.get('test_images')} test images")
+    shown = ", ".join(classes[:10]) + (
+        f", ... ({len(classes) - 10} more)" if len(classes) > 10 else ""
+    )
+    line = (
+        f"data: {len(classes)} classes ({shown}); {data.get('train_images')} train / "
+        f"{data.get('val_images')} val / {data.get('test_images')} test images"
+    )
     if data.get("skipped_images"):
         line += f", {data['skipped_images']} undecodable skipped"
     return [line]
@@ -81,12 +102,25 @@ def best_lines(study: Body) -> list[str]:
 def trials_table(trials: Sequence[Body]) -> str:
     rows = []
     for t in trials:
-        number = (f"{t['number']}*" if t.get("is_baseline")
-                  else f"{t['number']}p" if t.get("prior") else t["number"])
-        rows.append([
-            number, t["state"], fmt.loss(t.get("val_loss")), fmt.accuracy(t.get("val_accuracy")),
-            t.get("epochs"), t.get("worker"), t.get("retry_of"), fmt.params(t.get("params")),
-        ])
+        number = (
+            f"{t['number']}*"
+            if t.get("is_baseline")
+            else f"{t['number']}p"
+            if t.get("prior")
+            else t["number"]
+        )
+        rows.append(
+            [
+                number,
+                t["state"],
+                fmt.loss(t.get("val_loss")),
+                fmt.accuracy(t.get("val_accuracy")),
+                t.get("epochs"),
+                t.get("worker"),
+                t.get("retry_of"),
+                fmt.params(t.get("params")),
+            ]
+        )
     headers = ["#", "STATE", "VAL LOSS", "ACCURACY", "EPOCHS", "WORKER", "RETRY OF", "PARAMS"]
     notes = ["* the baseline recipe"] if any(t.get("is_baseline") for t in trials) else []
     if any(t.get("prior") for t in trials):
@@ -115,8 +149,16 @@ def best_table(body: Body) -> str:
         rows.append(_best_row(f"{rank} (baseline)" if t.get("is_baseline") else rank, t, tested))
     if baseline and not any(t.get("is_baseline") for t in trials):
         rows.append(_best_row("baseline", baseline, tested))
-    headers = ["RANK", "#", "VAL LOSS", "ACCURACY", *(["TEST LOSS", "TEST ACC"] if tested else []),
-               "VS BASELINE", "EPOCHS", "PARAMS"]
+    headers = [
+        "RANK",
+        "#",
+        "VAL LOSS",
+        "ACCURACY",
+        *(["TEST LOSS", "TEST ACC"] if tested else []),
+        "VS BASELINE",
+        "EPOCHS",
+        "PARAMS",
+    ]
     text = fmt.table(headers, rows, right=tuple(range(1, 8 if tested else 6)))
     if baseline is None:
         text += "\n(the baseline has not finished: no improvement to show)"
@@ -125,9 +167,16 @@ def best_table(body: Body) -> str:
 
 def _best_row(rank: object, t: Body, tested: bool = False) -> list[Any]:
     test = [fmt.loss(t.get("test_loss")), fmt.accuracy(t.get("test_accuracy"))] if tested else []
-    return [rank, t["number"], fmt.loss(t["val_loss"]), fmt.accuracy(t.get("val_accuracy")),
-            *test, fmt.improvement(t.get("improvement_over_baseline_pct")), t.get("epochs"),
-            fmt.params(t.get("params"))]
+    return [
+        rank,
+        t["number"],
+        fmt.loss(t["val_loss"]),
+        fmt.accuracy(t.get("val_accuracy")),
+        *test,
+        fmt.improvement(t.get("improvement_over_baseline_pct")),
+        t.get("epochs"),
+        fmt.params(t.get("params")),
+    ]
 
 
 def best_yaml(body: Body, k: int) -> str:
@@ -137,14 +186,17 @@ def best_yaml(body: Body, k: int) -> str:
     study = body["study"]
     if k == 1:
         t = trials[0]
-        return (f"# hpsearch: study {study}, trial {t['number']}, val loss {t['val_loss']:.6g}"
-                f"{_accuracy(t)}{_vs(t)}\n" + yaml.safe_dump(t["config"], sort_keys=False))
+        return (
+            f"# hpsearch: study {study}, trial {t['number']}, val loss {t['val_loss']:.6g}"
+            f"{_accuracy(t)}{_vs(t)}\n" + yaml.safe_dump(t["config"], sort_keys=False)
+        )
     metric = (body.get("objective") or {}).get("metric", "val_loss")
     by = "val accuracy" if metric == "val_accuracy" else "val loss"
     parts = [f"# hpsearch: study {study}, the top {len(trials)} trials by {by}, best first\n"]
     for rank, t in enumerate(trials, start=1):
-        parts.append(f"# {rank}. trial {t['number']}, val loss {t['val_loss']:.6g}"
-                     f"{_accuracy(t)}{_vs(t)}\n")
+        parts.append(
+            f"# {rank}. trial {t['number']}, val loss {t['val_loss']:.6g}{_accuracy(t)}{_vs(t)}\n"
+        )
         parts.append(yaml.safe_dump([t["config"]], sort_keys=False))
     return "".join(parts)
 
@@ -166,13 +218,23 @@ def _vs(t: Body) -> str:
 
 def workers_table(workers: Sequence[Body]) -> str:
     rows = [
-        [w["worker_id"], w.get("host"), w.get("device"), w.get("study") or "idle",
-         w.get("trial_number"), fmt.ago(w.get("last_seen")), _labels(w.get("labels"))]
+        [
+            w["worker_id"],
+            w.get("host"),
+            w.get("device"),
+            w.get("study") or "idle",
+            w.get("trial_number"),
+            fmt.ago(w.get("last_seen")),
+            _labels(w.get("labels")),
+        ]
         for w in workers
     ]
     headers = ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN", "LABELS"]
-    notes = [f"{w['worker_id']} skips study {study}: {_first_line(why)}"
-             for w in workers for study, why in sorted((w.get("skipped_studies") or {}).items())]
+    notes = [
+        f"{w['worker_id']} skips study {study}: {_first_line(why)}"
+        for w in workers
+        for study, why in sorted((w.get("skipped_studies") or {}).items())
+    ]
     return "\n".join([fmt.table(headers, rows, right=(4,)), *notes])
 
 
@@ -183,9 +245,14 @@ def _labels(labels: Mapping[str, str] | None) -> str:
 def running_table(trials: Sequence[Body], epochs: int | None) -> str:
     """Running trials: who runs them, how far they got, their last validation loss."""
     rows = [
-        [t["number"], t.get("worker"), t.get("device"),
-         f"{t.get('epochs', 0)}/{epochs}" if epochs else t.get("epochs"),
-         fmt.loss(t.get("val_loss")), fmt.params(t.get("params"))]
+        [
+            t["number"],
+            t.get("worker"),
+            t.get("device"),
+            f"{t.get('epochs', 0)}/{epochs}" if epochs else t.get("epochs"),
+            fmt.loss(t.get("val_loss")),
+            fmt.params(t.get("params")),
+        ]
         for t in trials
     ]
     headers = ["#", "WORKER", "DEVICE", "EPOCHS", "VAL LOSS", "PARAMS"]

@@ -10,8 +10,15 @@ from pydantic import ValidationError
 
 from cli.errors import CliError
 
-FLAGS = ("storage", "data_dir", "artifacts", "heartbeat_interval", "lease_grace", "max_retries",
-         "public_url")
+FLAGS = (
+    "storage",
+    "data_dir",
+    "artifacts",
+    "heartbeat_interval",
+    "lease_grace",
+    "max_retries",
+    "public_url",
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,14 +40,17 @@ def run(args: argparse.Namespace) -> int:
         open_artifact_store(settings)
     except ArtifactStoreError as exc:
         raise CliError(str(exc)) from None
-    common = dict(host=args.host, port=args.port, log_level=args.log_level.lower(),
-                  timeout_graceful_shutdown=10)
+    common = dict(
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        timeout_graceful_shutdown=10,
+    )
     if args.workers == 1:
         uvicorn.run(create_app(settings), **common)
         return 0
     # Server processes are started by uvicorn from an import string: they get the validated
     # settings as one JSON document (secrets included: they came from this environment).
     os.environ[SETTINGS_ENV] = settings.model_dump_json(context={"secrets": True})
-    uvicorn.run("service.app:create_app_from_serve", factory=True, workers=args.workers,
-                **common)
+    uvicorn.run("service.app:create_app_from_serve", factory=True, workers=args.workers, **common)
     return 0

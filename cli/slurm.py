@@ -65,8 +65,13 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".sbatch", delete=False) as file:
         file.write(script)
     try:
-        done = subprocess.run(["sbatch", "--parsable", file.name, *extra], env=env,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            ["sbatch", "--parsable", file.name, *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except FileNotFoundError:
         raise CliError("sbatch is not installed here: run this on a Slurm login node") from None
     except subprocess.TimeoutExpired:
@@ -80,8 +85,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction, client_flags: Callable,
-               positive: Callable[[str], int]) -> None:
+def add_parser(
+    sub: argparse._SubParsersAction, client_flags: Callable, positive: Callable[[str], int]
+) -> None:
     slurm = sub.add_parser("slurm", help="run a fleet of workers on a Slurm cluster")
     actions = slurm.add_subparsers(dest="slurm_command", required=True)
     submit = actions.add_parser("submit", help="submit a job array of workers (prints the job id)")
@@ -92,8 +98,12 @@ def add_parser(sub: argparse._SubParsersAction, client_flags: Callable,
     submit.add_argument("--time", help="time limit, e.g. 04:00:00")
     submit.add_argument("--partition")
     submit.add_argument("--account")
-    submit.add_argument("--grace", type=positive, default=120,
-                        help="seconds before the time limit when the worker hands back")
+    submit.add_argument(
+        "--grace",
+        type=positive,
+        default=120,
+        help="seconds before the time limit when the worker hands back",
+    )
     submit.add_argument("--job-name", default="hpsearch-worker")
     submit.add_argument("--output", default="hpsearch-worker-%A_%a.out")
     submit.add_argument("--study", help="only run trials of this study")

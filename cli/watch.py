@@ -73,8 +73,14 @@ def _split(name: str, workers: Sequence[Body]) -> tuple[list[Body], list[Body], 
     return ours, idle, len(workers) - len(ours) - len(idle)
 
 
-def frame(server: str, interval: float, study: Body, workers: Sequence[Body],
-          running: Sequence[Body], trouble: str) -> str:
+def frame(
+    server: str,
+    interval: float,
+    study: Body,
+    workers: Sequence[Body],
+    running: Sequence[Body],
+    trouble: str,
+) -> str:
     ours, idle, others = _split(study["name"], workers)
     lines = [
         f"hpsearch watch  {server}  every {interval:g}s  Ctrl-C to quit"
@@ -106,8 +112,10 @@ def summary_line(study: Body, workers: Sequence[Body], trouble: str) -> str:
         f"complete {c.get('pruned', 0)} pruned {c.get('fail', 0)} failed",
     ]
     if best:
-        parts.append(f"best #{best['number']} val loss {fmt.loss(best['val_loss'])} "
-                     f"({fmt.improvement(study.get('improvement_over_baseline_pct'))} vs baseline)")
+        parts.append(
+            f"best #{best['number']} val loss {fmt.loss(best['val_loss'])} "
+            f"({fmt.improvement(study.get('improvement_over_baseline_pct'))} vs baseline)"
+        )
     else:
         parts.append("best -")
     ours, idle, _ = _split(study["name"], workers)

@@ -49,8 +49,10 @@ GPUs, watch the Optuna dashboard at /dashboard, and read the best configurations
 def _trial_counts(backend: Backend) -> Any:
     def counts() -> dict[str, dict[str, int]]:
         """Trials by state of every study: one grouped query."""
-        return {name: TrialCounts(**by_state).model_dump()
-                for name, by_state in backend.trial_counts_by_study().items()}
+        return {
+            name: TrialCounts(**by_state).model_dump()
+            for name, by_state in backend.trial_counts_by_study().items()
+        }
 
     return counts
 
@@ -59,21 +61,23 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
     leases_ref: list[Leases] = []  # the storage calls back into the leases it is built before
     backend: Backend = open_backend(settings, on_stale=lambda s, t: leases_ref[0].on_stale(s, t))
     registry = StudyRegistry(backend, settings)
-    leases = Leases(backend, registry, metrics, settings.heartbeat_interval,
-                    settings.max_retries)
+    leases = Leases(backend, registry, metrics, settings.heartbeat_interval, settings.max_retries)
     leases_ref.append(leases)
     artifacts = Artifacts(backend, registry, settings.keep_top_k)
-    metrics.registry.register(StorageCollector(
-        _trial_counts(backend), lambda: len(backend.list_workers(3 * settings.grace_period))
-    ))
+    metrics.registry.register(
+        StorageCollector(
+            _trial_counts(backend), lambda: len(backend.list_workers(3 * settings.grace_period))
+        )
+    )
     messages = TrialMessages(backend, registry, leases, artifacts, metrics)
     preflights = Preflights(backend, registry, messages)
     return Services(
         settings=settings,
         backend=backend,
         registry=registry,
-        studies=StudyService(backend, registry, artifacts, settings.public_url,
-                             settings.keep_top_k),
+        studies=StudyService(
+            backend, registry, artifacts, settings.public_url, settings.keep_top_k
+        ),
         claims=Claims(backend, registry, metrics, settings.heartbeat_interval, preflights),
         messages=messages,
         preflights=preflights,
@@ -142,18 +146,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
 
     @app.api_route(
-        "/api/v1/{rest:path}", methods=list(_METHODS),
+        "/api/v1/{rest:path}",
+        methods=list(_METHODS),
         include_in_schema=False,
     )
     def unknown_api_path(rest: str, request: Request) -> None:
         """Paths under /api/v1 that no route took: 405 when the path exists with other methods
         (else the dashboard mounted at / would answer 404), 404 otherwise."""
         path = f"/api/v1/{rest}"
-        routes = [r for r in app.router.routes if not isinstance(r, Mount)
-                  and getattr(r, "endpoint", None) is not unknown_api_path]
-        allowed = [method for method in _METHODS if any(
-            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
-        )]
+        routes = [
+            r
+            for r in app.router.routes
+            if not isinstance(r, Mount) and getattr(r, "endpoint", None) is not unknown_api_path
+        ]
+        allowed = [
+            method
+            for method in _METHODS
+            if any(
+                route.matches({**request.scope, "method": method})[0] == Match.FULL
+                for route in routes
+            )
+        ]
         if allowed:
             raise MethodNotAllowed(f"{request.method} is not allowed on {path}", allow=allowed)
         raise NotFound(f"no such endpoint: {request.method} {path}")
@@ -211,7 +224,13 @@ class BodyLimit:
 
 
 async def _too_large(send: Any) -> None:
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body",
-                "body": b'{"detail": "the request body is too large"}'})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send(
+        {"type": "http.response.body", "body": b'{"detail": "the request body is too large"}'}
+    )

@@ -28,15 +28,19 @@ def check_model(spec: StudySpec) -> Iterator[tuple[str, str]]:
     arch = spec.model.arch
     entry = table.get(arch)
     if entry is None:
-        yield "model.arch", (
-            f"unknown architecture {arch!r}: a torchvision classification model with a linear "
-            f"head is needed ({', '.join(sorted(table))})"
+        yield (
+            "model.arch",
+            (
+                f"unknown architecture {arch!r}: a torchvision classification model with a linear "
+                f"head is needed ({', '.join(sorted(table))})"
+            ),
         )
         return
     weights = spec.model.weights
     if weights not in (None, "DEFAULT") and weights not in entry["weights"]:
-        yield "model.weights", (
-            f"{arch} has no weights {weights!r}; known: DEFAULT, {', '.join(entry['weights'])}"
+        yield (
+            "model.weights",
+            (f"{arch} has no weights {weights!r}; known: DEFAULT, {', '.join(entry['weights'])}"),
         )
     size, smallest = spec.data.image_size, entry["min_image_size"]
     if size < smallest:
@@ -60,8 +64,13 @@ def with_preprocessing(spec: StudySpec) -> StudySpec:
     else:
         resize = max(crop, round(crop * 256 / 224))
     interpolation = data.interpolation or (preset["interpolation"] if preset else "bilinear")
-    decided = data.model_copy(update={"image_size": crop, "resize_size": max(resize, crop),
-                                      "interpolation": interpolation})
+    decided = data.model_copy(
+        update={
+            "image_size": crop,
+            "resize_size": max(resize, crop),
+            "interpolation": interpolation,
+        }
+    )
     return spec.model_copy(update={"data": decided})
 
 

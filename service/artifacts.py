@@ -36,17 +36,20 @@ class Artifacts:
         self._keep_top_k = keep_top_k
         self._removed: OrderedDict[str, None] = OrderedDict()
 
-    def save_checkpoint(self, trial_id: int, epoch: int, upload: Path,
-                        worker_id: str | None = None) -> None:
+    def save_checkpoint(
+        self, trial_id: int, epoch: int, upload: Path, worker_id: str | None = None
+    ) -> None:
         """`upload`: the file the request body was spooled to; it is moved into the store."""
         _handle, trial = running_trial(self._registry, trial_id, worker_id)
         if epoch not in trial.intermediate_values:
             raise InvalidInput(f"epoch {epoch} has not been reported yet", field="epoch")
         artifact_id = self._backend.upload_artifact(
-            trial, upload, f"checkpoint-{trial.number}-epoch{epoch}.pt")
+            trial, upload, f"checkpoint-{trial.number}-epoch{epoch}.pt"
+        )
         previous = trial.system_attrs.get(keys.CHECKPOINT)
         self._backend.set_system_attr(
-            trial_id, keys.CHECKPOINT, {"artifact_id": artifact_id, "epoch": epoch})
+            trial_id, keys.CHECKPOINT, {"artifact_id": artifact_id, "epoch": epoch}
+        )
         self._backend.record_heartbeat(trial_id)
         if previous:
             self._remove(previous["artifact_id"])
@@ -72,18 +75,26 @@ class Artifacts:
         artifact_id = trial.system_attrs.get(keys.WEIGHTS)
         top = {t.number for t in ranked(handle, trials)[: self._keep_top_k]}
         if artifact_id is None or number not in top:
-            raise NotFound(f"trial {number} of {study!r} has no kept weights (only the top "
-                           f"{self._keep_top_k} complete trials keep theirs)")
+            raise NotFound(
+                f"trial {number} of {study!r} has no kept weights (only the top "
+                f"{self._keep_top_k} complete trials keep theirs)"
+            )
         return self._backend.open_artifact(artifact_id, "weights")
 
     def collect_garbage(self, handle: StudyHandle) -> None:
         """Keep the checkpoints a running or waiting trial may resume from and the weights of the
         top-k complete trials; remove every other artifact of the study."""
         trials = handle.study.get_trials(deepcopy=False)
-        keep = {t.system_attrs[keys.CHECKPOINT]["artifact_id"] for t in trials
-                if t.state in _UNFINISHED and t.system_attrs.get(keys.CHECKPOINT)}
-        keep.update(t.system_attrs[keys.WEIGHTS] for t in ranked(handle, trials)[: self._keep_top_k]
-                    if keys.WEIGHTS in t.system_attrs)
+        keep = {
+            t.system_attrs[keys.CHECKPOINT]["artifact_id"]
+            for t in trials
+            if t.state in _UNFINISHED and t.system_attrs.get(keys.CHECKPOINT)
+        }
+        keep.update(
+            t.system_attrs[keys.WEIGHTS]
+            for t in ranked(handle, trials)[: self._keep_top_k]
+            if keys.WEIGHTS in t.system_attrs
+        )
         for t in trials:
             if t.state in _UNFINISHED:
                 continue

@@ -30,8 +30,14 @@ class Budget:
         return cls.from_census(states, failed, retried, n_trials, grid_left)
 
     @classmethod
-    def from_census(cls, states: dict[str, int], failed: list[int], retried: set[int],
-                    n_trials: int, grid_left: int | None = None) -> Budget:
+    def from_census(
+        cls,
+        states: dict[str, int],
+        failed: list[int],
+        retried: set[int],
+        n_trials: int,
+        grid_left: int | None = None,
+    ) -> Budget:
         """From trial counts by state name (prior trials left out), the numbers of failed
         trials and the numbers of trials that were retried (the union of every trial's retry
         history)."""
@@ -73,5 +79,6 @@ class Budget:
             return f"{self.failed_final} trials failed (the limit is {self.fail_limit})"
         if self.finished + self.in_flight >= self.n_trials:
             return f"n_trials reached: {self.finished} finished, {self.in_flight} in flight"
-        return ("the grid is exhausted: every combination was handed out"
-                + (f", {self.in_flight} still in flight" if self.in_flight else ""))
+        return "the grid is exhausted: every combination was handed out" + (
+            f", {self.in_flight} still in flight" if self.in_flight else ""
+        )

@@ -35,8 +35,10 @@ class ClaimLock:
         with self._thread_lock(study_id):
             if self._engine.dialect.name == "postgresql":
                 with self._engine.begin() as conn:
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:a, :b)"),
-                                 {"a": 0x6870, "b": study_id})
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:a, :b)"),
+                        {"a": 0x6870, "b": study_id},
+                    )
                     yield
             elif self._sqlite_path is not None:
                 suffix = self._sqlite_path.suffix + f".claim-{study_id}.lock"
@@ -44,4 +46,3 @@ class ClaimLock:
                     yield
             else:
                 yield
-

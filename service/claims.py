@@ -32,8 +32,14 @@ logger = logging.getLogger(__name__)
 
 
 class Claims:
-    def __init__(self, backend: Backend, registry: StudyRegistry, metrics: Metrics,
-                 heartbeat_interval: float, preflights: Preflights) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: StudyRegistry,
+        metrics: Metrics,
+        heartbeat_interval: float,
+        preflights: Preflights,
+    ) -> None:
         self._backend = backend
         self._preflights = preflights
         self._registry = registry
@@ -47,15 +53,19 @@ class Claims:
             # budget stays exact while it is sampled.
             with self._backend.claim_lock.hold(handle.study_id):
                 gate = self._preflights.gate(handle, request.preflight)
-                started = (None if gate == "none"
-                           else self._start_trial(handle, _worker_attrs(request)))
+                started = (
+                    None if gate == "none" else self._start_trial(handle, _worker_attrs(request))
+                )
                 if started is not None and gate == "flag":
                     self._preflights.flagged(handle, internals.trial_id(started))
             if started is not None:
                 trial = self._hand_out(handle, started, request, preflight=gate == "flag")
                 self._backend.touch_worker(
-                    request.worker_id, study=handle.name, trial_number=trial.number,
-                    trial_id=trial.trial_id, **fields,
+                    request.worker_id,
+                    study=handle.name,
+                    trial_number=trial.number,
+                    trial_id=trial.trial_id,
+                    **fields,
                 )
                 self._metrics.claims.labels(handle.name).inc()
                 return trial
@@ -71,8 +81,10 @@ class Claims:
         n_trials counts), which also marks a study done for good."""
         if request.study:
             handle = self._registry.get(request.study)  # 404 for an unknown study
-            allowed = serves(request.labels, handle.spec.scheduling.requires) \
+            allowed = (
+                serves(request.labels, handle.spec.scheduling.requires)
                 and request.study not in request.exclude
+            )
             if allowed and not self._registry.is_stopped(handle):
                 yield handle
             return
@@ -93,13 +105,14 @@ class Claims:
     def _budget(self, handle: StudyHandle) -> Budget:
         census = self._backend.trial_census(handle.study_id)
         sampler = handle.study.sampler
-        assigned = (self._backend.grid_ids(handle.study_id)
-                    if isinstance(sampler, ServerGridSampler) else ())
+        assigned = (
+            self._backend.grid_ids(handle.study_id)
+            if isinstance(sampler, ServerGridSampler)
+            else ()
+        )
         return Budget.from_census(*census, handle.spec.n_trials, grid_left(sampler, assigned))
 
-    def _start_trial(
-        self, handle: StudyHandle, attrs: dict[str, Any]
-    ) -> optuna.trial.Trial | None:
+    def _start_trial(self, handle: StudyHandle, attrs: dict[str, Any]) -> optuna.trial.Trial | None:
         """Under the claim lock: a running trial with the worker's `attrs`, if the budget
         allows one."""
         budget = self._budget(handle)
@@ -128,14 +141,20 @@ class Claims:
         for key, value in {**cleared, **attrs}.items():
             trial.set_user_attr(key, value)  # the Trial's own copy of its attrs follows
 
-    def _hand_out(self, handle: StudyHandle, trial: optuna.trial.Trial,
-                  request: TrialClaim, preflight: bool) -> ClaimedTrial:
+    def _hand_out(
+        self, handle: StudyHandle, trial: optuna.trial.Trial, request: TrialClaim, preflight: bool
+    ) -> ClaimedTrial:
         _suggest_all(trial, handle.distributions)  # a waiting trial's fixed params, or samples
         frozen = internals.frozen_copy(trial)
         resume = self._resume(handle, frozen)
-        logger.info("trial %d of %s -> %s%s%s", frozen.number, handle.name, request.worker_id,
-                    f" (resuming after epoch {resume.epoch})" if resume else "",
-                    " (preflight first)" if preflight else "")
+        logger.info(
+            "trial %d of %s -> %s%s%s",
+            frozen.number,
+            handle.name,
+            request.worker_id,
+            f" (resuming after epoch {resume.epoch})" if resume else "",
+            " (preflight first)" if preflight else "",
+        )
         return ClaimedTrial(
             trial_id=internals.trial_id(frozen),
             study=handle.name,
@@ -163,9 +182,14 @@ class Claims:
             return None
         epoch = int(checkpoint["epoch"])
         predecessor = self._backend.trial_by_number(handle.study_id, previous)
-        self._backend.set_curve(trial_id, {step: value for step, value
-                                           in predecessor.intermediate_values.items()
-                                           if step <= epoch})
+        self._backend.set_curve(
+            trial_id,
+            {
+                step: value
+                for step, value in predecessor.intermediate_values.items()
+                if step <= epoch
+            },
+        )
         self._backend.set_user_attrs(trial_id, {keys.RESUMED_FROM_EPOCH: epoch + 1})
         return Resume(epoch=epoch, checkpoint_url=f"/api/v1/trials/{trial_id}/checkpoint")
 

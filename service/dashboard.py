@@ -57,10 +57,14 @@ class DashboardMount:
 
 
 async def _deny(send: Any) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": 401,
-        "headers": [(b"www-authenticate", b'Basic realm="hpsearch"'),
-                    (b"content-type", b"application/json")],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"www-authenticate", b'Basic realm="hpsearch"'),
+                (b"content-type", b"application/json"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": b'{"detail": "a valid token is required"}'})

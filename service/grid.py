@@ -51,8 +51,13 @@ class ServerGridSampler(optuna.samplers.GridSampler):
             left = list(range(self.grid_size))
         self.mark(storage, internals.trial_id(trial), int(internals.sampler_rng(self).choice(left)))
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
-                    values: Sequence[float] | None) -> None:
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: FrozenTrial,
+        state: TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
         """Nothing: Optuna's stops `optimize`, which a server never runs."""
 
 

@@ -57,7 +57,6 @@ def storage_init_lock(url: str, sqlite_path: Path | None) -> Iterator[None]:
                 yield
             finally:
                 with contextlib.suppress(sa.exc.DBAPIError):
-                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"),
-                                 {"k": PG_INIT_LOCK_KEY})
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": PG_INIT_LOCK_KEY})
     finally:
         engine.dispose()

@@ -47,8 +47,16 @@ RESUMED_FROM_EPOCH = "resumed_from_epoch"
 WARM_START = "warm_start"  # a configuration enqueued from the source's best
 PRIOR = "prior"  # prior evidence for the sampler: never counted, ranked or pruned against
 # What a retry copies from the trial it retries that describes that trial's own run.
-PER_RUN = (FAIL_REASON, VAL_ACCURACY, VAL_LOSS, OBJECTIVE_EPOCH, RESUMED_FROM_EPOCH, DEVICE,
-           TEST_LOSS, TEST_ACCURACY)
+PER_RUN = (
+    FAIL_REASON,
+    VAL_ACCURACY,
+    VAL_LOSS,
+    OBJECTIVE_EPOCH,
+    RESUMED_FROM_EPOCH,
+    DEVICE,
+    TEST_LOSS,
+    TEST_ACCURACY,
+)
 
 # --- trial system attrs -----------------------------------------------------------------------
 CHECKPOINT = "hpsearch:checkpoint"  # {"artifact_id", "epoch"}
@@ -66,7 +74,10 @@ def train_loss_key(epoch: int) -> str:
 
 def train_losses(user_attrs: dict[str, object]) -> dict[int, float]:
     """The training loss by epoch, from a trial's user attrs."""
-    return dict(sorted(
-        (int(key.removeprefix(TRAIN_LOSS_PREFIX)), float(value))  # type: ignore[arg-type]
-        for key, value in user_attrs.items() if key.startswith(TRAIN_LOSS_PREFIX)
-    ))
+    return dict(
+        sorted(
+            (int(key.removeprefix(TRAIN_LOSS_PREFIX)), float(value))  # type: ignore[arg-type]
+            for key, value in user_attrs.items()
+            if key.startswith(TRAIN_LOSS_PREFIX)
+        )
+    )

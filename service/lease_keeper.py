@@ -43,13 +43,15 @@ class LeaseKeeper:
                 self._sweep(time.monotonic() >= hold_until)
             except DATABASE_DOWN as exc:  # try again next round, then give workers a lease
                 hold_until = math.inf
-                logger.warning("lease sweep failed, the database is unreachable: %s",
-                               type(exc).__name__)
+                logger.warning(
+                    "lease sweep failed, the database is unreachable: %s", type(exc).__name__
+                )
                 continue
             except Exception:  # noqa: BLE001 - a fault of ours: logged whole; the keeper lives on
                 logger.exception("lease sweep failed")
                 continue
             if hold_until == math.inf:  # the database is back: give the workers a lease period
                 hold_until = time.monotonic() + self._grace_s
-                logger.info("database reachable again; failing stale trials from %.0f s on",
-                            self._grace_s)
+                logger.info(
+                    "database reachable again; failing stale trials from %.0f s on", self._grace_s
+                )

@@ -24,29 +24,33 @@ from service.storage import Backend
 logger = logging.getLogger(__name__)
 
 # Optuna 4.9 renamed RetryFailedTrialCallback (the old name goes away in 6.0).
-_RETRY_CALLBACK = getattr(
-    optuna.storages, "RetryHeartbeatStaleTrialCallback", None
-) or optuna.storages.RetryFailedTrialCallback
+_RETRY_CALLBACK = (
+    getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+    or optuna.storages.RetryFailedTrialCallback
+)
 
 
 def lease_ended(handle: StudyHandle, number: int, state: TrialState) -> Conflict:
     """The answer to a message about a trial that is no longer running."""
-    return Conflict(f"trial {number} of {handle.name} is {state.name.lower()}: "
-                    "its lease has ended")
+    return Conflict(f"trial {number} of {handle.name} is {state.name.lower()}: its lease has ended")
 
 
-def check_holder(handle: StudyHandle, number: int, holder: str | None,
-                 worker_id: str | None) -> None:
+def check_holder(
+    handle: StudyHandle, number: int, holder: str | None, worker_id: str | None
+) -> None:
     """A message that names its worker (`worker_id`) must come from the trial's holder. After a
     study is deleted, SQLite gives the highest trial ids to new trials: a late message about a
     deleted trial could otherwise report into, or fail, another study's trial."""
     if worker_id is not None and holder is not None and holder != worker_id:
-        raise Conflict(f"trial {number} of {handle.name} is held by worker {holder}, not "
-                       f"{worker_id}: your trial is gone and its lease has ended")
+        raise Conflict(
+            f"trial {number} of {handle.name} is held by worker {holder}, not "
+            f"{worker_id}: your trial is gone and its lease has ended"
+        )
 
 
-def running_trial(registry: StudyRegistry, trial_id: int,
-                  worker_id: str | None = None) -> tuple[StudyHandle, FrozenTrial]:
+def running_trial(
+    registry: StudyRegistry, trial_id: int, worker_id: str | None = None
+) -> tuple[StudyHandle, FrozenTrial]:
     """The trial and its study, when it is running (and held by `worker_id`, when given).
     Raises NotFound or Conflict."""
     handle, trial = registry.for_trial(trial_id)
@@ -57,8 +61,14 @@ def running_trial(registry: StudyRegistry, trial_id: int,
 
 
 class Leases:
-    def __init__(self, backend: Backend, registry: StudyRegistry, metrics: Metrics,
-                 heartbeat_interval: float, max_retries: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: StudyRegistry,
+        metrics: Metrics,
+        heartbeat_interval: float,
+        max_retries: int,
+    ) -> None:
         self._backend = backend
         self._registry = registry
         self._metrics = metrics
@@ -70,8 +80,12 @@ class Leases:
     def on_stale(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna's heartbeat machinery calls this for each trial it failed as stale."""
         self._metrics.stale_trials.labels(study.study_name).inc()
-        logger.warning("trial %d of %s: worker %s stopped sending heartbeats", trial.number,
-                       study.study_name, trial.user_attrs.get(keys.WORKER))
+        logger.warning(
+            "trial %d of %s: worker %s stopped sending heartbeats",
+            trial.number,
+            study.study_name,
+            trial.user_attrs.get(keys.WORKER),
+        )
         self.requeue(study, trial)
 
     def requeue(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -118,8 +132,9 @@ class Leases:
     def _end_stale_leases(self, handle: StudyHandle, fail_stale: bool) -> None:
         with self._backend.claim_lock.hold(handle.study_id):
             for trial_id in self._backend.running_without_heartbeat(handle.study_id):
-                logger.warning("trial id %d of %s has no lease; starting one", trial_id,
-                               handle.name)
+                logger.warning(
+                    "trial id %d of %s has no lease; starting one", trial_id, handle.name
+                )
                 self._backend.record_heartbeat(trial_id)
             if fail_stale:
                 optuna.storages.fail_stale_trials(handle.study)

@@ -30,8 +30,14 @@ CANCELLED = "handed back: the study was stopped with cancel_running"
 
 
 class TrialMessages:
-    def __init__(self, backend: Backend, registry: StudyRegistry, leases: Leases,
-                 artifacts: Artifacts, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: StudyRegistry,
+        leases: Leases,
+        artifacts: Artifacts,
+        metrics: Metrics,
+    ) -> None:
         self._backend = backend
         self._registry = registry
         self._leases = leases
@@ -45,11 +51,19 @@ class TrialMessages:
             raise lease_ended(handle, facts.number, facts.state)
         self._backend.record_heartbeat(trial_id)
         if facts.worker:
-            self._backend.touch_worker(facts.worker, study=handle.name,
-                                       trial_number=facts.number, trial_id=trial_id)
+            self._backend.touch_worker(
+                facts.worker, study=handle.name, trial_number=facts.number, trial_id=trial_id
+            )
 
-    def report(self, trial_id: int, epoch: int, val_loss: float, val_accuracy: float | None,
-               train_loss: float | None = None, worker_id: str | None = None) -> ReportAnswer:
+    def report(
+        self,
+        trial_id: int,
+        epoch: int,
+        val_loss: float,
+        val_accuracy: float | None,
+        train_loss: float | None = None,
+        worker_id: str | None = None,
+    ) -> ReportAnswer:
         handle, facts = self._registry.facts(trial_id)
         check_holder(handle, facts.number, facts.worker, worker_id)
         values = facts.intermediate_values  # our own copy
@@ -61,8 +75,9 @@ class TrialMessages:
         if epoch not in values:  # else a retried report: answer it again
             expected = max(values, default=-1) + 1
             if epoch != expected:
-                raise InvalidInput(f"epochs must be reported in order: expected epoch {expected}",
-                                   field="epoch")
+                raise InvalidInput(
+                    f"epochs must be reported in order: expected epoch {expected}", field="epoch"
+                )
             value = objective_value(handle, val_loss, val_accuracy)
             attrs: dict[str, float] = {keys.VAL_LOSS: val_loss}
             if val_accuracy is not None:
@@ -87,15 +102,22 @@ class TrialMessages:
         """What Trial.should_prune asks, reading no more of the study than the pruner needs."""
         pruner = handle.study.pruner
         if reads_completed_only(pruner):
-            completed = handle.completed.get(handle.study, self._backend,
-                                             facts.completed_in_study)
-            return pruner.prune(CompletedTrialsStudy(handle.study, completed),  # type: ignore[arg-type]
-                                facts.frozen())
+            completed = handle.completed.get(handle.study, self._backend, facts.completed_in_study)
+            return pruner.prune(
+                CompletedTrialsStudy(handle.study, completed),  # type: ignore[arg-type]
+                facts.frozen(),
+            )
         return pruner.prune(handle.study, self._backend.trial(facts.trial_id))
 
-    def complete(self, trial_id: int, val_loss: float, val_accuracy: float | None,
-                 worker_id: str | None = None, epoch: int | None = None,
-                 test: Mapping[str, float] | None = None) -> TrialAck:
+    def complete(
+        self,
+        trial_id: int,
+        val_loss: float,
+        val_accuracy: float | None,
+        worker_id: str | None = None,
+        epoch: int | None = None,
+        test: Mapping[str, float] | None = None,
+    ) -> TrialAck:
         """``val_loss``/``val_accuracy``: the trial's result, of ``epoch`` (the objective's
         epoch, the last when not given); the objective's metric of them is the trial's value.
         ``test``: test_loss/test_accuracy of the kept weights, stored as attrs and nothing
@@ -107,8 +129,11 @@ class TrialMessages:
         if facts.state != TrialState.RUNNING:
             raise lease_ended(handle, facts.number, facts.state)
         value = objective_value(handle, val_loss, val_accuracy)
-        if epoch is not None and facts.intermediate_values and epoch not in \
-                facts.intermediate_values:
+        if (
+            epoch is not None
+            and facts.intermediate_values
+            and epoch not in facts.intermediate_values
+        ):
             raise InvalidInput(f"epoch {epoch} was never reported", field="epoch")
         attrs: dict[str, float] = {keys.VAL_LOSS: val_loss}
         if val_accuracy is not None:
@@ -124,13 +149,13 @@ class TrialMessages:
         ended = self._finish(handle, facts.number, trial_id, TrialState.COMPLETE, value)
         if ended != TrialState.COMPLETE:  # the lease sweep failed it, or a report pruned it
             raise lease_ended(handle, facts.number, ended)
-        logger.info("trial %d of %s complete: val_loss %.4g", facts.number, handle.name,
-                    val_loss)
+        logger.info("trial %d of %s complete: val_loss %.4g", facts.number, handle.name, val_loss)
         self._finished(handle, facts.worker, facts.has_artifacts)
         return TrialAck(trial_id=trial_id, state="complete")
 
-    def fail(self, trial_id: int, reason: str, retry: bool,
-             worker_id: str | None = None) -> TrialAck:
+    def fail(
+        self, trial_id: int, reason: str, retry: bool, worker_id: str | None = None
+    ) -> TrialAck:
         handle, trial = running_trial(self._registry, trial_id, worker_id)
         # Under the claim lock: between the FAIL and the re-queued copy, a claim would count
         # one trial fewer in flight and sample one too many.
@@ -141,8 +166,13 @@ class TrialMessages:
             ended = self._finish(handle, trial.number, trial_id, TrialState.FAIL)
             if ended != TrialState.FAIL:  # completed or pruned meanwhile
                 raise lease_ended(handle, trial.number, ended)
-            logger.info("trial %d of %s failed%s: %s", trial.number, handle.name,
-                        " (handed back)" if retry else "", reason)
+            logger.info(
+                "trial %d of %s failed%s: %s",
+                trial.number,
+                handle.name,
+                " (handed back)" if retry else "",
+                reason,
+            )
             if retry:
                 self._leases.requeue(handle.study, self._backend.trial(trial_id))
         self._finished(handle, trial.user_attrs.get(keys.WORKER), has_artifacts(trial))
@@ -162,8 +192,14 @@ class TrialMessages:
             handed_back += 1
         return handed_back
 
-    def _finish(self, handle: StudyHandle, number: int, trial_id: int, state: TrialState,
-                value: float | None = None) -> TrialState:
+    def _finish(
+        self,
+        handle: StudyHandle,
+        number: int,
+        trial_id: int,
+        state: TrialState,
+        value: float | None = None,
+    ) -> TrialState:
         """Tell Optuna how the trial ended; returns the state it is in afterwards. Another
         request or server process may have finished it first (the same message sent twice at
         once, the lease sweep): then the state is the one they gave it."""
@@ -187,8 +223,7 @@ def objective_value(handle: StudyHandle, val_loss: float, val_accuracy: float | 
     if handle.spec.objective.metric == "val_loss":
         return val_loss
     if val_accuracy is None:
-        raise InvalidInput("this study's objective is val_accuracy: send it",
-                           field="val_accuracy")
+        raise InvalidInput("this study's objective is val_accuracy: send it", field="val_accuracy")
     return val_accuracy
 
 
@@ -197,5 +232,6 @@ def _best_effort(collect: Callable[[StudyHandle], None], handle: StudyHandle) ->
     try:
         collect(handle)
     except Exception:  # noqa: BLE001 - any store fault: logged whole, the message still succeeds
-        logger.exception("collecting the artifacts of %s failed; the lease sweep retries",
-                         handle.name)
+        logger.exception(
+            "collecting the artifacts of %s failed; the lease sweep retries", handle.name
+        )

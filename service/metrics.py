@@ -26,16 +26,22 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.claims = Counter("hpsearch_claims", "Trials handed out to workers", ["study"],
-                              registry=self.registry)
-        self.reports = Counter("hpsearch_reports", "Epoch reports received", ["study"],
-                               registry=self.registry)
+        self.claims = Counter(
+            "hpsearch_claims", "Trials handed out to workers", ["study"], registry=self.registry
+        )
+        self.reports = Counter(
+            "hpsearch_reports", "Epoch reports received", ["study"], registry=self.registry
+        )
         self.stale_trials = Counter(
-            "hpsearch_stale_trials_failed", "Trials failed for lack of heartbeats", ["study"],
+            "hpsearch_stale_trials_failed",
+            "Trials failed for lack of heartbeats",
+            ["study"],
             registry=self.registry,
         )
         self.retries = Counter(
-            "hpsearch_retries", "Trials re-queued after a worker died or handed back", ["study"],
+            "hpsearch_retries",
+            "Trials re-queued after a worker died or handed back",
+            ["study"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -56,8 +62,9 @@ class Metrics:
 class StorageCollector(Collector):
     """Gauges computed from the storage when Prometheus scrapes."""
 
-    def __init__(self, trial_counts: Callable[[], dict[str, dict[str, int]]],
-                 workers: Callable[[], int]) -> None:
+    def __init__(
+        self, trial_counts: Callable[[], dict[str, dict[str, int]]], workers: Callable[[], int]
+    ) -> None:
         self._trial_counts = trial_counts
         self._workers = workers
 
@@ -67,8 +74,9 @@ class StorageCollector(Collector):
             for state, count in counts.items():
                 trials.add_metric([study, state], count)
         yield trials
-        yield GaugeMetricFamily("hpsearch_connected_workers", "Workers seen within the lease",
-                                value=self._workers())
+        yield GaugeMetricFamily(
+            "hpsearch_connected_workers", "Workers seen within the lease", value=self._workers()
+        )
 
 
 def route_template(scope: dict[str, Any]) -> str | None:

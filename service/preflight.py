@@ -29,9 +29,9 @@ from service.storage import Backend
 
 logger = logging.getLogger(__name__)
 
+
 class Preflights:
-    def __init__(self, backend: Backend, registry: StudyRegistry,
-                 messages: TrialMessages) -> None:
+    def __init__(self, backend: Backend, registry: StudyRegistry, messages: TrialMessages) -> None:
         self._backend = backend
         self._registry = registry
         self._messages = messages
@@ -57,11 +57,13 @@ class Preflights:
 
     def flagged(self, handle: StudyHandle, trial_id: int) -> None:
         self._backend.set_study_system_attrs(
-            handle.study_id, {keys.PREFLIGHT: {**PENDING, "trial_id": trial_id}})
+            handle.study_id, {keys.PREFLIGHT: {**PENDING, "trial_id": trial_id}}
+        )
 
     # --- the worker's result -------------------------------------------------------------------
-    def record(self, trial_id: int, result: PreflightResult,
-               worker_id: str | None) -> PreflightAnswer:
+    def record(
+        self, trial_id: int, result: PreflightResult, worker_id: str | None
+    ) -> PreflightAnswer:
         handle, trial = running_trial(self._registry, trial_id, worker_id)  # 409 once it ended
         holder = trial.user_attrs.get(keys.WORKER) or worker_id
         with self._backend.claim_lock.hold(handle.study_id):
@@ -71,15 +73,27 @@ class Preflights:
             if result.ok:
                 assert result.data is not None
                 if state.state != "passed":
-                    self._backend.set_study_system_attrs(handle.study_id, {keys.PREFLIGHT: {
-                        "state": "passed", "trial_id": trial_id,
-                        "data": result.data.model_dump(mode="json")}})
-                    logger.info("study %s passed its preflight: %d classes, %d train images",
-                                handle.name, len(result.data.classes), result.data.train_images)
+                    self._backend.set_study_system_attrs(
+                        handle.study_id,
+                        {
+                            keys.PREFLIGHT: {
+                                "state": "passed",
+                                "trial_id": trial_id,
+                                "data": result.data.model_dump(mode="json"),
+                            }
+                        },
+                    )
+                    logger.info(
+                        "study %s passed its preflight: %d classes, %d train images",
+                        handle.name,
+                        len(result.data.classes),
+                        result.data.train_images,
+                    )
                 return PreflightAnswer(study=handle.name, outcome="passed")
             if result.fault == "spec":
                 self._backend.set_study_system_attrs(
-                    handle.study_id, {keys.ERROR: result.error, keys.PREFLIGHT: PENDING})
+                    handle.study_id, {keys.ERROR: result.error, keys.PREFLIGHT: PENDING}
+                )
         error = result.error or ""
         if result.fault == "spec":
             logger.warning("study %s failed its preflight: %s", handle.name, error)
@@ -90,4 +104,3 @@ class Preflights:
             self._backend.skip_study(holder, handle.name, error)
         self._messages.fail(trial_id, f"preflight on worker {holder}: {error}", retry=True)
         return PreflightAnswer(study=handle.name, outcome="skipped")
-

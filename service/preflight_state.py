@@ -22,8 +22,12 @@ class Preflight:
     def of(cls, system_attrs: dict[str, Any]) -> Preflight:
         """From the study's system attrs; a study without any predates preflights: passed."""
         stored = system_attrs.get(keys.PREFLIGHT) or {"state": "passed"}
-        return cls(stored.get("state", "passed"), stored.get("trial_id"), stored.get("data"),
-                   system_attrs.get(keys.ERROR))
+        return cls(
+            stored.get("state", "passed"),
+            stored.get("trial_id"),
+            stored.get("data"),
+            system_attrs.get(keys.ERROR),
+        )
 
 
 def retry(backend: Backend, study_id: int) -> bool:

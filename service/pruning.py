@@ -60,8 +60,9 @@ class CompletedTrials:
             new = [backend.trial(trial_id) for trial_id in missing]
         with self._lock:
             self._by_id.update((internals.trial_id(t), t) for t in new)
-            self._trials = sorted((t for t in self._by_id.values() if not is_prior(t)),
-                                  key=lambda t: t.number)
+            self._trials = sorted(
+                (t for t in self._by_id.values() if not is_prior(t)), key=lambda t: t.number
+            )
             return self._trials
 
 

@@ -40,9 +40,16 @@ class TrialFacts:
     def frozen(self) -> FrozenTrial:
         """The trial as a pruner that reads only its learning curve sees it."""
         return FrozenTrial(
-            number=self.number, state=self.state, value=None, datetime_start=None,
-            datetime_complete=None, params={}, distributions={}, user_attrs={},
-            system_attrs={}, intermediate_values=dict(self.intermediate_values),
+            number=self.number,
+            state=self.state,
+            value=None,
+            datetime_start=None,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values=dict(self.intermediate_values),
             trial_id=self.trial_id,
         )
 
@@ -66,9 +73,15 @@ def _facts_statement() -> sa.Select[Any]:
         .scalar_subquery()
     )
     return (
-        sa.select(_TRIALS.c.study_id, _STUDIES.c.study_name, _TRIALS.c.number, _TRIALS.c.state,
-                  worker.label("worker"), artifacts.label("has_artifacts"),
-                  completed.label("completed"))
+        sa.select(
+            _TRIALS.c.study_id,
+            _STUDIES.c.study_name,
+            _TRIALS.c.number,
+            _TRIALS.c.state,
+            worker.label("worker"),
+            artifacts.label("has_artifacts"),
+            completed.label("completed"),
+        )
         .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
         .where(_TRIALS.c.trial_id == sa.bindparam("trial_id"))
     )
@@ -87,8 +100,10 @@ def trial_facts(conn: sa.Connection, trial_id: int) -> TrialFacts | None:
     row = conn.execute(_FACTS, {"trial_id": trial_id}).first()
     if row is None:
         return None
-    values = {step: _VALUE_OF(value, kind)
-              for step, value, kind in conn.execute(_CURVE, {"trial_id": trial_id})}
+    values = {
+        step: _VALUE_OF(value, kind)
+        for step, value, kind in conn.execute(_CURVE, {"trial_id": trial_id})
+    }
     return TrialFacts(
         trial_id=trial_id,
         study_id=row.study_id,
@@ -114,12 +129,12 @@ def study_of_trial(conn: sa.Connection, trial_id: int) -> tuple[int, str] | None
 def _not_prior() -> sa.ColumnElement[bool]:
     """Trials that are not a warm start's prior evidence (an index lookup per trial: Optuna's
     unique (trial_id, key) constraint on user attrs)."""
-    return ~sa.exists().where(_USER_ATTRS.c.trial_id == _TRIALS.c.trial_id,
-                              _USER_ATTRS.c.key == keys.PRIOR)
+    return ~sa.exists().where(
+        _USER_ATTRS.c.trial_id == _TRIALS.c.trial_id, _USER_ATTRS.c.key == keys.PRIOR
+    )
 
 
-def trial_census(conn: sa.Connection,
-                 study_id: int) -> tuple[dict[str, int], list[int], set[int]]:
+def trial_census(conn: sa.Connection, study_id: int) -> tuple[dict[str, int], list[int], set[int]]:
     """What the budget counts; prior trials (COMPLETE, made at creation) are not counted."""
     states = {
         state.name: n
@@ -129,10 +144,13 @@ def trial_census(conn: sa.Connection,
             .group_by(_TRIALS.c.state)
         )
     }
-    failed = list(conn.execute(
-        sa.select(_TRIALS.c.number)
-        .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == TrialState.FAIL)
-    ).scalars())
+    failed = list(
+        conn.execute(
+            sa.select(_TRIALS.c.number).where(
+                _TRIALS.c.study_id == study_id, _TRIALS.c.state == TrialState.FAIL
+            )
+        ).scalars()
+    )
     retried: set[int] = set()
     if failed:
         for history in system_attr_values(conn, study_id, keys.RETRY_HISTORY):
@@ -142,18 +160,24 @@ def trial_census(conn: sa.Connection,
 
 def system_attr_values(conn: sa.Connection, study_id: int, key: str) -> list[Any]:
     """The values of one system attr over the study's trials that have it."""
-    return [json.loads(v) for v in conn.execute(
-        sa.select(_SYSTEM_ATTRS.c.value_json)
-        .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
-        .where(_TRIALS.c.study_id == study_id, _SYSTEM_ATTRS.c.key == key)
-    ).scalars()]
+    return [
+        json.loads(v)
+        for v in conn.execute(
+            sa.select(_SYSTEM_ATTRS.c.value_json)
+            .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
+            .where(_TRIALS.c.study_id == study_id, _SYSTEM_ATTRS.c.key == key)
+        ).scalars()
+    ]
 
 
 def trial_ids(conn: sa.Connection, study_id: int, state: TrialState) -> list[int]:
-    return list(conn.execute(
-        sa.select(_TRIALS.c.trial_id)
-        .where(_TRIALS.c.study_id == study_id, _TRIALS.c.state == state)
-    ).scalars())
+    return list(
+        conn.execute(
+            sa.select(_TRIALS.c.trial_id).where(
+                _TRIALS.c.study_id == study_id, _TRIALS.c.state == state
+            )
+        ).scalars()
+    )
 
 
 _NO_HEARTBEAT = sa.text(

@@ -38,7 +38,6 @@ from service.validation import format_errors
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class StudyHandle:
     study: optuna.Study
@@ -80,8 +79,9 @@ class StudyRegistry:
         except ValidationError as exc:
             errors = format_errors(exc.errors(), None)
             problems = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
-            raise InvalidInput(f"search space {spec.search_space!r} is invalid: {problems}",
-                               field="search_space") from exc
+            raise InvalidInput(
+                f"search space {spec.search_space!r} is invalid: {problems}", field="search_space"
+            ) from exc
         except (ValueError, OSError, yaml.YAMLError) as exc:
             raise InvalidInput(str(exc), field="search_space") from exc
 
@@ -135,8 +135,10 @@ class StudyRegistry:
         try:
             source = self.get(spec.warm_start.study)
         except NotFound:
-            raise InvalidInput(f"no study named {spec.warm_start.study!r} to warm-start from",
-                               field="warm_start.study") from None
+            raise InvalidInput(
+                f"no study named {spec.warm_start.study!r} to warm-start from",
+                field="warm_start.study",
+            ) from None
         metric = source.spec.objective.metric
         if spec.warm_start.history and metric != spec.objective.metric:
             raise InvalidInput(
@@ -150,11 +152,17 @@ class StudyRegistry:
         spec = with_preprocessing(spec)  # stored decided: every process hands out the same
         space, sampler, pruner = self.check(spec)
         source = self.warm_start_source(spec)
-        study = self._backend.create_study(spec.name, sampler, pruner, {
-            keys.SPEC: spec.model_dump(mode="json"),
-            keys.SPACE: space.model_dump(mode="json"),
-            keys.CREATED_AT: utcnow().isoformat(),
-        }, direction=spec.objective.direction)
+        study = self._backend.create_study(
+            spec.name,
+            sampler,
+            pruner,
+            {
+                keys.SPEC: spec.model_dump(mode="json"),
+                keys.SPACE: space.model_dump(mode="json"),
+                keys.CREATED_AT: utcnow().isoformat(),
+            },
+            direction=spec.objective.direction,
+        )
         handle = self._handle(study, spec, space)
         # The first trial handed to a worker that runs preflights checks the study first.
         self._backend.set_study_system_attrs(handle.study_id, {keys.PREFLIGHT: PENDING})
@@ -174,15 +182,21 @@ class StudyRegistry:
             self._handles[spec.name] = handle
         return handle
 
-    def _warm_start(self, handle: StudyHandle, source: StudyHandle,
-                    baseline: list[dict[str, Any]]) -> None:
+    def _warm_start(
+        self, handle: StudyHandle, source: StudyHandle, baseline: list[dict[str, Any]]
+    ) -> None:
         assert handle.spec.warm_start is not None
         seed = warm_start.plan(source, handle, handle.spec.warm_start, baseline)
         for params, origin in seed.enqueue:
             handle.study.enqueue_trial(params, user_attrs={keys.WARM_START: origin})
         handle.study.add_trials(seed.priors)
-        logger.info("study %s warm-starts from %s: %d configurations first, %d prior trials",
-                    handle.name, source.name, len(seed.enqueue), len(seed.priors))
+        logger.info(
+            "study %s warm-starts from %s: %d configurations first, %d prior trials",
+            handle.name,
+            source.name,
+            len(seed.enqueue),
+            len(seed.priors),
+        )
 
     def _handle(self, study: optuna.Study, spec: StudySpec, space: SearchSpace) -> StudyHandle:
         return StudyHandle(study, spec, space, to_distributions(space), recipe(spec))
@@ -231,12 +245,16 @@ class StudyRegistry:
         """The handle with the spec as stored now. Only n_trials and scheduling can change
         (PATCH), so the Study, its sampler and what it has read stay."""
         spec = with_preprocessing(
-            StudySpec.model_validate(self._backend.study_user_attrs(handle.study_id)[keys.SPEC]))
+            StudySpec.model_validate(self._backend.study_user_attrs(handle.study_id)[keys.SPEC])
+        )
         fresh = dataclasses.replace(handle, spec=spec, version=version)
         with self._lock:
             current = self._handles.get(handle.name)
-            if current is not None and current.study_id == fresh.study_id \
-                    and current.version >= version:
+            if (
+                current is not None
+                and current.study_id == fresh.study_id
+                and current.version >= version
+            ):
                 return current
             self._handles[handle.name] = fresh
         return fresh

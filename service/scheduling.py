@@ -39,8 +39,12 @@ def below_limit(scheduling: Scheduling, running: int) -> bool:
 def order(candidates: Iterable[Candidate], labels: Mapping[str, str]) -> list[object]:
     """The keys of the studies this worker may serve and that are below their concurrency
     limit, best first."""
-    eligible = [c for c in candidates
-                if serves(labels, c.scheduling.requires) and below_limit(c.scheduling, c.running)]
-    eligible.sort(key=lambda c: (-c.scheduling.priority, c.running / c.scheduling.weight,
-                                 c.age_rank))
+    eligible = [
+        c
+        for c in candidates
+        if serves(labels, c.scheduling.requires) and below_limit(c.scheduling, c.running)
+    ]
+    eligible.sort(
+        key=lambda c: (-c.scheduling.priority, c.running / c.scheduling.weight, c.age_rank)
+    )
     return [c.key for c in eligible]

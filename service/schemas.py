@@ -64,8 +64,9 @@ class TrialPublic(BaseModel):
     )
     is_baseline: bool
     prior: bool = Field(
-        False, description="Prior evidence from a warm start's source study, given to the "
-        "sampler: not run here, never counted in n_trials nor ranked"
+        False,
+        description="Prior evidence from a warm start's source study, given to the "
+        "sampler: not run here, never counted in n_trials nor ranked",
     )
     worker: str | None
     device: str | None
@@ -90,8 +91,9 @@ class BestTrial(BaseModel):
     val_loss: float
     val_accuracy: float | None
     test_loss: float | None = Field(
-        None, description="The kept weights on the test folder (null without one); never "
-        "used for selection, and not shown in the trial list"
+        None,
+        description="The kept weights on the test folder (null without one); never "
+        "used for selection, and not shown in the trial list",
     )
     test_accuracy: float | None = None
     epochs: int
@@ -116,24 +118,28 @@ class StudyData(BaseModel):
     train_images: int = Field(ge=0)
     val_images: int = Field(ge=0)
     test_images: int = Field(0, ge=0)
-    skipped_images: int = Field(0, ge=0, description="Undecodable files left out "
-                                "(data.on_bad_image: skip)")
+    skipped_images: int = Field(
+        0, ge=0, description="Undecodable files left out (data.on_bad_image: skip)"
+    )
 
 
 class StudyPublic(BaseModel):
     name: str
     state: Literal["running", "stopped", "done", "error"]
     state_reason: str | None = Field(
-        None, description="Why no new trials are handed out (the budget is spent, the grid "
-        "is exhausted, too many failures, stopped, the preflight failed); null while they are"
+        None,
+        description="Why no new trials are handed out (the budget is spent, the grid "
+        "is exhausted, too many failures, stopped, the preflight failed); null while they are",
     )
     error: str | None = Field(
-        None, description="In state error: why the spec cannot be trained, as the preflight "
-        "found it; `resume` runs the preflight again"
+        None,
+        description="In state error: why the spec cannot be trained, as the preflight "
+        "found it; `resume` runs the preflight again",
     )
     preflight: Literal["pending", "passed"] = Field(
-        "passed", description="Whether a worker has checked the data, the model and one "
-        "training step; until then one trial at a time runs, as that check"
+        "passed",
+        description="Whether a worker has checked the data, the model and one "
+        "training step; until then one trial at a time runs, as that check",
     )
     data: StudyData | None = Field(
         None, description="What the preflight found in the data set; null until it passed"
@@ -157,7 +163,9 @@ class StudyPatch(_In):
     """PATCH /studies/{name}: the fields given change, the others stay."""
 
     n_trials: int | None = Field(
-        None, ge=1, le=100_000,
+        None,
+        ge=1,
+        le=100_000,
         description="The new budget; never below the trials finished, running or waiting",
     )
     scheduling: Scheduling | None = Field(
@@ -182,15 +190,20 @@ class TrialClaim(_In):
     labels: dict[
         Annotated[str, Field(pattern=keys.LABEL_KEY_PATTERN)],
         Annotated[str, Field(pattern=keys.LABEL_VALUE_PATTERN)],
-    ] = Field(default_factory=dict, max_length=keys.MAX_LABELS,
-              description="The worker's labels; a study's scheduling.requires must match them")
+    ] = Field(
+        default_factory=dict,
+        max_length=keys.MAX_LABELS,
+        description="The worker's labels; a study's scheduling.requires must match them",
+    )
     preflight: bool = Field(
-        False, description="The worker runs a study's preflight when its claim answer says "
+        False,
+        description="The worker runs a study's preflight when its claim answer says "
         "so (hpsearch worker does). A study whose preflight has not passed hands such workers "
-        "one trial at a time, flagged preflight; claims without it are served as before"
+        "one trial at a time, flagged preflight; claims without it are served as before",
     )
     exclude: list[Annotated[str, Field(pattern=keys.STUDY_NAME_PATTERN)]] = Field(
-        default_factory=list, max_length=1000,
+        default_factory=list,
+        max_length=1000,
         description="Studies this worker skips (its preflight found its machine lacking)",
     )
 
@@ -222,8 +235,9 @@ class ClaimedTrial(BaseModel):
     heartbeat_interval: Seconds
     resume: Resume | None
     preflight: bool = Field(
-        False, description="Check the study before training this trial and POST the result "
-        "to /trials/{trial_id}/preflight; train it only if the check passed"
+        False,
+        description="Check the study before training this trial and POST the result "
+        "to /trials/{trial_id}/preflight; train it only if the check passed",
     )
 
 
@@ -269,12 +283,15 @@ class TrialComplete(_In):
     val_loss: float = Finite
     val_accuracy: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
     epoch: int | None = Field(
-        None, ge=0, le=100_000,
+        None,
+        ge=0,
+        le=100_000,
         description="The 0-based epoch these values (and the weights uploaded) are of: the "
         "best epoch under objective.epoch best; the last when not given",
     )
     test_loss: float | None = Field(
-        None, allow_inf_nan=False,
+        None,
+        allow_inf_nan=False,
         description="The kept weights' loss on the data set's test folder, when it has one: "
         "reported by `best`, never used for ranking, pruning or the budget",
     )

@@ -140,11 +140,13 @@ class SearchSpace(RootModel[dict[str, Param]]):
             else:
                 why = _param_problem(rule, param)
             if why is not None:  # reported at the parameter's own path: search_space.<name>
-                problems.append(InitErrorDetails(
-                    type=PydanticCustomError("search_space", "{reason}", {"reason": why}),
-                    loc=(name,),
-                    input=param.model_dump(),
-                ))
+                problems.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("search_space", "{reason}", {"reason": why}),
+                        loc=(name,),
+                        input=param.model_dump(),
+                    )
+                )
         if problems:
             raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self

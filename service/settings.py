@@ -27,7 +27,8 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; default sqlite:///<data_dir>/hpsearch.db"
     )
     artifacts: str | None = Field(
-        None, description="Artifact store: a folder (default <data_dir>/artifacts) or s3://bucket/prefix"
+        None,
+        description="Artifact store: a folder (default <data_dir>/artifacts) or s3://bucket/prefix",
     )
     search_spaces_dir: Path = DEFAULT_SEARCH_SPACES
     public_url: str | None = Field(

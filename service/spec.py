@@ -61,7 +61,9 @@ class _DataCommon(_Strict):
         None, ge=8, le=1024, description="Crop size; default: the weights' preset (224 without)"
     )
     resize_size: int | None = Field(
-        None, ge=8, le=2048,
+        None,
+        ge=8,
+        le=2048,
         description="Shorter side before cropping; default: the weights' preset with its crop, "
         "else image_size x 256/224",
     )
@@ -76,6 +78,7 @@ class _DataCommon(_Strict):
         if resize is not None and crop is not None and resize < crop:
             raise ValueError(f"{resize} is below image_size {crop}: the crop would not fit")
         return resize
+
     batch_size: int = Field(64, ge=1, le=8192)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     augment: AugmentPolicy = Field(
@@ -86,7 +89,6 @@ class _DataCommon(_Strict):
     on_bad_image: Literal["error", "skip"] = Field(
         "error", description="An undecodable image fails the trial, or is left out and counted"
     )
-
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -165,7 +167,10 @@ class TrainingSpec(_Strict):
         1, ge=0, le=10_000, description="Epochs between checkpoints; 0: none"
     )
     norm_weight_decay: float | None = Field(
-        0.0, ge=0, le=1, allow_inf_nan=False,
+        0.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
         description="Weight decay of normalisation layers' weights and of every bias (as "
         "torchvision's references); null: the trial's weight_decay, like every other parameter",
     )
@@ -178,8 +183,9 @@ class Objective(_Strict):
         "val_loss", description="val_loss is minimised, val_accuracy maximised"
     )
     epoch: Literal["last", "best"] = Field(
-        "last", description="last: the final epoch's value; best: the best epoch's, whose "
-        "weights are the ones kept"
+        "last",
+        description="last: the final epoch's value; best: the best epoch's, whose "
+        "weights are the ones kept",
     )
 
     @property
@@ -216,7 +222,9 @@ class WarmStart(_Strict):
 
     study: str = Field(pattern=NAME_PATTERN, description="the earlier study")
     top_k: int = Field(
-        5, ge=0, le=1000,
+        5,
+        ge=0,
+        le=1000,
         description="its best complete configurations that fit this space, run first after "
         "the baseline (they count against n_trials)",
     )
@@ -247,16 +255,25 @@ LabelValue = Annotated[str, Field(pattern=keys.LABEL_VALUE_PATTERN)]
 class Scheduling(_Strict):
     """How the study shares the workers with the other studies (see service/scheduling.py)."""
 
-    priority: int = Field(0, ge=-1_000_000, le=1_000_000,
-                          description="A claim goes to the highest priority that can take a trial")
-    weight: float = Field(1.0, gt=0, le=1_000_000, allow_inf_nan=False,
-                          description="Within one priority, the weighted fair share of the "
-                          "running trials")
+    priority: int = Field(
+        0,
+        ge=-1_000_000,
+        le=1_000_000,
+        description="A claim goes to the highest priority that can take a trial",
+    )
+    weight: float = Field(
+        1.0,
+        gt=0,
+        le=1_000_000,
+        allow_inf_nan=False,
+        description="Within one priority, the weighted fair share of the running trials",
+    )
     max_concurrent_trials: int | None = Field(
         None, ge=1, le=100_000, description="At most this many of the study's trials run at once"
     )
     requires: dict[LabelKey, LabelValue] = Field(
-        default_factory=dict, max_length=keys.MAX_LABELS,
+        default_factory=dict,
+        max_length=keys.MAX_LABELS,
         description="Worker labels the study needs, e.g. {gpu: h100}; {}: any worker",
     )
 

@@ -42,8 +42,16 @@ from service.study_table import ActiveStudy, StudyRow, StudyState
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DATABASE_DOWN", "ActiveStudy", "Backend", "StudyRow", "StudyState", "TrialFacts",
-           "open_backend", "utcnow"]
+__all__ = [
+    "DATABASE_DOWN",
+    "ActiveStudy",
+    "Backend",
+    "StudyRow",
+    "StudyState",
+    "TrialFacts",
+    "open_backend",
+    "utcnow",
+]
 
 # Errors that mean "the database cannot be reached right now" (never shown to a client: their
 # text can hold the connection URL).
@@ -79,8 +87,7 @@ def _add_missing_columns(engine: sa.Engine) -> None:
     for column in ("labels", "skipped"):
         if column not in present:
             with engine.begin() as conn:
-                conn.execute(sa.text(
-                    f"ALTER TABLE {workers_table.name} ADD COLUMN {column} TEXT"))
+                conn.execute(sa.text(f"ALTER TABLE {workers_table.name} ADD COLUMN {column} TEXT"))
 
 
 def utcnow() -> dt.datetime:
@@ -126,13 +133,24 @@ class Backend:
         return optuna_dashboard.wsgi(self._storage, artifact_store=self._artifacts)
 
     # --- studies -------------------------------------------------------------------------------
-    def create_study(self, name: str, sampler: Any, pruner: Any,
-                     user_attrs: dict[str, Any], direction: str = "minimize") -> optuna.Study:
+    def create_study(
+        self,
+        name: str,
+        sampler: Any,
+        pruner: Any,
+        user_attrs: dict[str, Any],
+        direction: str = "minimize",
+    ) -> optuna.Study:
         """A new study with these attrs, minimising or maximising its objective. Raises
         Conflict when the name is taken."""
         try:
-            study = optuna.create_study(storage=self._storage, study_name=name,
-                                        direction=direction, sampler=sampler, pruner=pruner)
+            study = optuna.create_study(
+                storage=self._storage,
+                study_name=name,
+                direction=direction,
+                sampler=sampler,
+                pruner=pruner,
+            )
         except optuna.exceptions.DuplicatedStudyError as exc:
             raise Conflict(f"a study named {name!r} exists", field="name") from exc
         for key, value in user_attrs.items():
@@ -143,8 +161,9 @@ class Backend:
 
     def load_study(self, name: str, sampler: Any, pruner: Any) -> optuna.Study:
         try:
-            return optuna.load_study(study_name=name, storage=self._storage, sampler=sampler,
-                                     pruner=pruner)
+            return optuna.load_study(
+                study_name=name, storage=self._storage, sampler=sampler, pruner=pruner
+            )
         except KeyError as exc:
             raise NotFound(f"no study named {name!r}") from exc
 
@@ -181,8 +200,9 @@ class Backend:
         with self._engine.connect() as conn:
             return study_table.not_done(conn)
 
-    def study_page(self, state: StudyState | None, limit: int | None,
-                   offset: int) -> list[StudyRow]:
+    def study_page(
+        self, state: StudyState | None, limit: int | None, offset: int
+    ) -> list[StudyRow]:
         with self._engine.connect() as conn:
             return study_table.page(conn, state, limit, offset)
 
@@ -253,7 +273,8 @@ class Backend:
     def trial_by_number(self, study_id: int, number: int) -> FrozenTrial:
         try:
             return self.trial(
-                self._storage.get_trial_id_from_study_id_trial_number(study_id, number))
+                self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
+            )
         except KeyError as exc:
             raise NotFound(f"no trial number {number}") from exc
 
@@ -288,16 +309,25 @@ class Backend:
             return queries.running_without_heartbeat(conn, study_id)
 
     # --- trials: writes ------------------------------------------------------------------------
-    def new_running_trial(self, study: optuna.Study,
-                          user_attrs: dict[str, Any]) -> optuna.trial.Trial:
+    def new_running_trial(
+        self, study: optuna.Study, user_attrs: dict[str, Any]
+    ) -> optuna.trial.Trial:
         """What study.ask() does when no trial waits, without its read of every unfinished
         trial to look for one (the sampler reads them again right after); the trial is created
         with `user_attrs` in the same transaction."""
         internals.forget_cached_trials(study)
         template = FrozenTrial(
-            number=0, state=TrialState.RUNNING, value=None, datetime_start=dt.datetime.now(),
-            datetime_complete=None, params={}, distributions={}, user_attrs=user_attrs,
-            system_attrs={}, intermediate_values={}, trial_id=0,
+            number=0,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=dt.datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs=user_attrs,
+            system_attrs={},
+            intermediate_values={},
+            trial_id=0,
         )
         trial_id = self._storage.create_new_trial(internals.study_id(study), template)
         return optuna.trial.Trial(study, trial_id)
@@ -325,9 +355,13 @@ class Backend:
         named = os.path.join(folder, filename)  # Optuna names the artifact after the file
         os.replace(path, named)
         try:
-            return upload_artifact(artifact_store=self._artifacts, file_path=named,
-                                   study_or_trial=trial, storage=self._storage,
-                                   mimetype="application/octet-stream")
+            return upload_artifact(
+                artifact_store=self._artifacts,
+                file_path=named,
+                study_or_trial=trial,
+                storage=self._storage,
+                mimetype="application/octet-stream",
+            )
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(named)
@@ -347,8 +381,9 @@ class Backend:
             logger.debug("artifact %s already gone", artifact_id)
 
     # --- connected workers ---------------------------------------------------------------------
-    def touch_worker(self, worker_id: str, *, labels: dict[str, str] | None = None,
-                     **fields: Any) -> None:
+    def touch_worker(
+        self, worker_id: str, *, labels: dict[str, str] | None = None, **fields: Any
+    ) -> None:
         """Record that the worker was heard from; `labels` (when given) replace its labels."""
         values = {"worker_id": worker_id, "last_seen": utcnow(), **fields}
         if labels is not None:
@@ -369,8 +404,9 @@ class Backend:
     def skip_study(self, worker_id: str, study: str, why: str) -> None:
         """Record that the worker skips `study`, and why (shown in GET /workers)."""
         with self._engine.connect() as conn:
-            found = conn.execute(sa.select(workers_table.c.skipped)
-                                 .where(workers_table.c.worker_id == worker_id)).scalar()
+            found = conn.execute(
+                sa.select(workers_table.c.skipped).where(workers_table.c.worker_id == worker_id)
+            ).scalar()
         skipped = {**(json.loads(found) if found else {}), study: why}
         self.touch_worker(worker_id, skipped=json.dumps(skipped, sort_keys=True))
 

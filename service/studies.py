@@ -31,8 +31,14 @@ logger = logging.getLogger(__name__)
 
 
 class StudyService:
-    def __init__(self, backend: Backend, registry: StudyRegistry, artifacts: Artifacts,
-                 public_url: str | None, keep_top_k: int) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        registry: StudyRegistry,
+        artifacts: Artifacts,
+        public_url: str | None,
+        keep_top_k: int,
+    ) -> None:
         self._backend = backend
         self._registry = registry
         self._artifacts = artifacts
@@ -51,14 +57,20 @@ class StudyService:
         logger.info("created study %s (%d trials)", spec.name, spec.n_trials)
         return self.summary(spec.name, base_url, handle=handle)
 
-    def list_json(self, base_url: str, state: StudyState | None = None,
-                  limit: int | None = None, offset: int = 0) -> bytes:
+    def list_json(
+        self,
+        base_url: str,
+        state: StudyState | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> bytes:
         """The studies (StudyPublic) as the JSON array the API answers, joined from each
         study's JSON."""
         return b"[" + b",".join(self._list_parts(base_url, state, limit, offset)) + b"]"
 
-    def _list_parts(self, base_url: str, state: StudyState | None, limit: int | None,
-                    offset: int) -> list[bytes]:
+    def _list_parts(
+        self, base_url: str, state: StudyState | None, limit: int | None, offset: int
+    ) -> list[bytes]:
         """Studies in creation order, a page of them, optionally of one state, each as JSON.
 
         The studies not yet marked done are summarised first, and marked when they are: then
@@ -72,8 +84,11 @@ class StudyService:
             # database gone above all, is no shorter list.
             try:
                 summary = fresh.get(row.study_id)
-                out.append(summary.model_dump_json().encode() if summary is not None
-                           else self._done_summary(row, base_url))
+                out.append(
+                    summary.model_dump_json().encode()
+                    if summary is not None
+                    else self._done_summary(row, base_url)
+                )
             except NotFound:
                 logger.debug("skipping study %s", row.name, exc_info=True)
         return out
@@ -143,7 +158,9 @@ class StudyService:
                 best.value if best else None, base_value, handle.spec.objective.direction
             ),
             dashboard_url=self.dashboard_url(handle, base_url),
-            created_at=utc_time(dt.datetime.fromisoformat(created)) if created else local_time(
+            created_at=utc_time(dt.datetime.fromisoformat(created))
+            if created
+            else local_time(
                 min((t.datetime_start for t in trials if t.datetime_start), default=None)
             ),
             spec=handle.spec.model_dump(mode="json"),
@@ -167,14 +184,19 @@ class StudyService:
                 changed["n_trials"] = change.n_trials
             if change.scheduling is not None:
                 given = change.scheduling.model_dump(
-                    mode="json", include=change.scheduling.model_fields_set)
+                    mode="json", include=change.scheduling.model_fields_set
+                )
                 changed["scheduling"] = {**(stored.get("scheduling") or {}), **given}
             spec = StudySpec.model_validate(changed).model_dump(mode="json")
             if spec != stored:
                 self._backend.update_spec(handle.study_id, spec)
         if spec != stored:
-            logger.info("changed study %s: n_trials %s, scheduling %s", name, spec["n_trials"],
-                        spec["scheduling"])
+            logger.info(
+                "changed study %s: n_trials %s, scheduling %s",
+                name,
+                spec["n_trials"],
+                spec["scheduling"],
+            )
         return self.summary(name, base_url)
 
     def _check_budget(self, handle: StudyHandle, n_trials: int) -> None:
@@ -185,7 +207,9 @@ class StudyService:
             raise Conflict(
                 f"n_trials {n_trials} is below the {floor} trials study {handle.name!r} has "
                 f"finished or in flight ({budget.finished} finished, {c.running} running, "
-                f"{c.waiting} waiting)", field="n_trials")
+                f"{c.waiting} waiting)",
+                field="n_trials",
+            )
 
     def best(self, name: str, k: int) -> BestList:
         handle = self._registry.get(name)

@@ -35,8 +35,12 @@ table = sa.Table(
     sa.Column("done", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 # The studies a claim considers: a partial index, so finished history costs nothing to skip.
-sa.Index("hpsearch_studies_not_done", table.c.study_id,
-         postgresql_where=table.c.done == sa.false(), sqlite_where=table.c.done == sa.false())
+sa.Index(
+    "hpsearch_studies_not_done",
+    table.c.study_id,
+    postgresql_where=table.c.done == sa.false(),
+    sqlite_where=table.c.done == sa.false(),
+)
 
 # Running trials, found without reading finished ones (the claim's counts, the lease sweep).
 TRIALS_STATE_INDEX = sa.text(
@@ -87,16 +91,20 @@ def _errored() -> sa.ColumnElement[bool]:
 
 
 def _rows() -> sa.Select[Any]:
-    return (
-        sa.select(table.c.study_id, _STUDIES.c.study_name, table.c.spec_version,
-                  table.c.created_at, table.c.done, _stopped().label("stopped"))
-        .join(_STUDIES, _STUDIES.c.study_id == table.c.study_id)
-    )
+    return sa.select(
+        table.c.study_id,
+        _STUDIES.c.study_name,
+        table.c.spec_version,
+        table.c.created_at,
+        table.c.done,
+        _stopped().label("stopped"),
+    ).join(_STUDIES, _STUDIES.c.study_id == table.c.study_id)
 
 
 def _row(r: Any) -> StudyRow:
-    return StudyRow(r.study_id, r.study_name, r.spec_version, r.created_at, bool(r.done),
-                    bool(r.stopped))
+    return StudyRow(
+        r.study_id, r.study_name, r.spec_version, r.created_at, bool(r.done), bool(r.stopped)
+    )
 
 
 def create(engine: sa.Engine) -> None:
@@ -109,8 +117,9 @@ def create(engine: sa.Engine) -> None:
 def backfill(conn: sa.Connection) -> None:
     """A row for every hpsearch study that has none (created before this table existed): not
     done, so the next claim or listing looks at it once and marks it."""
-    spec = sa.exists().where(_STUDY_USER_ATTRS.c.study_id == _STUDIES.c.study_id,
-                             _STUDY_USER_ATTRS.c.key == keys.SPEC)
+    spec = sa.exists().where(
+        _STUDY_USER_ATTRS.c.study_id == _STUDIES.c.study_id, _STUDY_USER_ATTRS.c.key == keys.SPEC
+    )
     missing = ~sa.exists().where(table.c.study_id == _STUDIES.c.study_id)
     ids = conn.execute(sa.select(_STUDIES.c.study_id).where(spec, missing)).scalars().all()
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -145,28 +154,39 @@ def active(conn: sa.Connection) -> list[ActiveStudy]:
     """The studies that are neither done nor stopped nor in error, oldest first, with their
     running trials:
     two indexed queries, whose cost grows with these studies and their running trials only."""
-    rows = [_row(r) for r in conn.execute(
-        _rows().where(table.c.done == sa.false(), ~_stopped(), ~_errored())
-        .order_by(table.c.created_at, table.c.study_id)
-    )]
+    rows = [
+        _row(r)
+        for r in conn.execute(
+            _rows()
+            .where(table.c.done == sa.false(), ~_stopped(), ~_errored())
+            .order_by(table.c.created_at, table.c.study_id)
+        )
+    ]
     if not rows:
         return []
-    running: dict[int, int] = dict(conn.execute(  # type: ignore[arg-type]
-        sa.select(_TRIALS.c.study_id, sa.func.count())
-        .where(_TRIALS.c.state == TrialState.RUNNING,
-               _TRIALS.c.study_id.in_([r.study_id for r in rows]))
-        .group_by(_TRIALS.c.study_id)
-    ).all())
+    running: dict[int, int] = dict(
+        conn.execute(  # type: ignore[arg-type]
+            sa.select(_TRIALS.c.study_id, sa.func.count())
+            .where(
+                _TRIALS.c.state == TrialState.RUNNING,
+                _TRIALS.c.study_id.in_([r.study_id for r in rows]),
+            )
+            .group_by(_TRIALS.c.study_id)
+        ).all()
+    )
     return [ActiveStudy(r, running.get(r.study_id, 0)) for r in rows]
 
 
 def not_done(conn: sa.Connection) -> list[StudyRow]:
-    return [_row(r) for r in conn.execute(
-        _rows().where(table.c.done == sa.false()).order_by(table.c.study_id))]
+    return [
+        _row(r)
+        for r in conn.execute(_rows().where(table.c.done == sa.false()).order_by(table.c.study_id))
+    ]
 
 
-def page(conn: sa.Connection, state: StudyState | None, limit: int | None,
-         offset: int) -> list[StudyRow]:
+def page(
+    conn: sa.Connection, state: StudyState | None, limit: int | None, offset: int
+) -> list[StudyRow]:
     """Studies by id (creation order), optionally of one state as the `done` flag and the
     stopped and error attrs say (an error outranks stopped). The caller marks done studies
     first, so the flag is up to date."""
@@ -201,19 +221,23 @@ def update_spec(conn: sa.Connection, study_id: int, spec: dict[str, Any]) -> Non
         .values(value_json=json.dumps(spec))
     )
     conn.execute(
-        sa.update(table).where(table.c.study_id == study_id)
+        sa.update(table)
+        .where(table.c.study_id == study_id)
         .values(spec_version=table.c.spec_version + 1, done=False)
     )
 
 
 def running_trials(conn: sa.Connection) -> dict[tuple[int, str], int]:
     """How many trials run, by (study id, name): the state index, no finished trial read."""
-    return {(study_id, name): n for study_id, name, n in conn.execute(
-        sa.select(_TRIALS.c.study_id, _STUDIES.c.study_name, sa.func.count())
-        .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
-        .where(_TRIALS.c.state == TrialState.RUNNING)
-        .group_by(_TRIALS.c.study_id, _STUDIES.c.study_name)
-    )}
+    return {
+        (study_id, name): n
+        for study_id, name, n in conn.execute(
+            sa.select(_TRIALS.c.study_id, _STUDIES.c.study_name, sa.func.count())
+            .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
+            .where(_TRIALS.c.state == TrialState.RUNNING)
+            .group_by(_TRIALS.c.study_id, _STUDIES.c.study_name)
+        )
+    }
 
 
 def counts_by_study(conn: sa.Connection) -> dict[str, dict[str, int]]:

@@ -10,8 +10,16 @@ _MISSING = object()
 
 # Steps pydantic puts in a location that are no field of the document: model names of union
 # branches, the body itself, and the tags of the spec's own discriminated unions.
-_NOT_FIELDS = {"constrained-str", "Baseline", "SearchSpace", "body", "named", "inline",
-               "imagefolder", "digits"}
+_NOT_FIELDS = {
+    "constrained-str",
+    "Baseline",
+    "SearchSpace",
+    "body",
+    "named",
+    "inline",
+    "imagefolder",
+    "digits",
+}
 
 
 def _clean_loc(loc: Sequence[Any], body: Any) -> list[str]:

@@ -104,8 +104,7 @@ def training_config(handle: StudyHandle, params: dict[str, Any]) -> dict[str, An
     }
 
 
-def improvement_pct(best: float | None, baseline: float | None,
-                    direction: str) -> float | None:
+def improvement_pct(best: float | None, baseline: float | None, direction: str) -> float | None:
     """How much better than the baseline's the best value is, in percent (positive: better)."""
     if best is None or baseline is None or baseline == 0:
         return None
@@ -140,8 +139,11 @@ def ranked(handle: StudyHandle, trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """COMPLETE trials by their objective value, best first in the study's direction (pruned
     ones stopped early: they are not comparable; prior trials ran in another study)."""
     direction = handle.spec.objective.direction
-    done = [t for t in trials
-            if t.state == TrialState.COMPLETE and t.value is not None and not is_prior(t)]
+    done = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE and t.value is not None and not is_prior(t)
+    ]
     sign = -1.0 if direction == "maximize" else 1.0
     return sorted(done, key=lambda t: (sign * t.value, t.number))  # type: ignore[operator]
 

@@ -36,8 +36,9 @@ def is_prior(trial: FrozenTrial) -> bool:
     return bool(trial.user_attrs.get(keys.PRIOR))
 
 
-def fitting_params(config: dict[str, Any], space: SearchSpace,
-                   fixed: dict[str, Any]) -> dict[str, Any] | None:
+def fitting_params(
+    config: dict[str, Any], space: SearchSpace, fixed: dict[str, Any]
+) -> dict[str, Any] | None:
     """The params of the new space that run `config` (every hyperparameter of a source trial)
     exactly, or None when the new study cannot: a searched hyperparameter's value lies outside
     its new range, or another one differs from the new study's fixed value (`fixed`, its
@@ -52,8 +53,9 @@ def fitting_params(config: dict[str, Any], space: SearchSpace,
     return {name: config[name] for name in space.root}
 
 
-def plan(source: StudyHandle, target: StudyHandle, options: WarmStart,
-         baseline: list[dict[str, Any]]) -> Seed:
+def plan(
+    source: StudyHandle, target: StudyHandle, options: WarmStart, baseline: list[dict[str, Any]]
+) -> Seed:
     """What `target`, a new study, takes from `source`. `baseline`: the params of its baseline
     (it runs them anyway), if it has one."""
     fits: list[tuple[FrozenTrial, dict[str, Any]]] = []
@@ -73,14 +75,18 @@ def plan(source: StudyHandle, target: StudyHandle, options: WarmStart,
         if params not in seen:  # a configuration runs once
             seen.append(params)
             enqueue.append((params, f"{source.name} trial {trial.number}"))
-    priors = [
-        optuna.trial.create_trial(
-            state=TrialState.COMPLETE,
-            value=trial.value,
-            params=params,
-            distributions={name: target.distributions[name] for name in params},
-            user_attrs={keys.PRIOR: f"{source.name} trial {trial.number}"},
-        )
-        for trial, params in fits
-    ] if options.history else []
+    priors = (
+        [
+            optuna.trial.create_trial(
+                state=TrialState.COMPLETE,
+                value=trial.value,
+                params=params,
+                distributions={name: target.distributions[name] for name in params},
+                user_attrs={keys.PRIOR: f"{source.name} trial {trial.number}"},
+            )
+            for trial, params in fits
+        ]
+        if options.history
+        else []
+    )
     return Seed(enqueue, priors)

@@ -58,8 +58,9 @@ def _preset(weights: Any) -> dict[str, Any]:
 
 def build_on_meta(arch: str) -> nn.Module:
     """The architecture without memory or weights, to inspect its modules."""
-    kwargs = {"aux_logits": True, "init_weights": False} if arch in ("googlenet",
-                                                                    "inception_v3") else {}
+    kwargs = (
+        {"aux_logits": True, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
+    )
     with torch.device("meta"):
         return torchvision.models.get_model(arch, weights=None, **kwargs)
 

@@ -107,13 +107,23 @@ class ServerClient:
 
     # --- the protocol --------------------------------------------------------------------------
     def claim(
-        self, worker_id: str, study: str | None, device: str, host: str,
-        labels: dict[str, str] | None = None, exclude: list[str] | None = None,
+        self,
+        worker_id: str,
+        study: str | None,
+        device: str,
+        host: str,
+        labels: dict[str, str] | None = None,
+        exclude: list[str] | None = None,
     ) -> dict[str, Any] | None:
         """A trial, or None. This worker runs preflights (`preflight`); it skips the studies
         in `exclude`."""
-        body: dict[str, Any] = {"worker_id": worker_id, "study": study, "device": device,
-                                "host": host, "preflight": True}
+        body: dict[str, Any] = {
+            "worker_id": worker_id,
+            "study": study,
+            "device": device,
+            "host": host,
+            "preflight": True,
+        }
         if labels:  # only when there are some: a server without labels refuses the field
             body["labels"] = labels
         if exclude:
@@ -144,7 +154,11 @@ class ServerClient:
         )
 
     def complete(
-        self, trial_id: int, val_loss: float, val_accuracy: float | None, epoch: int | None = None,
+        self,
+        trial_id: int,
+        val_loss: float,
+        val_accuracy: float | None,
+        epoch: int | None = None,
         test: tuple[float, float] | None = None,
     ) -> None:
         """``epoch``: the epoch the values (and the uploaded weights) are of; ``test``: those

@@ -405,8 +405,14 @@ def evaluate_on_test(
         model.load_state_dict(outcome.kept)
     mean, std = normalization(job.model)
     images = ImageBatches(
-        caches.data.get(job.data, rt.device), batch_size=job.hparams.batch_size, augment="none",
-        seed=job.seed, device=rt.device, mean=mean, std=std, channels_last=rt.cuda,
+        caches.data.get(job.data, rt.device),
+        batch_size=job.hparams.batch_size,
+        augment="none",
+        seed=job.seed,
+        device=rt.device,
+        mean=mean,
+        std=std,
+        channels_last=rt.cuda,
     )
     batches = images.ordered_batches(test, 2 * job.hparams.batch_size)
     return evaluate(model, batches, epoch=outcome.epoch or 0, rt=rt)

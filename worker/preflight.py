@@ -28,7 +28,10 @@ Fault = Literal["spec", "worker"]
 
 # This machine lacks something another may have: the data root, the weights, the memory.
 _WORKER_FAULTS: tuple[type[BaseException], ...] = (
-    FileNotFoundError, WeightsUnavailable, MemoryError, torch.cuda.OutOfMemoryError,
+    FileNotFoundError,
+    WeightsUnavailable,
+    MemoryError,
+    torch.cuda.OutOfMemoryError,
 )
 
 
@@ -57,13 +60,24 @@ def _check(job: TrialJob, caches: Caches, device: torch.device) -> dict[str, Any
     data = caches.data.get(job.data, device)
     test = caches.data.get_test(job.data)  # decoded once: each completed trial reads it
     network = build_network(
-        job.model, num_classes=data.num_classes, image_size=job.data.image_size, seed=job.seed,
-        cache=caches.weights, templates=caches.templates,
+        job.model,
+        num_classes=data.num_classes,
+        image_size=job.data.image_size,
+        seed=job.seed,
+        cache=caches.weights,
+        templates=caches.templates,
     )
     module = network.module.to(device)
     mean, std = normalization(job.model)
-    batches = ImageBatches(data, batch_size=job.hparams.batch_size, augment=job.data.augment,
-                           seed=job.seed, device=device, mean=mean, std=std)
+    batches = ImageBatches(
+        data,
+        batch_size=job.hparams.batch_size,
+        augment=job.data.augment,
+        seed=job.seed,
+        device=device,
+        mean=mean,
+        std=std,
+    )
     x, y = next(iter(batches.train_batches(0)))
     network.train_mode()
     loss = F.cross_entropy(module(x), y)
@@ -76,13 +90,21 @@ def _check(job: TrialJob, caches: Caches, device: torch.device) -> dict[str, Any
         "test_images": len(test) if test is not None else 0,
         "skipped_images": data.skipped,
     }
-    logger.info("preflight passed: %d classes, %d train / %d val / %d test images, "
-                "%d skipped", len(found["classes"]), found["train_images"], found["val_images"],
-                found["test_images"], found["skipped_images"])
+    logger.info(
+        "preflight passed: %d classes, %d train / %d val / %d test images, %d skipped",
+        len(found["classes"]),
+        found["train_images"],
+        found["val_images"],
+        found["test_images"],
+        found["skipped_images"],
+    )
     return found
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    return text if isinstance(exc, ValueError | FileNotFoundError | WeightsUnavailable) \
+    return (
+        text
+        if isinstance(exc, ValueError | FileNotFoundError | WeightsUnavailable)
         else f"{type(exc).__name__}: {text}"
+    )

@@ -65,7 +65,10 @@ def pretrain_digits(
         },
         # every parameter decays, as when the shipped digits models were first trained
         "training": {
-            "epochs": epochs, "compile": False, "checkpoint_every": 0, "norm_weight_decay": None,
+            "epochs": epochs,
+            "compile": False,
+            "checkpoint_every": 0,
+            "norm_weight_decay": None,
         },
         "objective": {"metric": "val_loss", "epoch": "last"},
     }

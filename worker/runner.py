@@ -60,8 +60,9 @@ class Runner:
         self.config = config
         self.caches = caches
         self.stop = stop
-        self.client = client or ServerClient(config.server, config.token,
-                                             worker_id=config.worker_id)
+        self.client = client or ServerClient(
+            config.server, config.token, worker_id=config.worker_id
+        )
         self.trials_run = 0
         # Studies this worker's preflight found its machine lacking for, and why.
         self.skipped: dict[str, str] = {}
@@ -72,8 +73,12 @@ class Runner:
         limit = self.config.max_trials
         while not self.stop.is_set() and (limit is None or self.trials_run < limit):
             claim = self.client.claim(
-                self.config.worker_id, self.config.study, self.config.device, self.config.host,
-                self.config.labels, sorted(self.skipped),
+                self.config.worker_id,
+                self.config.study,
+                self.config.device,
+                self.config.host,
+                self.config.labels,
+                sorted(self.skipped),
             )
             if claim is None:
                 if self.config.exit_when_idle:
@@ -111,9 +116,10 @@ class Runner:
         the trial should train, else how it ended (the server failed or re-queued it)."""
         logger.info("%s: checking the study first (preflight)", trial.label)
         try:
-            result: dict[str, Any] = {"ok": True,
-                                      "data": run_preflight(trial.job, self.caches,
-                                                            self.config.device)}
+            result: dict[str, Any] = {
+                "ok": True,
+                "data": run_preflight(trial.job, self.caches, self.config.device),
+            }
         except PreflightFault as fault:
             result = {"ok": False, "fault": fault.fault, "error": fault.error[:4000]}
         try:
@@ -124,12 +130,16 @@ class Runner:
             return None
         heartbeat.finish()
         if outcome == "error":
-            logger.error("study %s cannot be trained; it is in error until it is resumed: %s",
-                         trial.study, result["error"])
+            logger.error(
+                "study %s cannot be trained; it is in error until it is resumed: %s",
+                trial.study,
+                result["error"],
+            )
             return "preflight failed"
         self.skipped[trial.study] = result["error"]
-        logger.warning("skipping study %s on this worker (handed back): %s", trial.study,
-                       result["error"])
+        logger.warning(
+            "skipping study %s on this worker (handed back): %s", trial.study, result["error"]
+        )
         if self.config.study == trial.study:  # the one study this worker serves
             raise WorkerStopped(f"study {trial.study}: {result['error']}")
         return "skipped"
@@ -230,8 +240,12 @@ class Runner:
 def _abandoned(label: str, why: LeaseLost | None, finished: bool = False) -> str:
     """One log line for a trial the server took back; the worker goes on to the next claim."""
     if isinstance(why, TrialGone):
-        logger.warning("%s: stopped, the server no longer has it (its study was deleted?): %s; "
-                       "its checkpoint and weights are dropped", label, why.detail)
+        logger.warning(
+            "%s: stopped, the server no longer has it (its study was deleted?): %s; "
+            "its checkpoint and weights are dropped",
+            label,
+            why.detail,
+        )
         return "trial gone"
     detail = why.detail if why is not None else "its lease ended"
     logger.warning("%s: %s: %s", label, "finished too late" if finished else "abandoned", detail)

@@ -56,11 +56,14 @@ ADMIN = _requires(Role.ADMIN)
 
 StudyName = Annotated[str, Path(pattern=keys.STUDY_NAME_PATTERN, description="Study name")]
 TrialId = Annotated[int, Path(ge=0, le=2**62, description="The trial_id a claim returned")]
-HolderId = Annotated[str | None, Query(
-    pattern=keys.WORKER_ID_PATTERN,
-    description="The worker_id of the claim (optional): a message from another worker is refused "
-    "with 409, as when SQLite gave a deleted study's trial id to a new trial",
-)]
+HolderId = Annotated[
+    str | None,
+    Query(
+        pattern=keys.WORKER_ID_PATTERN,
+        description="The worker_id of the claim (optional): a message from another worker is "
+        "refused with 409, as when SQLite gave a deleted study's trial id to a new trial",
+    ),
+]
 
 
 def base_url(request: Request) -> str:

@@ -67,8 +67,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8, not JSON)
             reason = str(exc.detail)
-            body = _body(f"invalid request: body: {reason}", "body",
-                         [{"field": "body", "reason": reason}])
+            body = _body(
+                f"invalid request: body: {reason}", "body", [{"field": "body", "reason": reason}]
+            )
             return JSONResponse(body, 422)
         return JSONResponse(_body(str(exc.detail)), exc.status_code, headers=exc.headers)
 

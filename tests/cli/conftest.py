@@ -34,20 +34,27 @@ class Ran:
 
 
 class Run(Protocol):
-    def __call__(self, *args: str, server: str | None = None,
-                 env: dict[str, str] | None = None) -> Ran: ...
+    def __call__(
+        self, *args: str, server: str | None = None, env: dict[str, str] | None = None
+    ) -> Ran: ...
 
 
 def argv(args: tuple[str, ...], server: str | None) -> list[str]:
     return [*args, "--server", server] if server is not None else list(args)
 
 
-def run_process(*args: str, server: str | None = None, env: dict[str, str] | None = None,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_process(
+    *args: str, server: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """`hpsearch ARGS --server URL` as a subprocess, with no HPSEARCH_* from the caller's env."""
-    return subprocess.run([sys.executable, "-m", "cli.main", *argv(args, server)], cwd=REPO,
-                          env={**server_env(), **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *argv(args, server)],
+        cwd=REPO,
+        env={**server_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -90,8 +97,9 @@ def _logging_to(stream: TextIO) -> Iterator[None]:
 
 
 @pytest.fixture(scope="package", params=["sqlite", "postgresql"])
-def cli_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[Server]:
+def cli_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     """A server shared by the CLI tests: each test uses its own study and worker names."""
     data_dir = tmp_path_factory.mktemp(f"cli-{request.param}")
     pg_url = None
@@ -100,8 +108,9 @@ def cli_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     else:
         storage = pg_url = new_database_or_skip()
     # A long lease: the scripted study's running trial must not go stale while tests read it.
-    server = Server(storage=storage, data_dir=data_dir, port=free_port(),
-                    env=server_env(lease_grace=600))
+    server = Server(
+        storage=storage, data_dir=data_dir, port=free_port(), env=server_env(lease_grace=600)
+    )
     try:
         yield server.start()
     finally:

@@ -26,8 +26,9 @@ def rows(text: str) -> dict[str, list[str]]:
 
 
 # --- submit ---------------------------------------------------------------------------------------
-def test_submit_yaml_creates_the_study(cli: Run, api: httpx.Client, cli_server: Server,
-                                       tmp_path: Path) -> None:
+def test_submit_yaml_creates_the_study(
+    cli: Run, api: httpx.Client, cli_server: Server, tmp_path: Path
+) -> None:
     spec = digits_spec("from-file", n_trials=7)
     path = write(tmp_path / "study.yaml", yaml.safe_dump(spec))
     r = cli("submit", str(path), "--name", "submitted-yaml")
@@ -47,10 +48,15 @@ def test_submit_json_file(cli: Run, api: httpx.Client, tmp_path: Path) -> None:
     assert api.get(f"{API}/studies/submitted-json").json()["n_trials"] == 2
 
 
-def test_submit_invalid_spec_prints_every_field(cli: Run, api: httpx.Client,
-                                                tmp_path: Path) -> None:
-    spec = digits_spec("invalid", n_trials=0, bogus=1,
-                       search_space={"lr": {"type": "float", "low": 1.0, "high": 0.1}})
+def test_submit_invalid_spec_prints_every_field(
+    cli: Run, api: httpx.Client, tmp_path: Path
+) -> None:
+    spec = digits_spec(
+        "invalid",
+        n_trials=0,
+        bogus=1,
+        search_space={"lr": {"type": "float", "low": 1.0, "high": 0.1}},
+    )
     r = cli("submit", str(write(tmp_path / "bad.yaml", yaml.safe_dump(spec))))
     assert r.returncode == 1 and r.stdout == ""
     assert "Traceback" not in r.stderr
@@ -66,8 +72,10 @@ def test_submit_taken_name(cli: Run, api: httpx.Client, tmp_path: Path) -> None:
     create_study(api, "taken")
     r = cli("submit", str(write(tmp_path / "s.yaml", yaml.safe_dump(digits_spec("taken")))))
     assert r.returncode == 1
-    assert r.stderr == ("hpsearch submit: server answered 409: a study named 'taken' exists "
-                        "(choose another name with --name)\n")
+    assert r.stderr == (
+        "hpsearch submit: server answered 409: a study named 'taken' exists "
+        "(choose another name with --name)\n"
+    )
 
 
 # --- status, best, workers after a scripted run -----------------------------------------------
@@ -78,18 +86,31 @@ def test_status_lists_studies(cli: Run, scripted: dict) -> None:
     assert table["STUDY"][:3] == ["STUDY", "STATE", "FINISHED"]
     # name, state, finished/n, running, pruned, failed, best val loss, vs baseline, priority,
     # weight
-    assert table["scripted"] == ["scripted", "running", "3/5", "1", "1", "1", "0.6000", "+25.0%",
-                                 "0", "1"]
+    assert table["scripted"] == [
+        "scripted",
+        "running",
+        "3/5",
+        "1",
+        "1",
+        "1",
+        "0.6000",
+        "+25.0%",
+        "0",
+        "1",
+    ]
 
 
 def test_status_of_one_study_lists_its_trials(cli: Run, api: httpx.Client, scripted: dict) -> None:
     r = cli("status", "scripted")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == ("study scripted: running, 3/5 finished (1 running, 0 waiting, "
-                        "2 complete, 1 pruned, 1 failed)")
-    assert lines[1].startswith("best: trial 1, val loss 0.6000, accuracy 80.0%, +25.0% vs the "
-                               "baseline (0.8000, trial 0)")
+    assert lines[0] == (
+        "study scripted: running, 3/5 finished (1 running, 0 waiting, "
+        "2 complete, 1 pruned, 1 failed)"
+    )
+    assert lines[1].startswith(
+        "best: trial 1, val loss 0.6000, accuracy 80.0%, +25.0% vs the baseline (0.8000, trial 0)"
+    )
     table = rows(r.stdout)
     trials = {t["number"]: t for t in api.get(f"{API}/studies/scripted/trials").json()}
     assert table["0*"][1:7] == ["complete", "0.8000", "70.0%", "3", "gpu-a-0", "-"]
@@ -146,16 +167,16 @@ def test_best_yaml_without_a_complete_trial(cli: Run, api: httpx.Client) -> None
     create_study(api, "nothing-yet")
     r = cli("best", "nothing-yet", "--format", "yaml")
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr == ("hpsearch best: study nothing-yet has no complete trial yet: "
-                        "no config to give\n")
+    assert r.stderr == (
+        "hpsearch best: study nothing-yet has no complete trial yet: no config to give\n"
+    )
 
 
 def test_workers(cli: Run, scripted: dict) -> None:
     r = cli("workers")
     assert r.returncode == 0, r.stderr
     table = rows(r.stdout)
-    assert table["WORKER"] == ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN",
-                               "LABELS"]
+    assert table["WORKER"] == ["WORKER", "HOST", "DEVICE", "STUDY", "TRIAL", "LAST SEEN", "LABELS"]
     row = table["gpu-b-1"]
     assert row[:5] == ["gpu-b-1", "gpu-b", "cuda:1", "scripted", str(scripted["running"].number)]
     assert row[5].endswith("s ago")

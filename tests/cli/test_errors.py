@@ -16,8 +16,14 @@ from tests.conftest import ServerFactory
 from tests.servers import digits_spec
 
 COMMANDS = [
-    ["status"], ["status", "s"], ["watch", "s"], ["best", "s"], ["best", "s", "--format", "yaml"],
-    ["workers"], ["stop", "s"], ["delete", "s"],
+    ["status"],
+    ["status", "s"],
+    ["watch", "s"],
+    ["best", "s"],
+    ["best", "s", "--format", "yaml"],
+    ["workers"],
+    ["stop", "s"],
+    ["delete", "s"],
 ]
 
 
@@ -37,32 +43,46 @@ def test_unreachable_server_on_submit(hpsearch: Run, tmp_path: Path) -> None:
     path = write(tmp_path / "s.yaml", yaml.safe_dump(digits_spec("x")))
     r = hpsearch("submit", str(path), server=url)
     assert (r.returncode, r.stderr) == (
-        1, f"hpsearch submit: cannot reach the server at {url}: connection refused\n")
+        1,
+        f"hpsearch submit: cannot reach the server at {url}: connection refused\n",
+    )
 
 
 def test_server_from_the_environment_without_scheme(hpsearch: Run) -> None:
     port = free_url().rsplit(":", 1)[1]
     r = hpsearch("workers", env={"HPSEARCH_SERVER": f"127.0.0.1:{port}/"})
-    assert r.stderr == (f"hpsearch workers: cannot reach the server at http://127.0.0.1:{port}: "
-                        "connection refused\n")
+    assert r.stderr == (
+        f"hpsearch workers: cannot reach the server at http://127.0.0.1:{port}: "
+        "connection refused\n"
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "text", "message"),
     [
         ("missing.yaml", None, "no such file: {path}"),
-        ("broken.yaml", "name: x\n  model: [1,\n",
-         "{path} is not valid YAML: line 2, column 8: mapping values are not allowed here"),
-        ("broken.json", '{"name": "x",}',
-         "{path} is not valid JSON: line 1, column 14: Expecting property name enclosed in "
-         "double quotes"),
-        ("list.yaml", "- name: x\n", "{path} must hold a study spec (a mapping of fields), "
-                                     "but it is a list"),
+        (
+            "broken.yaml",
+            "name: x\n  model: [1,\n",
+            "{path} is not valid YAML: line 2, column 8: mapping values are not allowed here",
+        ),
+        (
+            "broken.json",
+            '{"name": "x",}',
+            "{path} is not valid JSON: line 1, column 14: Expecting property name enclosed in "
+            "double quotes",
+        ),
+        (
+            "list.yaml",
+            "- name: x\n",
+            "{path} must hold a study spec (a mapping of fields), but it is a list",
+        ),
         ("empty.yaml", "", "{path} must hold a study spec (a mapping of fields), but it is empty"),
     ],
 )
-def test_bad_spec_file(hpsearch: Run, tmp_path: Path, name: str, text: str | None,
-                      message: str) -> None:
+def test_bad_spec_file(
+    hpsearch: Run, tmp_path: Path, name: str, text: str | None, message: str
+) -> None:
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
@@ -72,18 +92,23 @@ def test_bad_spec_file(hpsearch: Run, tmp_path: Path, name: str, text: str | Non
 
 
 def test_tokens(hpsearch: Run, server_factory: ServerFactory, tmp_path: Path) -> None:
-    server = server_factory(f"sqlite:///{tmp_path / 'tokens.db'}", admin_token="s3cret-admin",
-                            read_token="s3cret-read")
+    server = server_factory(
+        f"sqlite:///{tmp_path / 'tokens.db'}", admin_token="s3cret-admin", read_token="s3cret-read"
+    )
     r = hpsearch("status", server=server.url)
     assert r.returncode == 1
-    assert r.stderr == ("hpsearch status: server answered 401: a valid token is required: send "
-                        "'Authorization: Bearer <token>' (pass --token or set HPSEARCH_TOKEN)\n")
+    assert r.stderr == (
+        "hpsearch status: server answered 401: a valid token is required: send "
+        "'Authorization: Bearer <token>' (pass --token or set HPSEARCH_TOKEN)\n"
+    )
 
     path = write(tmp_path / "s.yaml", yaml.safe_dump(digits_spec("guarded")))
     r = hpsearch("submit", str(path), "--token", "s3cret-read", server=server.url)
     assert r.returncode == 1
-    assert r.stderr == ("hpsearch submit: server answered 403: this needs the admin token "
-                        "(pass --token or set HPSEARCH_TOKEN)\n")
+    assert r.stderr == (
+        "hpsearch submit: server answered 403: this needs the admin token "
+        "(pass --token or set HPSEARCH_TOKEN)\n"
+    )
 
     r = hpsearch("submit", str(path), "--token", "s3cret-admin", server=server.url)
     assert r.returncode == 0, r.stderr
@@ -124,8 +149,9 @@ def not_hpsearch() -> Iterator[str]:
 def test_answers_of_another_program(hpsearch: Run, not_hpsearch: str) -> None:
     r = hpsearch("status", server=not_hpsearch)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.startswith(f"hpsearch status: unexpected answer from the server at "
-                               f"{not_hpsearch} (KeyError: 'name')")
+    assert r.stderr.startswith(
+        f"hpsearch status: unexpected answer from the server at {not_hpsearch} (KeyError: 'name')"
+    )
     assert r.stderr.count("\n") == 1
 
     r = hpsearch("best", "proxied", server=not_hpsearch)

@@ -19,8 +19,7 @@ def test_stop_then_resume(cli: Run, api: httpx.Client) -> None:
     assert worker.claim() is None  # 204: nothing handed out
     r = cli("resume", "paused")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == ("resumed study paused: trials are handed out again "
-                        "(0/2 trials finished)\n")
+    assert r.stdout == ("resumed study paused: trials are handed out again (0/2 trials finished)\n")
     assert api.get(f"{API}/studies/paused").json()["state"] == "running"
     assert worker.run(worker.next_trial(), [0.5]) == "complete"
 
@@ -34,8 +33,10 @@ def test_stop_cancel_running_hands_back(cli: Run, api: httpx.Client) -> None:
     trial = worker.next_trial()
     r = cli("stop", "cancelled", "--cancel-running")
     assert r.returncode == 0, r.stderr
-    assert r.stdout == ("stopped study cancelled: 1 running trial handed back; "
-                        "`hpsearch resume cancelled` runs them on from their last checkpoints\n")
+    assert r.stdout == (
+        "stopped study cancelled: 1 running trial handed back; "
+        "`hpsearch resume cancelled` runs them on from their last checkpoints\n"
+    )
     assert worker.heartbeat(trial.trial_id).status_code == 409
 
 
@@ -79,8 +80,9 @@ def test_submit_warm_start(cli: Run, api: httpx.Client, tmp_path: Path) -> None:
     assert "p prior evidence" in r.stdout
 
 
-def test_submit_warm_start_from_an_unknown_study(cli: Run, api: httpx.Client,
-                                                 tmp_path: Path) -> None:
+def test_submit_warm_start_from_an_unknown_study(
+    cli: Run, api: httpx.Client, tmp_path: Path
+) -> None:
     path = write(tmp_path / "cold.yaml", yaml.safe_dump(digits_spec("cold")))
     r = cli("submit", str(path), "--warm-start", "ghost")
     assert r.returncode == 1 and r.stdout == "" and "Traceback" not in r.stderr
@@ -97,8 +99,10 @@ def test_a_preflight_error_shows_in_status_and_watch_and_resume_runs_it_again(
     worker = ScriptedWorker(api, "w-broken", "broken-data")
     trial = worker.next_trial(preflight=True)
     cause = "/data/pets/train holds 1 class folder(s) ['cat']; at least 2 are needed"
-    r = api.post(f"{API}/trials/{trial.trial_id}/preflight",
-                 json={"ok": False, "fault": "spec", "error": cause})
+    r = api.post(
+        f"{API}/trials/{trial.trial_id}/preflight",
+        json={"ok": False, "fault": "spec", "error": cause},
+    )
     assert r.status_code == 200, r.text
 
     status = cli("status", "broken-data")

@@ -34,28 +34,36 @@ def test_extend_below_what_runs_is_one_line(cli: Run, api: httpx.Client) -> None
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr == (
         "hpsearch extend: server answered 409: n_trials 1 is below the 2 trials study "
-        "'to-shrink' has finished or in flight (0 finished, 2 running, 0 waiting)\n")
+        "'to-shrink' has finished or in flight (0 finished, 2 running, 0 waiting)\n"
+    )
     assert api.get(f"{API}/studies/to-shrink").json()["n_trials"] == 4
 
 
 def test_extend_needs_a_number(cli: Run) -> None:
-    for args in (["extend", "x"], ["extend", "x", "--trials", "0"],
-                 ["extend", "x", "--trials", "1", "--total", "2"]):
+    for args in (
+        ["extend", "x"],
+        ["extend", "x", "--trials", "0"],
+        ["extend", "x", "--trials", "1", "--total", "2"],
+    ):
         r = cli(*args)
         assert r.returncode == 2 and "Traceback" not in r.stderr, args
         assert r.stderr.splitlines()[-1].startswith("hpsearch extend: error:")
 
 
 def test_label_flags_are_parsed() -> None:
-    args = build_parser().parse_args(["worker", "--label", "gpu=h100", "--label", "pool=a",
-                                      "--label", "empty="])
+    args = build_parser().parse_args(
+        ["worker", "--label", "gpu=h100", "--label", "pool=a", "--label", "empty="]
+    )
     assert args.label == [("gpu", "h100"), ("pool", "a"), ("empty", "")]
 
 
 def test_bad_labels_are_one_clear_line(cli: Run) -> None:
-    for label, reason in (("gpu", "'gpu' is not KEY=VALUE (e.g. gpu=h100)"),
-                          ("=h100", "label key ''"), ("gpu type=a", "label key 'gpu type'"),
-                          ("gpu=h 100", "label value 'h 100'")):
+    for label, reason in (
+        ("gpu", "'gpu' is not KEY=VALUE (e.g. gpu=h100)"),
+        ("=h100", "label key ''"),
+        ("gpu type=a", "label key 'gpu type'"),
+        ("gpu=h 100", "label value 'h 100'"),
+    ):
         r = cli("worker", "--label", label, "--exit-when-idle")
         assert r.returncode == 2, r.stderr
         assert "Traceback" not in r.stderr
@@ -94,9 +102,22 @@ def test_a_worker_process_announces_its_labels(cli_server: Server, api: httpx.Cl
     """`hpsearch worker --label` end to end: the study needs another GPU, so the worker gets
     nothing (and exits, --exit-when-idle) but the server has heard its labels."""
     create_study(api, "needs-h200", scheduling={"requires": {"gpu": "h200"}})
-    r = run_process("worker", "--study", "needs-h200", "--label", "gpu=a100", "--label",
-                    "pool=b", "--exit-when-idle", "--device", "cpu", "--worker-id",
-                    "labelled-proc", server=cli_server.url, timeout=120)
+    r = run_process(
+        "worker",
+        "--study",
+        "needs-h200",
+        "--label",
+        "gpu=a100",
+        "--label",
+        "pool=b",
+        "--exit-when-idle",
+        "--device",
+        "cpu",
+        "--worker-id",
+        "labelled-proc",
+        server=cli_server.url,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "nothing to run" in r.stderr
     workers = {w["worker_id"]: w for w in api.get(f"{API}/workers").json()}

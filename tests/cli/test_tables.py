@@ -9,8 +9,9 @@ from cli.render import best_lines, best_table, best_yaml, data_lines, study_line
 
 
 def test_table_pads_columns_and_aligns_numbers_right() -> None:
-    text = tables.table(["NAME", "N", "NOTE"], [["a", 1, "x"], ["long-name", 120, None]],
-                        right=(1,))
+    text = tables.table(
+        ["NAME", "N", "NOTE"], [["a", 1, "x"], ["long-name", 120, None]], right=(1,)
+    )
     assert text.splitlines() == [
         "NAME         N  NOTE",
         "a            1  x",
@@ -26,7 +27,8 @@ def test_cell_formats() -> None:
     assert tables.improvement(25.0) == "+25.0%" and tables.improvement(-3.21) == "-3.2%"
     assert tables.improvement(None) == tables.loss(None) == "-"
     assert tables.params({"lr": 0.01, "step_size": 3, "nesterov": False}) == (
-        "lr=0.01 step_size=3 nesterov=False")
+        "lr=0.01 step_size=3 nesterov=False"
+    )
 
 
 def test_ago_reads_naive_timestamps_as_utc() -> None:
@@ -53,10 +55,18 @@ def test_an_accuracy_study_compares_its_best_with_the_baselines_accuracy() -> No
 
 
 def test_best_configs_name_the_metric_they_rank_by() -> None:
-    trial = {"number": 3, "val_loss": 0.25, "val_accuracy": 0.875, "config": {"hparams": {}},
-             "improvement_over_baseline_pct": 5.0}
-    body = {"study": "s", "trials": [trial, {**trial, "number": 4}],
-            "objective": {"metric": "val_accuracy", "epoch": "best"}}
+    trial = {
+        "number": 3,
+        "val_loss": 0.25,
+        "val_accuracy": 0.875,
+        "config": {"hparams": {}},
+        "improvement_over_baseline_pct": 5.0,
+    }
+    body = {
+        "study": "s",
+        "trials": [trial, {**trial, "number": 4}],
+        "objective": {"metric": "val_accuracy", "epoch": "best"},
+    }
     text = best_yaml(body, 2)
     assert text.startswith("# hpsearch: study s, the top 2 trials by val accuracy, best first")
     assert "# 1. trial 3, val loss 0.25, accuracy 87.5%, +5.0% vs the baseline" in text
@@ -64,42 +74,97 @@ def test_best_configs_name_the_metric_they_rank_by() -> None:
 
 
 def test_a_studys_data_and_error_lines() -> None:
-    study = {"name": "pets", "state": "running", "preflight": "passed", "finished": 0,
-             "n_trials": 4, "data": {"classes": ["cat", "dog"], "train_images": 40,
-                                     "val_images": 10, "test_images": 0, "skipped_images": 2}}
+    study = {
+        "name": "pets",
+        "state": "running",
+        "preflight": "passed",
+        "finished": 0,
+        "n_trials": 4,
+        "data": {
+            "classes": ["cat", "dog"],
+            "train_images": 40,
+            "val_images": 10,
+            "test_images": 0,
+            "skipped_images": 2,
+        },
+    }
     assert data_lines(study) == [
-        "data: 2 classes (cat, dog); 40 train / 10 val / 0 test images, 2 undecodable skipped"]
+        "data: 2 classes (cat, dog); 40 train / 10 val / 0 test images, 2 undecodable skipped"
+    ]
     assert data_lines({**study, "data": None, "preflight": "pending"}) == []
-    failed = {**study, "state": "error", "data": None, "preflight": "pending",
-              "state_reason": "the preflight failed: /d/train holds 1 class folder(s) ['cat']"}
+    failed = {
+        **study,
+        "state": "error",
+        "data": None,
+        "preflight": "pending",
+        "state_reason": "the preflight failed: /d/train holds 1 class folder(s) ['cat']",
+    }
     assert data_lines(failed) == []
     assert study_line(failed).startswith("study pets: error, 0/4 finished")
-    assert study_line(failed).endswith("; the preflight failed: /d/train holds 1 class "
-                                       "folder(s) ['cat']")
+    assert study_line(failed).endswith(
+        "; the preflight failed: /d/train holds 1 class folder(s) ['cat']"
+    )
     assert "\n" not in study_line(failed)
 
 
 def test_the_workers_table_says_which_studies_a_worker_skips() -> None:
     seen = dt.datetime.now(dt.UTC).isoformat()
-    lines = workers_table([
-        {"worker_id": "w-0", "host": "h", "device": "cpu", "study": None, "last_seen": seen,
-         "skipped_studies": {"pets": "data root /data/pets is not a directory on this machine"}},
-        {"worker_id": "w-1", "host": "h", "device": "cpu", "study": "pets", "last_seen": seen},
-    ]).splitlines()
+    lines = workers_table(
+        [
+            {
+                "worker_id": "w-0",
+                "host": "h",
+                "device": "cpu",
+                "study": None,
+                "last_seen": seen,
+                "skipped_studies": {
+                    "pets": "data root /data/pets is not a directory on this machine"
+                },
+            },
+            {"worker_id": "w-1", "host": "h", "device": "cpu", "study": "pets", "last_seen": seen},
+        ]
+    ).splitlines()
     assert lines[0].split()[0] == "WORKER" and len(lines) == 4
-    assert lines[-1] == ("w-0 skips study pets: data root /data/pets is not a directory on this "
-                         "machine")
+    assert lines[-1] == (
+        "w-0 skips study pets: data root /data/pets is not a directory on this machine"
+    )
 
 
 def test_best_shows_test_columns_only_for_a_data_set_with_a_test_folder() -> None:
-    trial = {"number": 3, "val_loss": 0.25, "val_accuracy": 0.875, "test_loss": 0.5,
-             "test_accuracy": 0.75, "epochs": 2, "params": {"lr": 0.1},
-             "improvement_over_baseline_pct": 5.0, "config": {"hparams": {}}}
-    baseline = {**trial, "number": 0, "test_loss": None, "test_accuracy": None,
-                "improvement_over_baseline_pct": None}
+    trial = {
+        "number": 3,
+        "val_loss": 0.25,
+        "val_accuracy": 0.875,
+        "test_loss": 0.5,
+        "test_accuracy": 0.75,
+        "epochs": 2,
+        "params": {"lr": 0.1},
+        "improvement_over_baseline_pct": 5.0,
+        "config": {"hparams": {}},
+    }
+    baseline = {
+        **trial,
+        "number": 0,
+        "test_loss": None,
+        "test_accuracy": None,
+        "improvement_over_baseline_pct": None,
+    }
     lines = best_table({"study": "s", "trials": [trial], "baseline": baseline}).splitlines()
-    assert lines[0].split() == ["RANK", "#", "VAL", "LOSS", "ACCURACY", "TEST", "LOSS", "TEST",
-                                "ACC", "VS", "BASELINE", "EPOCHS", "PARAMS"]
+    assert lines[0].split() == [
+        "RANK",
+        "#",
+        "VAL",
+        "LOSS",
+        "ACCURACY",
+        "TEST",
+        "LOSS",
+        "TEST",
+        "ACC",
+        "VS",
+        "BASELINE",
+        "EPOCHS",
+        "PARAMS",
+    ]
     assert lines[1].split()[:7] == ["1", "3", "0.2500", "87.5%", "0.5000", "75.0%", "+5.0%"]
     assert lines[2].split()[:6] == ["baseline", "0", "0.2500", "87.5%", "-", "-"]
     assert "(test: loss 0.5, accuracy 75.0%)" in best_yaml({"study": "s", "trials": [trial]}, 1)

@@ -29,8 +29,17 @@ class Watch:
 
     def __init__(self, server: Server, study: str, terminal: bool = False) -> None:
         self.fd, child = pty.openpty() if terminal else os.pipe()
-        cmd = [sys.executable, "-m", "cli.main", "watch", study, "--interval", "0.2",
-               "--server", server.url]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "watch",
+            study,
+            "--interval",
+            "0.2",
+            "--server",
+            server.url,
+        ]
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=server_env(), stdout=child, stderr=child)
         os.close(child)
         self.text = ""
@@ -71,8 +80,9 @@ def test_watch_follows_the_study_until_it_is_done(cli_server: Server, api: httpx
     watch = Watch(cli_server, "watched")
     try:
         first = watch.read_until("\n")  # printed at once, before any trial ran
-        assert re.match(r"^\d\d:\d\d:\d\d watched running 0/2 finished \| 0 running 1 waiting",
-                        first)
+        assert re.match(
+            r"^\d\d:\d\d:\d\d watched running 0/2 finished \| 0 running 1 waiting", first
+        )
         worker = ScriptedWorker(api, "w-watch", "watched")
         assert worker.run(worker.next_trial(), [1.0, 0.9, 0.8], accuracy=0.6) == "complete"
         watch.read_until(" watched running 1/2 finished ")
@@ -83,8 +93,10 @@ def test_watch_follows_the_study_until_it_is_done(cli_server: Server, api: httpx
         watch.close()
     assert status == 0, out
     lines = out.splitlines()
-    assert any(" watched done 2/2 finished " in line and "best #1 val loss 0.5000" in line
-               for line in lines)
+    assert any(
+        " watched done 2/2 finished " in line and "best #1 val loss 0.5000" in line
+        for line in lines
+    )
     assert "study watched is done: 2/2 trials finished" in lines
     assert "best: trial 1, val loss 0.5000, accuracy 90.0%, +37.5% vs the baseline" in out
     params = " ".join(f"{k}={v:.3g}" for k, v in best.params.items())
@@ -149,8 +161,9 @@ def test_watch_rides_out_a_server_restart(server_factory: ServerFactory, tmp_pat
         watch.read_until("restarted running 0/1 finished")
         server.stop()
         mark = len(watch.text)
-        watch.read_until(f"cannot reach the server at {server.url}: connection refused "
-                         "(retrying)", after=mark)
+        watch.read_until(
+            f"cannot reach the server at {server.url}: connection refused (retrying)", after=mark
+        )
         server.start()  # the same port and database
         with httpx.Client(base_url=server.url, timeout=60) as api:
             worker = ScriptedWorker(api, "w-restart", "restarted")

@@ -217,7 +217,7 @@ class Image:
     @property
     def final_stage(self) -> list[Instruction]:
         starts = [i for i, ins in enumerate(self.instructions) if ins.keyword == "FROM"]
-        return self.instructions[starts[-1]:]
+        return self.instructions[starts[-1] :]
 
     @property
     def base(self) -> str:
@@ -232,8 +232,10 @@ class Image:
         if ins is None:
             return None
         form = ins.exec_form()
-        assert form is not None, f"{self.path.name}: {keyword} must be in exec form (JSON), so " \
+        assert form is not None, (
+            f"{self.path.name}: {keyword} must be in exec form (JSON), so "
             "signals reach hpsearch instead of a shell"
+        )
         return form
 
     @property
@@ -255,9 +257,9 @@ class Image:
             for words in shell_commands(ins.arguments):
                 for i in range(len(words) - 1):
                     if words[i].endswith("pip") and words[i + 1] == "install":
-                        out.append(words[i + 2:])
+                        out.append(words[i + 2 :])
                     elif words[i : i + 3] == ["-m", "pip", "install"]:
-                        out.append(words[i + 3:])
+                        out.append(words[i + 3 :])
         return out
 
 

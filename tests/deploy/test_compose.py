@@ -156,7 +156,7 @@ def test_dependencies_wait_for_healthy_services(stack: Stack) -> None:
         assert stack.services[name]["depends_on"]["api"]["condition"] == "service_healthy", name
     for name, service in stack.services.items():
         depends = service.get("depends_on") or {}
-        for target, rule in (depends.items() if isinstance(depends, dict) else []):
+        for target, rule in depends.items() if isinstance(depends, dict) else []:
             if rule.get("condition") == "service_healthy":
                 image = stack.image(target)
                 assert stack.services[target].get("healthcheck") or (
@@ -210,8 +210,10 @@ def test_workers_reserve_nvidia_gpus_and_use_what_they_reserve(stack: Stack) -> 
             f"{name}: pass --gpus or --device cuda:N, not --device {args.device}"
         )
         if visible is not None:  # inside the container the reserved GPUs are cuda:0..visible-1
-            used = [int(args.device.split(":")[1])] if args.gpus is None else (
-                [] if args.gpus == "all" else [int(g) for g in args.gpus.split(",")]
+            used = (
+                [int(args.device.split(":")[1])]
+                if args.gpus is None
+                else ([] if args.gpus == "all" else [int(g) for g in args.gpus.split(",")])
             )
             assert all(i < visible for i in used), f"{name} sees {visible} GPUs but uses {used}"
     assert pinned, "give an example of a worker pinned to given GPU ids (device_ids)"
@@ -271,13 +273,18 @@ def test_the_api_settings_validate_and_point_at_postgres(stack: Stack) -> None:
     assert url.scheme == "postgresql+psycopg" and url.hostname == "postgres", settings.storage_url
     assert url.port in (None, 5432)
     assert (url.username, url.password, url.path.lstrip("/")) == (
-        postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        postgres["POSTGRES_DB"],
     ), "HPSEARCH_STORAGE must use the postgres service's user, password and database"
     assert settings.tokens_enabled, "a deployment on the network must have tokens on"
     image = stack.image("api")
     assert image is not None
-    spaces = [ins for ins in image.final_stage if ins.keyword == "COPY"
-              and (copy_sources(ins) or []) == ["search_spaces/"]]
+    spaces = [
+        ins
+        for ins in image.final_stage
+        if ins.keyword == "COPY" and (copy_sources(ins) or []) == ["search_spaces/"]
+    ]
     assert spaces, "the server image must copy search_spaces/"
     target = (spaces[0].exec_form() or shlex.split(spaces[0].arguments))[-1]
     assert PurePosixPath(settings.search_spaces_dir) == PurePosixPath(target), (
@@ -409,8 +416,12 @@ def test_the_server_image_has_no_torch(stack: Stack) -> None:
     for words in installs:
         named = {Requirement(w).name.lower() for w in words if not w.startswith(("-", ".", "/"))}
         assert not named & TORCH, f"the server image installs {named & TORCH}"
-    copied = [s for ins in image.instructions if ins.keyword in ("COPY", "ADD")
-              for s in copy_sources(ins) or []]
+    copied = [
+        s
+        for ins in image.instructions
+        if ins.keyword in ("COPY", "ADD")
+        for s in copy_sources(ins) or []
+    ]
     assert not any(s.rstrip("/") == "worker" or s in (".", "./") for s in copied), (
         f"the server image needs no worker code: {copied}"
     )
@@ -424,7 +435,8 @@ def test_the_worker_image_keeps_the_official_pytorch(stack: Stack) -> None:
     )
     assert match, f"the worker image must be FROM a pytorch/pytorch runtime tag: {image.base}"
     torch_req = next(
-        Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["worker"]
+        Requirement(r)
+        for r in PYPROJECT["project"]["optional-dependencies"]["worker"]
         if Requirement(r).name == "torch"
     )
     assert Version(match["torch"]) in torch_req.specifier, (
@@ -458,6 +470,9 @@ def test_docker_compose_accepts_the_file() -> None:
         pytest.skip("the Docker Compose v2 plugin is not installed (`docker compose`)")
     result = subprocess.run(
         [docker, "compose", "--env-file", ENV_EXAMPLE, "-f", COMPOSE_FILE, "config", "-q"],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -80,8 +80,10 @@ def merge(base: Any, patch: Any) -> Any:
 
 
 def _named(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(item, dict) and "name" in item for item in value
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, dict) and "name" in item for item in value)
     )
 
 
@@ -149,9 +151,7 @@ def resolve_env(container: Obj, objects: list[Obj]) -> dict[str, str]:
         env.update(config[source["configMapRef"]["name"]])
     for var in container.get("env", []):
         if "value" in var:
-            env[var["name"]] = re.sub(
-                r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), var["value"]
-            )
+            env[var["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), var["value"])
             continue
         ref = var["valueFrom"]
         if "secretKeyRef" in ref:
@@ -209,8 +209,9 @@ def test_selectors_match_their_pods(base: list[Obj]) -> None:
         assert selector.items() <= labels.items(), f"{key(obj)} selects none of its own pods"
         pods[key(obj)] = labels
     for service in (obj for obj in base if obj["kind"] == "Service"):
-        chosen = [k for k, labels in pods.items()
-                  if service["spec"]["selector"].items() <= labels.items()]
+        chosen = [
+            k for k, labels in pods.items() if service["spec"]["selector"].items() <= labels.items()
+        ]
         assert len(chosen) == 1, f"Service {service['metadata']['name']} selects {chosen}"
 
 
@@ -266,7 +267,8 @@ def test_workers_reach_the_api_service_with_the_worker_token(build) -> None:
         assert (url.scheme, url.hostname, url.port) == ("http", "hpsearch-api", api_port)
         (token,) = [var for var in container["env"] if var["name"] == "HPSEARCH_TOKEN"]
         assert token["valueFrom"]["secretKeyRef"] == {
-            "name": SECRET, "key": "HPSEARCH_WORKER_TOKEN"
+            "name": SECRET,
+            "key": "HPSEARCH_WORKER_TOKEN",
         }, "the worker token must come from the Secret"
         mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
         torch_home = compose_images()[container["image"]].env["TORCH_HOME"]
@@ -321,7 +323,9 @@ def test_the_api_settings_point_at_postgres_and_the_bucket(base: list[Obj]) -> N
     assert url.hostname == service["metadata"]["name"]
     assert url.port in [p["port"] for p in service["spec"]["ports"]]
     assert (url.username, url.password, url.path.lstrip("/")) == (
-        db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"], db_env["POSTGRES_DB"]
+        db_env["POSTGRES_USER"],
+        db_env["POSTGRES_PASSWORD"],
+        db_env["POSTGRES_DB"],
     ), "HPSEARCH_STORAGE must use the database's user, password and name"
     assert postgres["spec"]["volumeClaimTemplates"], "PostgreSQL needs a volume of its own"
     for claim in postgres["spec"]["volumeClaimTemplates"]:  # the schema has no enum for these
@@ -339,8 +343,13 @@ def test_the_api_settings_point_at_postgres_and_the_bucket(base: list[Obj]) -> N
 
 def test_secrets_come_only_from_the_secret(base: list[Obj]) -> None:
     secret = find(base, "Secret", SECRET)
-    assert {"HPSEARCH_ADMIN_TOKEN", "HPSEARCH_WORKER_TOKEN", "POSTGRES_PASSWORD",
-            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
+    assert {
+        "HPSEARCH_ADMIN_TOKEN",
+        "HPSEARCH_WORKER_TOKEN",
+        "POSTGRES_PASSWORD",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    } <= set(secret["stringData"])
     for name, value in secret["stringData"].items():
         assert value.startswith("change-me"), f"{name} must be a change-me placeholder"
     for obj in workloads(base):

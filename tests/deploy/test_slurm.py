@@ -36,8 +36,9 @@ def test_the_deploy_script_is_what_the_cli_writes(capsys: pytest.CaptureFixture[
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
-def test_submit_without_slurm_is_one_line(capsys: pytest.CaptureFixture[str],
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_submit_without_slurm_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     assert main(["slurm", "submit", "--workers", "2"]) == 1
     err = capsys.readouterr().err
@@ -56,8 +57,9 @@ def slurm() -> None:
     if _slurm_up():
         return
     if os.geteuid() == 0:
-        done = subprocess.run(["bash", str(DEPLOY / "local-cluster.sh")], capture_output=True,
-                              text=True, timeout=600)
+        done = subprocess.run(
+            ["bash", str(DEPLOY / "local-cluster.sh")], capture_output=True, text=True, timeout=600
+        )
         if done.returncode == 0 and _slurm_up():
             return
         reason = f"local-cluster.sh failed: {done.stderr.strip()[-500:]}"
@@ -70,8 +72,12 @@ def slurm() -> None:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    server = Server(storage=f"sqlite:///{tmp_path / 'hpsearch.db'}", data_dir=tmp_path / "data",
-                    port=free_port(), env=server_env()).start()
+    server = Server(
+        storage=f"sqlite:///{tmp_path / 'hpsearch.db'}",
+        data_dir=tmp_path / "data",
+        port=free_port(),
+        env=server_env(),
+    ).start()
     yield server
     server.stop()
 
@@ -80,9 +86,25 @@ def _submit(server: Server, tmp_path: Path, *flags: str) -> str:
     """`hpsearch slurm submit` of CPU workers that run this checkout's code."""
     env = worker_env(HPSEARCH_COMMAND=f"{sys.executable} -m cli.main")
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "slurm", "submit", "--server", server.url,
-         "--gpus-per-worker", "0", "--output", str(tmp_path / "job-%A_%a.out"), *flags],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "slurm",
+            "submit",
+            "--server",
+            server.url,
+            "--gpus-per-worker",
+            "0",
+            "--output",
+            str(tmp_path / "job-%A_%a.out"),
+            *flags,
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip()
@@ -111,8 +133,9 @@ def _trials(server: Server, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.mark.slow
-def test_a_job_array_finishes_a_study_with_both_tasks(slurm: None, server: Server,
-                                                      tmp_path: Path) -> None:
+def test_a_job_array_finishes_a_study_with_both_tasks(
+    slurm: None, server: Server, tmp_path: Path
+) -> None:
     spec = digits_spec("slurm-array", n_trials=4, training={"epochs": 2, "seed": 0})
     assert httpx.post(f"{server.url}/api/v1/studies", json=spec).status_code == 201
     job = _submit(server, tmp_path, "--workers", "2", "--study", "slurm-array")
@@ -124,16 +147,24 @@ def test_a_job_array_finishes_a_study_with_both_tasks(slurm: None, server: Serve
 
 
 @pytest.mark.slow
-def test_a_cancelled_task_hands_its_trial_to_the_other(slurm: None, server: Server,
-                                                       tmp_path: Path) -> None:
-    spec = digits_spec("slurm-cancel", n_trials=2, training={"epochs": 5, "seed": 0},
-                       pruner={"name": "none"})
+def test_a_cancelled_task_hands_its_trial_to_the_other(
+    slurm: None, server: Server, tmp_path: Path
+) -> None:
+    spec = digits_spec(
+        "slurm-cancel", n_trials=2, training={"epochs": 5, "seed": 0}, pruner={"name": "none"}
+    )
     assert httpx.post(f"{server.url}/api/v1/studies", json=spec).status_code == 201
     job = _submit(server, tmp_path, "--workers", "2", "--study", "slurm-cancel")
 
     def checkpointed() -> optuna.trial.FrozenTrial | None:
-        return next((t for t in _trials(server, "slurm-cancel")
-                     if t.state == TrialState.RUNNING and CHECKPOINT_ATTR in t.system_attrs), None)
+        return next(
+            (
+                t
+                for t in _trials(server, "slurm-cancel")
+                if t.state == TrialState.RUNNING and CHECKPOINT_ATTR in t.system_attrs
+            ),
+            None,
+        )
 
     trial = _wait(checkpointed, 180, "checkpoint", tmp_path)
     task = trial.user_attrs["worker"].split("-")[1]  # <job>_<index>

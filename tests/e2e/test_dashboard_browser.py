@@ -61,16 +61,20 @@ def run_scripted_worker(api: httpx.Client, study: str) -> tuple[dict[int, str], 
         states[number] = "complete"
         for epoch in range(EPOCHS):
             loss = val_loss(number, epoch)
-            answer = api.post(f"/api/v1/trials/{trial_id}/report",
-                              json={"epoch": epoch, "val_loss": loss, "val_accuracy": 0.5})
+            answer = api.post(
+                f"/api/v1/trials/{trial_id}/report",
+                json={"epoch": epoch, "val_loss": loss, "val_accuracy": 0.5},
+            )
             assert answer.status_code == 200, answer.text
             reported[number][epoch] = loss
             if answer.json()["prune"]:
                 states[number] = "pruned"
                 break
         if states[number] == "complete":
-            done = api.post(f"/api/v1/trials/{trial_id}/complete",
-                            json={"val_loss": reported[number][EPOCHS - 1], "val_accuracy": 0.5})
+            done = api.post(
+                f"/api/v1/trials/{trial_id}/complete",
+                json={"val_loss": reported[number][EPOCHS - 1], "val_accuracy": 0.5},
+            )
             assert done.status_code == 200, done.text
 
 
@@ -78,8 +82,12 @@ def run_scripted_worker(api: httpx.Client, study: str) -> tuple[dict[int, str], 
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the module (what `server_factory` starts, kept for both tests)."""
     folder = tmp_path_factory.mktemp("dashboard")
-    server = Server(storage=f"sqlite:///{folder / 'hpsearch.db'}", data_dir=folder / "server",
-                    port=free_port(), env=server_env())
+    server = Server(
+        storage=f"sqlite:///{folder / 'hpsearch.db'}",
+        data_dir=folder / "server",
+        port=free_port(),
+        env=server_env(),
+    )
     try:
         yield server.start()
     finally:
@@ -120,8 +128,9 @@ def test_dashboard_api_serves_the_learning_curves(finished_study: FinishedStudy)
     assert body["has_intermediate_values"] is True
 
 
-def test_dashboard_renders_the_study_in_chromium(finished_study: FinishedStudy,
-                                                 tmp_path: Path) -> None:
+def test_dashboard_renders_the_study_in_chromium(
+    finished_study: FinishedStudy, tmp_path: Path
+) -> None:
     study = finished_study
     browser = chromium_or_skip()
     shell = httpx.get(study.dashboard_url, timeout=30)
@@ -157,23 +166,40 @@ def chromium_or_skip() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip(f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); "
-                "`apt-get install chromium` (.ci/run does) to run the browser check")
+    pytest.skip(
+        f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)}); "
+        "`apt-get install chromium` (.ci/run does) to run the browser check"
+    )
 
 
 def render(browser: str, url: str, profile: Path, screenshot: Path | None = None) -> str:
     """The DOM of `url` after its scripts ran, from headless Chromium; optionally a screenshot.
     --virtual-time-budget lets the page's timers and fetches run to completion first."""
     command = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-quic", "--no-first-run",
-        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-        f"--window-size={WINDOW[0]},{WINDOW[1]}", "--virtual-time-budget=15000", "--dump-dom",
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--virtual-time-budget=15000",
+        "--dump-dom",
     ]
     if screenshot is not None:
         command.append(f"--screenshot={screenshot}")
-    process = subprocess.Popen([*command, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [*command, url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = process.communicate(timeout=90)
     except subprocess.TimeoutExpired:

@@ -38,8 +38,14 @@ def run_worker(url: str, log: Path, name: str) -> str:
 
 
 def status(url: str, name: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "cli.main", "status", "--server", url, name],
-                       capture_output=True, text=True, cwd=REPO, env=worker_env(), timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "cli.main", "status", "--server", url, name],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=worker_env(),
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -50,9 +56,12 @@ def test_one_class_puts_the_study_in_error_until_fixed_and_resumed(
     root = tmp_path / "pets"
     write_class(root / "train" / "cat", (200, 30, 30))
     write_class(root / "val" / "cat", (200, 30, 30), n=2)
-    spec = digits_spec("pets", data={"kind": "imagefolder", "root": str(root),
-                                     "image_size": 16, "batch_size": 4},
-                       training={"epochs": 1, "seed": 0}, n_trials=1)
+    spec = digits_spec(
+        "pets",
+        data={"kind": "imagefolder", "root": str(root), "image_size": 16, "batch_size": 4},
+        training={"epochs": 1, "seed": 0},
+        n_trials=1,
+    )
     assert api.post("/api/v1/studies", json=spec).status_code == 201
 
     log = run_worker(server.url, tmp_path / "worker.log", "pets")
@@ -71,7 +80,13 @@ def test_one_class_puts_the_study_in_error_until_fixed_and_resumed(
     log = run_worker(server.url, tmp_path / "worker2.log", "pets")
     study = api.get("/api/v1/studies/pets").json()
     assert study["state"] == "done", log[-3000:]
-    assert study["data"] == {"classes": ["cat", "dog"], "train_images": 8, "val_images": 4,
-                             "test_images": 0, "skipped_images": 0}
+    assert study["data"] == {
+        "classes": ["cat", "dog"],
+        "train_images": 8,
+        "val_images": 4,
+        "test_images": 0,
+        "skipped_images": 0,
+    }
     assert "data: 2 classes (cat, dog); 8 train / 4 val / 0 test images" in status(
-        server.url, "pets")
+        server.url, "pets"
+    )

@@ -53,16 +53,18 @@ def new_storage(
 
 
 @pytest.fixture(scope="session")
-def start_server(
-    backend: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerStarter]:
+def start_server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerStarter]:
     """Starts `hpsearch serve` on a free port; the servers are stopped when the tests of the
     backend are done."""
     started: list[Server] = []
 
     def start(storage: str, *, data_dir: Path | None = None, **settings: object) -> Server:
-        server = Server(storage=storage, data_dir=data_dir or tmp_path_factory.mktemp("server"),
-                        port=free_port(), env=server_env(**settings))
+        server = Server(
+            storage=storage,
+            data_dir=data_dir or tmp_path_factory.mktemp("server"),
+            port=free_port(),
+            env=server_env(**settings),
+        )
         started.append(server)
         return server.start()
 

@@ -29,8 +29,9 @@ def storage(new_storage: StorageMaker) -> str:
 def app_over(storage: str, tmp_path: Path) -> TestClient:
     """The app; its own lease keeper sweeps every half hour, so the test's sweeps are the
     only ones."""
-    return TestClient(create_app(Settings(storage=storage, data_dir=tmp_path / "data",
-                                          heartbeat_interval=3600)))
+    return TestClient(
+        create_app(Settings(storage=storage, data_dir=tmp_path / "data", heartbeat_interval=3600))
+    )
 
 
 @pytest.fixture
@@ -77,16 +78,19 @@ def test_done_studies_leave_the_active_set(http: TestClient) -> None:
     assert backend.active_studies() == []
 
 
-def test_studies_of_a_database_from_before_are_found_at_start(storage: str,
-                                                             tmp_path: Path) -> None:
+def test_studies_of_a_database_from_before_are_found_at_start(storage: str, tmp_path: Path) -> None:
     # What an earlier release left: its studies (the spec in the user attrs) and a workers
     # table without labels; no hpsearch_studies table.
     engine = sa.create_engine(storage)
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            "CREATE TABLE hpsearch_workers (worker_id VARCHAR(128) PRIMARY KEY, host VARCHAR(255),"
-            " device VARCHAR(64), study VARCHAR(128), trial_number INTEGER, trial_id INTEGER,"
-            " last_seen TIMESTAMP NOT NULL)"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE hpsearch_workers (worker_id VARCHAR(128) PRIMARY KEY,"
+                " host VARCHAR(255), device VARCHAR(64), study VARCHAR(128),"
+                " trial_number INTEGER, trial_id INTEGER,"
+                " last_seen TIMESTAMP NOT NULL)"
+            )
+        )
     engine.dispose()
     raw = optuna.storages.RDBStorage(storage)
     spec = StudySpec.model_validate(digits_spec("old", n_trials=3, baseline=False))

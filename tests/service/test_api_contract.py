@@ -14,14 +14,18 @@ from service.settings import Settings
 from tests.scripted import API, ScriptedWorker, create_study, trials, unique
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("DELETE", "/trials/claim", "POST"),
-    ("GET", "/trials/1/report", "POST"),
-    ("PUT", "/studies", "GET, POST"),
-    ("PATCH", "/workers", "GET"),
-])
-def test_a_method_the_path_does_not_have_is_405(client: httpx.Client, method: str, path: str,
-                                                allow: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("DELETE", "/trials/claim", "POST"),
+        ("GET", "/trials/1/report", "POST"),
+        ("PUT", "/studies", "GET, POST"),
+        ("PATCH", "/workers", "GET"),
+    ],
+)
+def test_a_method_the_path_does_not_have_is_405(
+    client: httpx.Client, method: str, path: str, allow: str
+) -> None:
     r = client.request(method, f"{API}{path}")
     assert r.status_code == 405, r.text
     assert r.headers["allow"] == allow
@@ -51,12 +55,20 @@ def _claims_total(client: TestClient) -> float:
 
 
 def test_two_apps_in_one_process_count_apart(tmp_path: Path) -> None:
-    apps = [create_app(Settings(storage=f"sqlite:///{tmp_path / f'{k}.db'}",
-                                data_dir=tmp_path / str(k))) for k in (0, 1)]
+    apps = [
+        create_app(
+            Settings(storage=f"sqlite:///{tmp_path / f'{k}.db'}", data_dir=tmp_path / str(k))
+        )
+        for k in (0, 1)
+    ]
     with TestClient(apps[0]) as first, TestClient(apps[1]) as second:
         for client in (first, second):
-            assert client.post(f"{API}/studies", json={
-                "name": "m", "data": {"kind": "digits"}, "n_trials": 3}).status_code == 201
+            assert (
+                client.post(
+                    f"{API}/studies", json={"name": "m", "data": {"kind": "digits"}, "n_trials": 3}
+                ).status_code
+                == 201
+            )
         for _ in range(2):
             assert first.post(f"{API}/trials/claim", json={"worker_id": "w"}).status_code == 200
         assert _claims_total(first) == 2
@@ -79,8 +91,14 @@ def test_the_claim_links_to_the_operations_on_its_trial(client: httpx.Client) ->
         assert [p["name"] for p in operation["parameters"] if p["in"] == "path"] == ["trial_id"]
         assert link["parameters"] == {"trial_id": "$response.body#/trial_id"}
         reached.add(operation["operationId"].split("_api_v1_")[0])
-    assert reached == {"report_epoch", "heartbeat", "complete_trial", "fail_trial",
-                       "upload_checkpoint", "upload_weights"}
+    assert reached == {
+        "report_epoch",
+        "heartbeat",
+        "complete_trial",
+        "fail_trial",
+        "upload_checkpoint",
+        "upload_weights",
+    }
 
 
 def test_the_schema_says_which_data_kind_needs_a_root(client: httpx.Client) -> None:
@@ -88,15 +106,24 @@ def test_the_schema_says_which_data_kind_needs_a_root(client: httpx.Client) -> N
     kinds = {}
     for ref in schemas["StudySpec"]["properties"]["data"]["oneOf"]:
         schema = _resolve({"components": {"schemas": schemas}}, ref["$ref"])
-        kinds[tuple(schema["properties"]["kind"].get("enum", [schema["properties"]["kind"].get(
-            "const")]))] = schema
+        kinds[
+            tuple(
+                schema["properties"]["kind"].get(
+                    "enum", [schema["properties"]["kind"].get("const")]
+                )
+            )
+        ] = schema
     assert "root" in kinds[("imagefolder",)]["required"]
     assert "root" not in kinds[("digits",)].get("required", [])
 
 
 def test_sub_second_leases_reach_the_worker(tmp_path: Path) -> None:
-    settings = Settings(storage=f"sqlite:///{tmp_path / 'h.db'}", data_dir=tmp_path,
-                        heartbeat_interval=0.5, lease_grace=1.5)
+    settings = Settings(
+        storage=f"sqlite:///{tmp_path / 'h.db'}",
+        data_dir=tmp_path,
+        heartbeat_interval=0.5,
+        lease_grace=1.5,
+    )
     assert settings.grace_period == 1.5
     with TestClient(create_app(settings)) as http:
         create_study(http, "sub-second")

@@ -18,13 +18,20 @@ from tests.servers import Server
 
 
 def _put_checkpoint(http: httpx.Client, trial_id: int, epoch: int, data: bytes) -> httpx.Response:
-    return http.put(f"{API}/trials/{trial_id}/checkpoint", params={"epoch": epoch}, content=data,
-                    headers={"content-type": "application/octet-stream"})
+    return http.put(
+        f"{API}/trials/{trial_id}/checkpoint",
+        params={"epoch": epoch},
+        content=data,
+        headers={"content-type": "application/octet-stream"},
+    )
 
 
 def _put_weights(http: httpx.Client, trial_id: int, data: bytes) -> httpx.Response:
-    return http.put(f"{API}/trials/{trial_id}/weights", content=data,
-                    headers={"content-type": "application/octet-stream"})
+    return http.put(
+        f"{API}/trials/{trial_id}/weights",
+        content=data,
+        headers={"content-type": "application/octet-stream"},
+    )
 
 
 def _artifact_file(server: Server, artifact_id: str) -> Path:
@@ -67,11 +74,13 @@ def test_checkpoint_round_trip(client: httpx.Client, shared_server: Server) -> N
     assert _put_checkpoint(client, trial.trial_id, 1, b"late").status_code == 409
 
 
-def test_a_retried_trial_resumes_from_the_checkpoint(client: httpx.Client,
-                                                     shared_server: Server) -> None:
+def test_a_retried_trial_resumes_from_the_checkpoint(
+    client: httpx.Client, shared_server: Server
+) -> None:
     name = unique("resume")
-    create_study(client, name, n_trials=1, training={"epochs": 5, "seed": 0},
-                 pruner={"name": "none"})
+    create_study(
+        client, name, n_trials=1, training={"epochs": 5, "seed": 0}, pruner={"name": "none"}
+    )
     worker = ScriptedWorker(client, "w-first", name)
     first = worker.claim()
     assert first is not None
@@ -115,8 +124,9 @@ def test_a_retried_trial_resumes_from_the_checkpoint(client: httpx.Client,
     assert not _artifact_file(shared_server, checkpoint_id).exists()
 
 
-def test_top_k_weights_are_kept_and_the_rest_collected(client: httpx.Client,
-                                                       shared_server: Server) -> None:
+def test_top_k_weights_are_kept_and_the_rest_collected(
+    client: httpx.Client, shared_server: Server
+) -> None:
     name = unique("weights")
     create_study(client, name, n_trials=5, pruner={"name": "none"}, baseline=False)
     worker = ScriptedWorker(client, "w-weights", name)

@@ -48,8 +48,9 @@ def _start(s3: S3Server, storage: str, data_dir: Path, **settings: object) -> Se
 def s3_servers(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
     """Two server processes with their own data folders, sharing one database and the bucket."""
     storage = f"sqlite:///{tmp_path_factory.mktemp('db') / 'hpsearch.db'}"
-    servers = [_start(s3, storage, tmp_path_factory.mktemp(f"server{i}"), keep_top_k=2)
-               for i in range(2)]
+    servers = [
+        _start(s3, storage, tmp_path_factory.mktemp(f"server{i}"), keep_top_k=2) for i in range(2)
+    ]
     yield servers
     for server in servers:
         server.stop()
@@ -66,16 +67,21 @@ def _key(artifact_id: str) -> str:
 
 
 def _put(http: httpx.Client, path: str, data: bytes, **params: object) -> int:
-    return http.put(f"{API}/trials/{path}", params=params, content=data,
-                    headers={"content-type": "application/octet-stream"}).status_code
+    return http.put(
+        f"{API}/trials/{path}",
+        params=params,
+        content=data,
+        headers={"content-type": "application/octet-stream"},
+    ).status_code
 
 
 def test_checkpoints_land_under_the_prefix_and_resume_through_another_process(
     client: httpx.Client, s3_servers: list[Server], s3: S3Server
 ) -> None:
     name = unique("s3-resume")
-    create_study(client, name, n_trials=1, training={"epochs": 3, "seed": 0},
-                 pruner={"name": "none"})
+    create_study(
+        client, name, n_trials=1, training={"epochs": 3, "seed": 0}, pruner={"name": "none"}
+    )
     worker = ScriptedWorker(client, "w-s3-first", name)
     first = worker.claim()
     assert first is not None
@@ -144,9 +150,21 @@ def test_a_missing_bucket_stops_the_server_at_start_with_one_line(
 ) -> None:
     env = {**server_env(artifacts=f"s3://{bucket}/x"), **s3.env()}
     done = subprocess.run(
-        [sys.executable, "-m", "cli.main", "serve", "--port", str(free_port()),
-         "--data-dir", str(tmp_path)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode != 0
     assert "Traceback" not in done.stderr

@@ -70,9 +70,13 @@ def _calls(study: str) -> list[tuple[str, str, dict | None]]:
 def test_missing_or_wrong_token_is_401(secured: Server, admin: httpx.Client) -> None:
     study = unique("guarded")
     assert admin.post(f"{API}/studies", json=digits_spec(study)).status_code == 201
-    for headers in ({}, {"authorization": "Bearer not-a-token"},
-                    {"authorization": f"Bearer {ADMIN}x"}, {"authorization": "Basic !!!"},
-                    {"authorization": f"Token {ADMIN}"}):
+    for headers in (
+        {},
+        {"authorization": "Bearer not-a-token"},
+        {"authorization": f"Bearer {ADMIN}x"},
+        {"authorization": "Basic !!!"},
+        {"authorization": f"Token {ADMIN}"},
+    ):
         with _client(secured) as http:
             for method, path, body in _calls(study):
                 r = http.request(method, path, json=body, headers=headers)
@@ -89,10 +93,12 @@ def test_a_token_of_the_wrong_kind_is_403(secured: Server, admin: httpx.Client) 
         for http in (reader, worker):
             assert http.get(f"{API}/studies/{study}").status_code == 200
             assert http.get("/metrics").status_code == 200
-            for method, path, body in (("POST", f"{API}/studies", digits_spec(unique("x"))),
-                                       ("POST", f"{API}/studies/{study}/stop", None),
-                                       ("POST", f"{API}/studies/{study}/resume", None),
-                                       ("DELETE", f"{API}/studies/{study}", None)):
+            for method, path, body in (
+                ("POST", f"{API}/studies", digits_spec(unique("x"))),
+                ("POST", f"{API}/studies/{study}/stop", None),
+                ("POST", f"{API}/studies/{study}/resume", None),
+                ("DELETE", f"{API}/studies/{study}", None),
+            ):
                 r = http.request(method, path, json=body)
                 assert r.status_code == 403, (method, path, r.text)
                 assert "admin" in r.json()["detail"]
@@ -106,8 +112,10 @@ def test_a_token_of_the_wrong_kind_is_403(secured: Server, admin: httpx.Client) 
         r = worker.post(f"{API}/trials/{trial_id}/report", json={"epoch": 0, "val_loss": 1.0})
         assert r.status_code == 200
         assert reader.post(f"{API}/trials/{trial_id}/heartbeat").status_code == 403
-        assert worker.post(f"{API}/trials/{trial_id}/complete",
-                           json={"val_loss": 1.0}).status_code == 200
+        assert (
+            worker.post(f"{API}/trials/{trial_id}/complete", json={"val_loss": 1.0}).status_code
+            == 200
+        )
     [trial] = optuna.load_study(study_name=study, storage=secured.storage).trials
     assert trial.state == optuna.trial.TrialState.COMPLETE
 
@@ -153,6 +161,7 @@ def test_no_secret_in_the_log_or_any_body(secured: Server, admin: httpx.Client) 
 
 
 # --- the rules without a server ---------------------------------------------------------
+
 
 def _settings(**values: object) -> Settings:
     return Settings(storage=SecretStr("sqlite:///x.db"), **values)

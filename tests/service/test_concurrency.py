@@ -98,14 +98,20 @@ def _study(server: Server) -> str:
     name = unique("crowd")
     with httpx.Client(base_url=server.url, timeout=60) as http:
         # The random sampler: what is tested is the budget, not the sampling.
-        create_study(http, name, n_trials=N_TRIALS, training={"epochs": 2, "seed": 0},
-                     sampler={"name": "random", "seed": 0})
+        create_study(
+            http,
+            name,
+            n_trials=N_TRIALS,
+            training={"epochs": 2, "seed": 0},
+            sampler={"name": "random", "seed": 0},
+        )
     return name
 
 
 @pytest.mark.slow
-def test_sixteen_workers_two_servers_one_postgresql(server_factory: ServerFactory,
-                                                   storage_url: str) -> None:
+def test_sixteen_workers_two_servers_one_postgresql(
+    server_factory: ServerFactory, storage_url: str
+) -> None:
     if not storage_url.startswith("postgresql"):
         pytest.skip("two server processes on one database: PostgreSQL")
     first = server_factory(storage_url)

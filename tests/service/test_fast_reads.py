@@ -85,12 +85,13 @@ def test_trial_facts_equal_optunas_trial(
     ],
     ids=["median", "percentile", "threshold"],
 )
-def test_completed_trials_view_prunes_as_the_study_does(raw: optuna.storages.BaseStorage, 
-    backend_store: Backend, pruner: optuna.pruners.BasePruner
+def test_completed_trials_view_prunes_as_the_study_does(
+    raw: optuna.storages.BaseStorage, backend_store: Backend, pruner: optuna.pruners.BasePruner
 ) -> None:
     assert reads_completed_only(pruner)
-    study = optuna.create_study(storage=raw, pruner=pruner,
-                                study_name=f"view-{type(pruner).__name__}")
+    study = optuna.create_study(
+        storage=raw, pruner=pruner, study_name=f"view-{type(pruner).__name__}"
+    )
     rng = random.Random(7)
 
     def curve(trial: optuna.Trial, steps: int) -> None:

@@ -25,8 +25,9 @@ HEARTBEAT = 1
 
 @pytest.fixture(scope="module")
 def lease_server(new_storage: StorageMaker, start_server: ServerStarter) -> Server:
-    return start_server(new_storage(), heartbeat_interval=HEARTBEAT, lease_grace=GRACE,
-                        max_retries=1)
+    return start_server(
+        new_storage(), heartbeat_interval=HEARTBEAT, lease_grace=GRACE, max_retries=1
+    )
 
 
 @pytest.fixture
@@ -49,8 +50,9 @@ def _states(http: httpx.Client, study: str) -> list[str]:
     return [t["state"] for t in trials(http, study)]
 
 
-def test_silent_worker_is_failed_and_its_trial_requeued(http: httpx.Client,
-                                                       lease_server: Server) -> None:
+def test_silent_worker_is_failed_and_its_trial_requeued(
+    http: httpx.Client, lease_server: Server
+) -> None:
     name = unique("silent")
     create_study(http, name, n_trials=2)
     dead = ScriptedWorker(http, "dead-worker", name)
@@ -68,8 +70,9 @@ def test_silent_worker_is_failed_and_its_trial_requeued(http: httpx.Client,
         assert r.json() == {"trial_id": kept.trial_id, "heartbeat_interval": HEARTBEAT}
         return True
 
-    took = _wait_for(lambda: beat() and _states(http, name)[0] == "fail", 15,
-                     "the silent trial failed")
+    took = _wait_for(
+        lambda: beat() and _states(http, name)[0] == "fail", 15, "the silent trial failed"
+    )
     assert took < GRACE + 5
     study = optuna.load_study(study_name=name, storage=lease_server.storage)
     failed, running, waiting = study.trials
@@ -90,10 +93,13 @@ def test_silent_worker_is_failed_and_its_trial_requeued(http: httpx.Client,
 
     # The dead worker wakes up: everything it sends is refused and changes nothing.
     assert alive.heartbeat(retry.trial_id).status_code == 200
-    for response in (dead.report(lost.trial_id, 1, 0.1), dead.heartbeat(lost.trial_id),
-                     dead.complete(lost.trial_id, 0.1), dead.fail(lost.trial_id, "late"),
-                     http.put(f"{API}/trials/{lost.trial_id}/checkpoint?epoch=0",
-                              content=b"late")):
+    for response in (
+        dead.report(lost.trial_id, 1, 0.1),
+        dead.heartbeat(lost.trial_id),
+        dead.complete(lost.trial_id, 0.1),
+        dead.fail(lost.trial_id, "late"),
+        http.put(f"{API}/trials/{lost.trial_id}/checkpoint?epoch=0", content=b"late"),
+    ):
         assert response.status_code == 409, response.text
         assert "lease has ended" in response.json()["detail"]
     study = optuna.load_study(study_name=name, storage=lease_server.storage)
@@ -104,14 +110,14 @@ def test_silent_worker_is_failed_and_its_trial_requeued(http: httpx.Client,
     assert study.trials[retry.number].intermediate_values == {}
 
     # The retry's worker dies too: with one retry allowed, it is not queued again.
-    _wait_for(lambda: beat() and _states(http, name)[retry.number] == "fail", 15,
-              "the retry failed")
+    _wait_for(
+        lambda: beat() and _states(http, name)[retry.number] == "fail", 15, "the retry failed"
+    )
     for _ in range(4):  # a few more sweeps: still nothing re-queued
         beat()
         time.sleep(0.25)
     study = optuna.load_study(study_name=name, storage=lease_server.storage)
-    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING,
-                                               TrialState.FAIL]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.FAIL]
     assert beating.run(kept, [0.5]) == "complete"
     # The lost trial's budget is not spent: a new trial is sampled in its place.
     fresh = alive.claim()
@@ -119,8 +125,9 @@ def test_silent_worker_is_failed_and_its_trial_requeued(http: httpx.Client,
     assert trials(http, name)[3]["retry_of"] is None
 
 
-def test_handing_back_requeues_at_once_within_the_retry_limit(http: httpx.Client,
-                                                               lease_server: Server) -> None:
+def test_handing_back_requeues_at_once_within_the_retry_limit(
+    http: httpx.Client, lease_server: Server
+) -> None:
     name = unique("handback")
     create_study(http, name, n_trials=1, baseline=False)
     worker = ScriptedWorker(http, "stopping-worker", name)
@@ -148,8 +155,9 @@ def test_handing_back_requeues_at_once_within_the_retry_limit(http: httpx.Client
     assert worker.claim() is None  # one trial asked for, one finished
 
 
-def test_a_trial_handed_out_by_a_dying_server_is_recovered(http: httpx.Client,
-                                                            lease_server: Server) -> None:
+def test_a_trial_handed_out_by_a_dying_server_is_recovered(
+    http: httpx.Client, lease_server: Server
+) -> None:
     """A server killed between popping a trial and recording its first heartbeat leaves a
     running trial with no lease at all; the sweep gives it one, so it fails and is retried."""
     name = unique("orphan")
@@ -197,9 +205,26 @@ def test_metrics_after_a_scripted_run(http: httpx.Client) -> None:
     for state, count in expected.items():
         assert _metric(text, "hpsearch_trials", study=name, state=state) == count
     assert _metric(text, "hpsearch_connected_workers") >= 1
-    assert _metric(text, "hpsearch_request_seconds_count", method="POST",
-                   route="/api/v1/trials/claim") >= 5
-    assert _metric(text, "hpsearch_request_seconds_count", method="POST",
-                   route="/api/v1/trials/{trial_id}/report") >= 4
-    assert _metric(text, "hpsearch_request_seconds_bucket", method="POST",
-                   route="/api/v1/trials/{trial_id}/report", le="+Inf") >= 4
+    assert (
+        _metric(text, "hpsearch_request_seconds_count", method="POST", route="/api/v1/trials/claim")
+        >= 5
+    )
+    assert (
+        _metric(
+            text,
+            "hpsearch_request_seconds_count",
+            method="POST",
+            route="/api/v1/trials/{trial_id}/report",
+        )
+        >= 4
+    )
+    assert (
+        _metric(
+            text,
+            "hpsearch_request_seconds_bucket",
+            method="POST",
+            route="/api/v1/trials/{trial_id}/report",
+            le="+Inf",
+        )
+        >= 4
+    )

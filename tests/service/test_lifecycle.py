@@ -43,8 +43,7 @@ def test_stop_then_resume_hands_out_trials_again(client: httpx.Client) -> None:
     assert worker.claim() is not None
 
 
-def test_stop_cancel_running_hands_trials_back_and_resume_reruns_them(
-        client: httpx.Client) -> None:
+def test_stop_cancel_running_hands_trials_back_and_resume_reruns_them(client: httpx.Client) -> None:
     name = unique("cancel")
     create_study(client, name, n_trials=4, pruner={"name": "none"})
     workers = [ScriptedWorker(client, f"w-cancel-{i}", name) for i in range(2)]
@@ -69,7 +68,8 @@ def test_stop_cancel_running_hands_trials_back_and_resume_reruns_them(
     assert client.post(f"{API}/studies/{name}/resume").status_code == 200
     reruns = [workers[0].claim(), workers[1].claim()]
     assert sorted(tuple(sorted(t.params.items())) for t in reruns) == sorted(
-        tuple(sorted(t.params.items())) for t in held)
+        tuple(sorted(t.params.items())) for t in held
+    )
     assert {t.body["is_baseline"] for t in reruns} == {True, False}
 
 
@@ -91,8 +91,14 @@ def test_resume_an_unknown_study_is_404(client: httpx.Client) -> None:
 def _source(client: httpx.Client, name: str, losses: list[float]) -> list[dict]:
     """A finished study over lr only (random sampler): the baseline and len(losses) - 1 more
     trials, completed with these losses in order. Returns its trials."""
-    create_study(client, name, n_trials=len(losses), search_space=LR_ONLY,
-                 sampler={"name": "random", "seed": 7}, pruner={"name": "none"})
+    create_study(
+        client,
+        name,
+        n_trials=len(losses),
+        search_space=LR_ONLY,
+        sampler={"name": "random", "seed": 7},
+        pruner={"name": "none"},
+    )
     worker = ScriptedWorker(client, f"w-{name}", name)
     for loss in losses:
         claimed = worker.claim()
@@ -102,7 +108,8 @@ def _source(client: httpx.Client, name: str, losses: list[float]) -> list[dict]:
 
 
 def test_warm_start_runs_the_source_top_k_first_and_learns_from_its_history(
-        client: httpx.Client, shared_server: Server) -> None:
+    client: httpx.Client, shared_server: Server
+) -> None:
     source = unique("warm-src")
     done = _source(client, source, [0.50, 0.20, 0.40, 0.10, 0.30, 0.35, 0.25])
     # The new space is narrower: configurations outside it do not fit.
@@ -112,9 +119,14 @@ def test_warm_start_runs_the_source_top_k_first_and_learns_from_its_history(
     assert 4 <= len(fitting) < len(done)
 
     name = unique("warm")
-    created = create_study(client, name, n_trials=5, search_space=space,
-                           pruner={"name": "none"},
-                           warm_start={"study": source, "top_k": 3, "history": True})
+    created = create_study(
+        client,
+        name,
+        n_trials=5,
+        search_space=space,
+        pruner={"name": "none"},
+        warm_start={"study": source, "top_k": 3, "history": True},
+    )
     assert created["finished"] == 0 and created["counts"]["complete"] == 0
     assert created["spec"]["warm_start"] == {"study": source, "top_k": 3, "history": True}
 
@@ -157,8 +169,9 @@ def test_warm_start_runs_the_source_top_k_first_and_learns_from_its_history(
     stored = _load(shared_server, name).get_trials()
     marked = [t for t in stored if t.user_attrs.get("prior")]
     assert len(marked) == len(fitting)
-    assert all(t.state == TrialState.COMPLETE and t.user_attrs["prior"].startswith(source)
-               for t in marked)
+    assert all(
+        t.state == TrialState.COMPLETE and t.user_attrs["prior"].startswith(source) for t in marked
+    )
     assert all(t.distributions["lr"].low == low for t in marked)
 
 
@@ -166,8 +179,14 @@ def test_warm_start_without_history_and_the_budget_caps_top_k(client: httpx.Clie
     source = unique("warm-src")
     _source(client, source, [0.5, 0.2, 0.4, 0.1])
     name = unique("warm-nohist")
-    create_study(client, name, n_trials=2, search_space=LR_ONLY, pruner={"name": "none"},
-                 warm_start={"study": source, "top_k": 10, "history": False})
+    create_study(
+        client,
+        name,
+        n_trials=2,
+        search_space=LR_ONLY,
+        pruner={"name": "none"},
+        warm_start={"study": source, "top_k": 10, "history": False},
+    )
     listed = trials(client, name)
     assert not any(t["prior"] for t in listed)
     # The baseline and one configuration: n_trials is 2.
@@ -178,9 +197,15 @@ def test_pruner_ignores_prior_trials(client: httpx.Client) -> None:
     source = unique("warm-src")
     _source(client, source, [0.5, 0.2, 0.4, 0.1])
     name = unique("warm-prune")
-    create_study(client, name, n_trials=5, search_space=LR_ONLY, baseline=False,
-                 pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
-                 warm_start={"study": source, "top_k": 0})
+    create_study(
+        client,
+        name,
+        n_trials=5,
+        search_space=LR_ONLY,
+        baseline=False,
+        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+        warm_start={"study": source, "top_k": 0},
+    )
     assert sum(t["prior"] for t in trials(client, name)) == 4
     worker = ScriptedWorker(client, f"w-{name}", name)
     first = worker.claim()
@@ -193,11 +218,13 @@ def test_pruner_ignores_prior_trials(client: httpx.Client) -> None:
     assert r.status_code == 200 and r.json() == {"prune": False}
 
 
-def test_warm_start_from_an_unknown_study_is_422(client: httpx.Client,
-                                                  shared_server: Server) -> None:
+def test_warm_start_from_an_unknown_study_is_422(
+    client: httpx.Client, shared_server: Server
+) -> None:
     name = unique("warm-ghost")
-    r = client.post(f"{API}/studies",
-                    json=digits_spec(name, warm_start={"study": unique("no-such-study")}))
+    r = client.post(
+        f"{API}/studies", json=digits_spec(name, warm_start={"study": unique("no-such-study")})
+    )
     assert r.status_code == 422, r.text
     assert r.json()["field"] == "warm_start.study"
     assert "no study named" in r.json()["detail"]
@@ -230,10 +257,17 @@ def test_every_message_about_a_trial_of_a_deleted_study_is_404(client: httpx.Cli
     answers = [
         worker.heartbeat(running.trial_id),
         worker.report(running.trial_id, 1, 0.8),
-        client.put(f"{API}/trials/{running.trial_id}/checkpoint", params={"epoch": 0},
-                   content=b"state", headers={"Content-Type": "application/octet-stream"}),
-        client.put(f"{API}/trials/{running.trial_id}/weights", content=b"weights",
-                   headers={"Content-Type": "application/octet-stream"}),
+        client.put(
+            f"{API}/trials/{running.trial_id}/checkpoint",
+            params={"epoch": 0},
+            content=b"state",
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+        client.put(
+            f"{API}/trials/{running.trial_id}/weights",
+            content=b"weights",
+            headers={"Content-Type": "application/octet-stream"},
+        ),
         worker.complete(running.trial_id, 0.8),
         worker.fail(running.trial_id, "gone", retry=True),
     ]
@@ -241,7 +275,8 @@ def test_every_message_about_a_trial_of_a_deleted_study_is_404(client: httpx.Cli
 
 
 def test_the_worker_client_takes_a_404_for_its_trial_as_a_lost_lease(
-        client: httpx.Client, shared_server: Server) -> None:
+    client: httpx.Client, shared_server: Server
+) -> None:
     name = unique("gone")
     create_study(client, name, n_trials=3)
     worker = ServerClient(shared_server.url, worker_id="w-gone", retry_for_s=5)
@@ -274,7 +309,8 @@ def test_the_worker_client_takes_a_404_for_its_trial_as_a_lost_lease(
 
 
 def test_a_late_message_never_reaches_the_trial_that_took_a_deleted_trial_id(
-        client: httpx.Client) -> None:
+    client: httpx.Client,
+) -> None:
     """SQLite gives the highest trial ids to new trials after a delete: a message naming its
     worker about a deleted trial gets 409 there (404 where ids are not reused), and the new
     trial that took the id is left alone."""
@@ -290,14 +326,21 @@ def test_a_late_message_never_reaches_the_trial_that_took_a_deleted_trial_id(
     mine = {"worker_id": "w-late"}
     answers = [
         client.post(f"{API}/trials/{late.trial_id}/heartbeat", params=mine),
-        client.post(f"{API}/trials/{late.trial_id}/report", params=mine,
-                    json={"epoch": 3, "val_loss": 0.5}),
-        client.put(f"{API}/trials/{late.trial_id}/checkpoint", params={"epoch": 0, **mine},
-                   content=b"state", headers={"Content-Type": "application/octet-stream"}),
-        client.post(f"{API}/trials/{late.trial_id}/fail", params=mine,
-                    json={"reason": "late", "retry": False}),
-        client.post(f"{API}/trials/{late.trial_id}/complete", params=mine,
-                    json={"val_loss": 0.5}),
+        client.post(
+            f"{API}/trials/{late.trial_id}/report", params=mine, json={"epoch": 3, "val_loss": 0.5}
+        ),
+        client.put(
+            f"{API}/trials/{late.trial_id}/checkpoint",
+            params={"epoch": 0, **mine},
+            content=b"state",
+            headers={"Content-Type": "application/octet-stream"},
+        ),
+        client.post(
+            f"{API}/trials/{late.trial_id}/fail",
+            params=mine,
+            json={"reason": "late", "retry": False},
+        ),
+        client.post(f"{API}/trials/{late.trial_id}/complete", params=mine, json={"val_loss": 0.5}),
     ]
     expected = 409 if late.trial_id == current.trial_id else 404
     assert [r.status_code for r in answers] == [expected] * len(answers), [r.text for r in answers]
@@ -309,10 +352,14 @@ def test_a_late_message_never_reaches_the_trial_that_took_a_deleted_trial_id(
 
 
 def test_a_grid_study_counts_the_warm_start_configurations_as_its_combinations(
-        client: httpx.Client) -> None:
+    client: httpx.Client,
+) -> None:
     grid = {"lr": {"type": "categorical", "choices": [0.001, 0.01, 0.1]}}
-    options = {"search_space": grid, "sampler": {"name": "grid", "seed": 0},
-               "pruner": {"name": "none"}}
+    options = {
+        "search_space": grid,
+        "sampler": {"name": "grid", "seed": 0},
+        "pruner": {"name": "none"},
+    }
     source = unique("grid-src")
     create_study(client, source, n_trials=3, **options)
     worker = ScriptedWorker(client, f"w-{source}", source)

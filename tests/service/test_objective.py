@@ -15,8 +15,9 @@ ACCURACY = {"metric": "val_accuracy", "epoch": "last"}
 RANDOM = {"name": "random", "seed": 0}
 
 
-def _run(worker: ScriptedWorker, curve: list[tuple[float, float]],
-         complete: dict | None = None) -> tuple[int, str]:
+def _run(
+    worker: ScriptedWorker, curve: list[tuple[float, float]], complete: dict | None = None
+) -> tuple[int, str]:
     """Claim a trial, report (val_loss, val_accuracy) per epoch, complete with the last (or
     ``complete``) unless pruned. Returns (number, end state)."""
     trial = worker.claim()
@@ -33,11 +34,13 @@ def _run(worker: ScriptedWorker, curve: list[tuple[float, float]],
     return trial.number, "complete"
 
 
-def test_val_accuracy_is_maximised_and_ranks_the_best(client: httpx.Client,
-                                                      shared_server: Server) -> None:
+def test_val_accuracy_is_maximised_and_ranks_the_best(
+    client: httpx.Client, shared_server: Server
+) -> None:
     name = unique("accuracy")
-    create_study(client, name, objective=ACCURACY, sampler=RANDOM, n_trials=3,
-                 pruner={"name": "none"})
+    create_study(
+        client, name, objective=ACCURACY, sampler=RANDOM, n_trials=3, pruner={"name": "none"}
+    )
     study = optuna.load_study(study_name=name, storage=shared_server.storage)
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     worker = ScriptedWorker(client, "acc-w", name)
@@ -63,7 +66,8 @@ def test_val_accuracy_is_maximised_and_ranks_the_best(client: httpx.Client,
 
 
 def test_the_default_objective_is_val_loss_and_its_values_unchanged(
-        client: httpx.Client, shared_server: Server) -> None:
+    client: httpx.Client, shared_server: Server
+) -> None:
     name = unique("loss")
     created = create_study(client, name, sampler=RANDOM, n_trials=2, pruner={"name": "none"})
     assert created["spec"]["objective"] == {"metric": "val_loss", "epoch": "last"}
@@ -79,8 +83,9 @@ def test_the_default_objective_is_val_loss_and_its_values_unchanged(
 
 
 @pytest.mark.parametrize(("metric", "low_pruned"), [("val_accuracy", True), ("val_loss", False)])
-def test_the_pruner_follows_the_metric_direction(client: httpx.Client, metric: str,
-                                                 low_pruned: bool) -> None:
+def test_the_pruner_follows_the_metric_direction(
+    client: httpx.Client, metric: str, low_pruned: bool
+) -> None:
     """Two trials complete with epoch-0 values 0.6 and 0.8; a third reporting 0.1 at epoch 0 is
     below the median: pruned when accuracy is maximised, kept when loss is minimised."""
     name = unique("prune-dir")
@@ -139,15 +144,26 @@ def test_epoch_best_takes_the_best_epochs_values(client: httpx.Client) -> None:
 def test_warm_start_history_needs_the_same_metric(client: httpx.Client) -> None:
     source = unique("ws-loss")
     create_study(client, source, n_trials=1)
-    r = client.post(f"{API}/studies", json={
-        "name": unique("ws-acc"), "data": {"kind": "digits", "image_size": 16},
-        "training": {"epochs": 3}, "objective": ACCURACY, "warm_start": {"study": source},
-    })
+    r = client.post(
+        f"{API}/studies",
+        json={
+            "name": unique("ws-acc"),
+            "data": {"kind": "digits", "image_size": 16},
+            "training": {"epochs": 3},
+            "objective": ACCURACY,
+            "warm_start": {"study": source},
+        },
+    )
     assert r.status_code == 422, r.text
     assert r.json()["field"] == "warm_start.history"
-    r = client.post(f"{API}/studies", json={
-        "name": unique("ws-acc"), "data": {"kind": "digits", "image_size": 16},
-        "training": {"epochs": 3}, "objective": ACCURACY,
-        "warm_start": {"study": source, "history": False},
-    })
+    r = client.post(
+        f"{API}/studies",
+        json={
+            "name": unique("ws-acc"),
+            "data": {"kind": "digits", "image_size": 16},
+            "training": {"epochs": 3},
+            "objective": ACCURACY,
+            "warm_start": {"study": source, "history": False},
+        },
+    )
     assert r.status_code == 201, r.text

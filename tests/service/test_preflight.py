@@ -16,8 +16,13 @@ from tests.scripted import API, Claimed, ScriptedWorker, create_study, summary, 
 from tests.servers import Server
 from tests.service.conftest import ServerStarter, StorageMaker
 
-DATA = {"classes": ["cat", "dog"], "train_images": 40, "val_images": 10, "test_images": 5,
-        "skipped_images": 1}
+DATA = {
+    "classes": ["cat", "dog"],
+    "train_images": 40,
+    "val_images": 10,
+    "test_images": 5,
+    "skipped_images": 1,
+}
 
 
 def preflight(http: httpx.Client, trial: Claimed, **result: Any) -> httpx.Response:

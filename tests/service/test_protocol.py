@@ -60,8 +60,13 @@ def test_median_pruner_prunes_clearly_worse_trials(
     client: httpx.Client, shared_server: Server
 ) -> None:
     name = unique("prune")
-    create_study(client, name, n_trials=5, training={"epochs": 4, "seed": 0},
-                 pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0})
+    create_study(
+        client,
+        name,
+        n_trials=5,
+        training={"epochs": 4, "seed": 0},
+        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+    )
     worker = ScriptedWorker(client, "w-prune", name)
     good = [1.0, 0.8, 0.6, 0.5]
     assert worker.run(_claimed(worker), good) == "complete"
@@ -126,14 +131,24 @@ def test_unknown_study_or_trial_is_404(client: httpx.Client) -> None:
     r = client.post(f"{API}/trials/claim", json={"worker_id": "w", "study": "no-such-study"})
     assert r.status_code == 404 and "no-such-study" in r.json()["detail"]
     missing = 987_654_321
-    for response in (worker.report(missing, 0, 1.0), worker.heartbeat(missing),
-                     worker.complete(missing, 1.0), worker.fail(missing, "x"),
-                     client.get(f"{API}/trials/{missing}/checkpoint"),
-                     client.put(f"{API}/trials/{missing}/checkpoint?epoch=0", content=b"x")):
+    for response in (
+        worker.report(missing, 0, 1.0),
+        worker.heartbeat(missing),
+        worker.complete(missing, 1.0),
+        worker.fail(missing, "x"),
+        client.get(f"{API}/trials/{missing}/checkpoint"),
+        client.put(f"{API}/trials/{missing}/checkpoint?epoch=0", content=b"x"),
+    ):
         assert response.status_code == 404, response.text
         assert response.json()["detail"]
-    for method, path in (("GET", ""), ("GET", "/best"), ("GET", "/trials"), ("POST", "/stop"),
-                         ("DELETE", ""), ("GET", "/trials/0/weights")):
+    for method, path in (
+        ("GET", ""),
+        ("GET", "/best"),
+        ("GET", "/trials"),
+        ("POST", "/stop"),
+        ("DELETE", ""),
+        ("GET", "/trials/0/weights"),
+    ):
         r = client.request(method, f"{API}/studies/no-such-study{path}")
         assert r.status_code == 404, (method, path, r.text)
 
@@ -149,8 +164,11 @@ def test_messages_for_a_finished_trial_are_409_and_change_nothing(
     assert worker.report(failed.trial_id, 0, 2.0).status_code == 200
     assert worker.fail(failed.trial_id, "bad node").status_code == 200
     for trial in (complete, failed):
-        for response in (worker.report(trial.trial_id, 2, 0.1), worker.heartbeat(trial.trial_id),
-                         worker.fail(trial.trial_id, "again")):
+        for response in (
+            worker.report(trial.trial_id, 2, 0.1),
+            worker.heartbeat(trial.trial_id),
+            worker.fail(trial.trial_id, "again"),
+        ):
             assert response.status_code == 409, response.text
             assert "lease has ended" in response.json()["detail"]
     assert worker.complete(failed.trial_id, 0.1).status_code == 409
@@ -190,8 +208,11 @@ def test_bad_values_are_422_and_store_nothing(client: httpx.Client, shared_serve
     assert worker.report(trial.trial_id, 0, 1.0).status_code == 200
     for action, bodies in (("report", BAD_REPORTS), ("complete", BAD_COMPLETES)):
         for raw in bodies:
-            r = client.post(f"{API}/trials/{trial.trial_id}/{action}", content=raw,
-                            headers={"content-type": "application/json"})
+            r = client.post(
+                f"{API}/trials/{trial.trial_id}/{action}",
+                content=raw,
+                headers={"content-type": "application/json"},
+            )
             assert r.status_code == 422, (raw, r.text)
             assert r.json()["field"] in {"val_loss", "val_accuracy", "epoch", "extra"}, r.text
     [stored] = _load(shared_server, name).trials
@@ -234,8 +255,11 @@ def test_oversized_json_bodies_are_413(client: httpx.Client, shared_server: Serv
     trial = _claimed(worker)
     padding = " " * (2 << 20)
     body = ('{"epoch": 0, "val_loss": 1.0,' + padding + '"val_accuracy": 0.5}').encode()
-    r = client.post(f"{API}/trials/{trial.trial_id}/report", content=body,
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        f"{API}/trials/{trial.trial_id}/report",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
 
     def chunks():  # no Content-Length: the server has to count
@@ -244,11 +268,17 @@ def test_oversized_json_bodies_are_413(client: httpx.Client, shared_server: Serv
             yield b" " * 1024
         yield b'"val_accuracy": 0.5}'
 
-    r = client.post(f"{API}/trials/{trial.trial_id}/report", content=chunks(),
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        f"{API}/trials/{trial.trial_id}/report",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
-    r = client.post(f"{API}/studies", content=b'{"name": "huge-spec",' + padding.encode() + b"}",
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        f"{API}/studies",
+        content=b'{"name": "huge-spec",' + padding.encode() + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413
     [stored] = _load(shared_server, name).trials
     assert stored.intermediate_values == {} and stored.state == TrialState.RUNNING
@@ -257,8 +287,9 @@ def test_oversized_json_bodies_are_413(client: httpx.Client, shared_server: Serv
 
 def test_summary_best_and_trials(client: httpx.Client, shared_server: Server) -> None:
     name = unique("summary")
-    create_study(client, name, n_trials=3, sampler={"name": "random", "seed": 7},
-                 pruner={"name": "none"})
+    create_study(
+        client, name, n_trials=3, sampler={"name": "random", "seed": 7}, pruner={"name": "none"}
+    )
     assert summary(client, name)["state"] == "running"
     worker = ScriptedWorker(client, "w-summary", name)
     baseline, better, worse = (_claimed(worker) for _ in range(3))
@@ -350,8 +381,10 @@ def test_delete_removes_the_study(client: httpx.Client, shared_server: Server) -
     assert client.get(f"{API}/studies/{name}").status_code == 404
     assert client.delete(f"{API}/studies/{name}").status_code == 404
     assert worker.report(trial.trial_id, 1, 1.0).status_code == 404
-    assert client.post(f"{API}/trials/claim",
-                       json={"worker_id": "w", "study": name}).status_code == 404
+    assert (
+        client.post(f"{API}/trials/claim", json={"worker_id": "w", "study": name}).status_code
+        == 404
+    )
     assert name not in optuna.get_all_study_names(storage=shared_server.storage)
     assert name not in [s["name"] for s in client.get(f"{API}/studies").json()]
     # The name is free again.
@@ -375,11 +408,15 @@ def test_duplicates_sent_at_once_are_harmless(client: httpx.Client, shared_serve
                 for http in clients:
                     http.close()
 
-    reports = at_once(lambda http: http.post(f"{API}/trials/{trial.trial_id}/report",
-                                             json={"epoch": 0, "val_loss": 0.6}))
+    reports = at_once(
+        lambda http: http.post(
+            f"{API}/trials/{trial.trial_id}/report", json={"epoch": 0, "val_loss": 0.6}
+        )
+    )
     assert [r.status_code for r in reports] == [200] * 4
-    completes = at_once(lambda http: http.post(f"{API}/trials/{trial.trial_id}/complete",
-                                               json={"val_loss": 0.6}))
+    completes = at_once(
+        lambda http: http.post(f"{API}/trials/{trial.trial_id}/complete", json={"val_loss": 0.6})
+    )
     assert [r.status_code for r in completes] == [200] * 4, [r.text for r in completes]
     [stored] = _load(shared_server, name).trials
     assert stored.state == TrialState.COMPLETE and stored.intermediate_values == {0: 0.6}

@@ -19,22 +19,34 @@ def test_kill_and_restart_mid_study(server_factory: ServerFactory, storage_url: 
     name = unique("restart")
     checkpoint = os.urandom(10_000)
     with httpx.Client(base_url=server.url, timeout=60) as http:
-        create_study(http, name, n_trials=3, training={"epochs": 3, "seed": 0},
-                     pruner={"name": "none"})
+        create_study(
+            http, name, n_trials=3, training={"epochs": 3, "seed": 0}, pruner={"name": "none"}
+        )
         a, b = ScriptedWorker(http, "w-a", name), ScriptedWorker(http, "w-b", name)
         running = a.claim()
         assert running is not None
         assert a.report(running.trial_id, 0, 1.0).status_code == 200
         assert a.report(running.trial_id, 1, 0.8).status_code == 200
-        assert http.put(f"{API}/trials/{running.trial_id}/checkpoint", params={"epoch": 1},
-                        content=checkpoint).status_code == 204
+        assert (
+            http.put(
+                f"{API}/trials/{running.trial_id}/checkpoint",
+                params={"epoch": 1},
+                content=checkpoint,
+            ).status_code
+            == 204
+        )
         handed_back = b.claim()
         assert handed_back is not None
         assert b.fail(handed_back.trial_id, "stopping", retry=True).status_code == 200
         before = summary(http, name)
         trials_before = trials(http, name)
-        assert before["counts"] == {"waiting": 1, "running": 1, "complete": 0, "pruned": 0,
-                                    "fail": 1}
+        assert before["counts"] == {
+            "waiting": 1,
+            "running": 1,
+            "complete": 0,
+            "pruned": 0,
+            "fail": 1,
+        }
 
     server.kill()
     server.start()
@@ -46,8 +58,11 @@ def test_kill_and_restart_mid_study(server_factory: ServerFactory, storage_url: 
         assert after["counts"] == before["counts"] and after["spec"] == before["spec"]
         assert trials(http, name) == trials_before
         study = optuna.load_study(study_name=name, storage=server.storage)
-        assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL,
-                                                   TrialState.WAITING]
+        assert [t.state for t in study.trials] == [
+            TrialState.RUNNING,
+            TrialState.FAIL,
+            TrialState.WAITING,
+        ]
 
         # The worker never heard back about epoch 1 and sends it again: harmless.
         r = a.report(running.trial_id, 1, 0.8)

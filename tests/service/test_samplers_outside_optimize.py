@@ -31,8 +31,7 @@ def _run_pool(http: httpx.Client, study: str, workers: int) -> list[int]:
     def work(k: int) -> None:
         with httpx.Client(base_url=str(http.base_url), timeout=60) as own:
             while True:
-                r = own.post(f"{API}/trials/claim", json={"worker_id": f"grid-{k}",
-                                                           "study": study})
+                r = own.post(f"{API}/trials/claim", json={"worker_id": f"grid-{k}", "study": study})
                 with lock:
                     statuses.append(r.status_code)
                 if r.status_code != 200:
@@ -40,12 +39,15 @@ def _run_pool(http: httpx.Client, study: str, workers: int) -> list[int]:
                 trial = r.json()
                 loss = 1.0 + trial["params"]["lr"] * 10 + trial["params"]["momentum"]
                 for epoch in range(2):
-                    rep = own.post(f"{API}/trials/{trial['trial_id']}/report",
-                                   json={"epoch": epoch, "val_loss": loss})
+                    rep = own.post(
+                        f"{API}/trials/{trial['trial_id']}/report",
+                        json={"epoch": epoch, "val_loss": loss},
+                    )
                     with lock:
                         statuses.append(rep.status_code)
-                done = own.post(f"{API}/trials/{trial['trial_id']}/complete",
-                                json={"val_loss": loss})
+                done = own.post(
+                    f"{API}/trials/{trial['trial_id']}/complete", json={"val_loss": loss}
+                )
                 with lock:
                     statuses.append(done.status_code)
 
@@ -59,8 +61,15 @@ def _run_pool(http: httpx.Client, study: str, workers: int) -> list[int]:
 
 def test_a_grid_study_runs_each_combination_once_and_ends(client: httpx.Client) -> None:
     name = unique("grid")
-    create_study(client, name, sampler={"name": "grid", "seed": 0}, search_space=SMALL_GRID,
-                 pruner={"name": "none"}, n_trials=10, training={"epochs": 2, "seed": 0})
+    create_study(
+        client,
+        name,
+        sampler={"name": "grid", "seed": 0},
+        search_space=SMALL_GRID,
+        pruner={"name": "none"},
+        n_trials=10,
+        training={"epochs": 2, "seed": 0},
+    )
     statuses = _run_pool(client, name, workers=3)
     assert all(s < 500 for s in statuses), statuses
     assert statuses.count(204) == 3  # every worker was told there is nothing left
@@ -81,8 +90,15 @@ def test_a_grid_waits_for_running_trials_without_handing_out_duplicates(
     client: httpx.Client,
 ) -> None:
     name = unique("grid-busy")
-    create_study(client, name, sampler={"name": "grid"}, search_space=SMALL_GRID,
-                 baseline=False, pruner={"name": "none"}, n_trials=10)
+    create_study(
+        client,
+        name,
+        sampler={"name": "grid"},
+        search_space=SMALL_GRID,
+        baseline=False,
+        pruner={"name": "none"},
+        n_trials=10,
+    )
     worker = ScriptedWorker(client, "grid-busy", study=name)
     held = [worker.claim() for _ in range(6)]
     assert all(held)
@@ -121,8 +137,10 @@ PRUNERS: list[dict[str, Any]] = [
 @pytest.mark.parametrize(
     ("sampler", "pruner"),
     [(s, {"name": "hyperband", "min_resource": 1, "max_resource": 3}) for s in SAMPLERS]
-    + [({"sampler": {"name": "grid", "seed": 0}, "search_space": "sgd_steplr_grid"}, p)
-       for p in PRUNERS],
+    + [
+        ({"sampler": {"name": "grid", "seed": 0}, "search_space": "sgd_steplr_grid"}, p)
+        for p in PRUNERS
+    ],
     ids=[f"{s['sampler']['name']}-hyperband" for s in SAMPLERS]
     + [f"grid-{p['name']}" for p in PRUNERS],
 )
@@ -132,8 +150,9 @@ def test_every_sampler_and_pruner_answers_reports_and_completions(
     """Hooks (after_trial, the pruners' study filters) run inside requests: each message of a
     few trials answers 200, pruned or not."""
     name = unique("hooks")
-    create_study(client, name, **sampler, pruner=pruner, n_trials=5,
-                 training={"epochs": 3, "seed": 0})
+    create_study(
+        client, name, **sampler, pruner=pruner, n_trials=5, training={"epochs": 3, "seed": 0}
+    )
     worker = ScriptedWorker(client, "hooks", study=name)
     ends = []
     while (trial := worker.claim()) is not None:

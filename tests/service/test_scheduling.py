@@ -37,8 +37,9 @@ def http(storage: str, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def scheduled(http: TestClient, name: str, n_trials: int = 20, **scheduling: Any) -> None:
-    create_study(http, name, n_trials=n_trials, scheduling=scheduling,
-                 sampler={"name": "random", "seed": 0})
+    create_study(
+        http, name, n_trials=n_trials, scheduling=scheduling, sampler={"name": "random", "seed": 0}
+    )
 
 
 def claim_studies(http: TestClient, n: int, **body: Any) -> Counter[str]:
@@ -82,8 +83,9 @@ def test_max_concurrent_trials_caps_a_study(http: TestClient) -> None:
     capped = ScriptedWorker(http, "by-name", "capped")
     assert capped.claim() is None
     # One of its trials ends: it may run another.
-    running = [t for t in http.get(f"{API}/studies/capped/trials").json()
-               if t["state"] == "running"]
+    running = [
+        t for t in http.get(f"{API}/studies/capped/trials").json() if t["state"] == "running"
+    ]
     assert capped.complete(running[0]["trial_id"], 1.0).status_code == 200
     assert capped.claim() is not None
     assert capped.claim() is None
@@ -119,8 +121,9 @@ def test_stopped_and_done_studies_get_no_claims(http: TestClient) -> None:
     assert trial is not None and trial.body["study"] == "small"
     assert worker.complete(trial.trial_id, 1.0).status_code == 200
     assert worker.claim() is None
-    assert [s["name"] for s in http.get(f"{API}/studies", params={"state": "done"}).json()] \
-        == ["small"]
+    assert [s["name"] for s in http.get(f"{API}/studies", params={"state": "done"}).json()] == [
+        "small"
+    ]
 
 
 # --- PATCH ------------------------------------------------------------------------------------
@@ -152,8 +155,7 @@ def test_a_done_study_given_more_trials_runs_again(http: TestClient, storage: st
     assert summary(http, "extended")["state"] == "done"
 
 
-def test_lowering_the_budget_below_what_runs_is_409_and_changes_nothing(
-        http: TestClient) -> None:
+def test_lowering_the_budget_below_what_runs_is_409_and_changes_nothing(http: TestClient) -> None:
     scheduled(http, "busy", n_trials=6)
     worker = ScriptedWorker(http, "w", "busy")
     trials = [worker.claim() for _ in range(3)]
@@ -178,27 +180,35 @@ def test_changed_scheduling_changes_the_next_claims(http: TestClient) -> None:
     body = r.json()
     assert (body["priority"], body["weight"]) == (2, 0.5)
     # The fields not given stay.
-    assert body["spec"]["scheduling"] == {"priority": 2, "weight": 0.5,
-                                          "max_concurrent_trials": None, "requires": {}}
+    assert body["spec"]["scheduling"] == {
+        "priority": 2,
+        "weight": 0.5,
+        "max_concurrent_trials": None,
+        "requires": {},
+    }
     assert claim_studies(http, 3) == {"b": 3}
     r = http.patch(f"{API}/studies/b", json={"scheduling": {"max_concurrent_trials": 3}})
     assert r.json()["priority"] == 2
     assert claim_studies(http, 2) == {"a": 2}
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"scheduling": {"weight": 0}}, "scheduling.weight"),
-    ({"scheduling": {"weight": -1.5}}, "scheduling.weight"),
-    ({"scheduling": {"priority": "high"}}, "scheduling.priority"),
-    ({"scheduling": {"max_concurrent_trials": 0}}, "scheduling.max_concurrent_trials"),
-    ({"scheduling": {"requires": {"gpu type": "h100"}}}, "scheduling.requires.gpu type"),
-    ({"scheduling": {"requires": {"gpu": 3}}}, "scheduling.requires.gpu"),
-    ({"scheduling": {"bogus": 1}}, "scheduling.bogus"),
-    ({"n_trials": 0}, "n_trials"),
-    ({"name": "other"}, "name"),
-])
-def test_an_invalid_change_is_422_naming_the_field(http: TestClient, body: dict,
-                                                   field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"scheduling": {"weight": 0}}, "scheduling.weight"),
+        ({"scheduling": {"weight": -1.5}}, "scheduling.weight"),
+        ({"scheduling": {"priority": "high"}}, "scheduling.priority"),
+        ({"scheduling": {"max_concurrent_trials": 0}}, "scheduling.max_concurrent_trials"),
+        ({"scheduling": {"requires": {"gpu type": "h100"}}}, "scheduling.requires.gpu type"),
+        ({"scheduling": {"requires": {"gpu": 3}}}, "scheduling.requires.gpu"),
+        ({"scheduling": {"bogus": 1}}, "scheduling.bogus"),
+        ({"n_trials": 0}, "n_trials"),
+        ({"name": "other"}, "name"),
+    ],
+)
+def test_an_invalid_change_is_422_naming_the_field(
+    http: TestClient, body: dict, field: str
+) -> None:
     scheduled(http, "valid")
     r = http.patch(f"{API}/studies/valid", json=body)
     assert r.status_code == 422, r.text
@@ -208,8 +218,14 @@ def test_an_invalid_change_is_422_naming_the_field(http: TestClient, body: dict,
 
 
 def test_an_invalid_scheduling_in_a_new_spec_is_422(http: TestClient) -> None:
-    r = http.post(f"{API}/studies", json={"name": "bad", "data": {"kind": "digits"},
-                                          "scheduling": {"weight": 0, "requires": ["gpu"]}})
+    r = http.post(
+        f"{API}/studies",
+        json={
+            "name": "bad",
+            "data": {"kind": "digits"},
+            "scheduling": {"weight": 0, "requires": ["gpu"]},
+        },
+    )
     assert r.status_code == 422, r.text
     fields = {e["field"] for e in r.json()["errors"]}
     assert {"scheduling.weight", "scheduling.requires"} <= fields
@@ -244,8 +260,13 @@ def test_studies_are_paginated_and_filtered_by_state(http: TestClient) -> None:
     assert listed(state="running") == ["s0", "s2", "s4"]
     assert listed(state="running", limit=1, offset=1) == ["s2"]
     states = {s["name"]: s["state"] for s in http.get(f"{API}/studies").json()}
-    assert states == {"s0": "running", "s1": "done", "s2": "running", "s3": "stopped",
-                      "s4": "running"}
+    assert states == {
+        "s0": "running",
+        "s1": "done",
+        "s2": "running",
+        "s3": "stopped",
+        "s4": "running",
+    }
     for bad in ({"limit": 0}, {"offset": -1}, {"state": "finished"}):
         assert http.get(f"{API}/studies", params=bad).status_code == 422
 
@@ -255,8 +276,9 @@ def test_an_extended_study_leaves_the_done_list(http: TestClient) -> None:
     worker = ScriptedWorker(http, "w", "again")
     trial = worker.claim()
     assert worker.complete(trial.trial_id, 1.0).status_code == 200  # type: ignore[union-attr]
-    assert [s["name"] for s in http.get(f"{API}/studies", params={"state": "done"}).json()] \
-        == ["again"]
+    assert [s["name"] for s in http.get(f"{API}/studies", params={"state": "done"}).json()] == [
+        "again"
+    ]
     assert http.patch(f"{API}/studies/again", json={"n_trials": 2}).status_code == 200
     assert http.get(f"{API}/studies", params={"state": "done"}).json() == []
     [again] = http.get(f"{API}/studies", params={"state": "running"}).json()

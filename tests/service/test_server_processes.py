@@ -28,7 +28,7 @@ from tests.servers import REPO, Server, free_port, server_env
 
 N_TRIALS = 16
 N_WORKERS = 8
-WIDEN_THE_RACE = '''
+WIDEN_THE_RACE = """
 import time
 
 from alembic.runtime.migration import MigrationContext
@@ -44,7 +44,7 @@ def _slow_when_empty(self):
 
 
 MigrationContext.get_current_heads = _slow_when_empty
-'''
+"""
 
 
 @pytest.fixture
@@ -55,8 +55,13 @@ def two_processes(storage_url: str, tmp_path: Path) -> Iterator[Server]:
     (hooks / "sitecustomize.py").write_text(WIDEN_THE_RACE)
     env = server_env()
     env["PYTHONPATH"] = f"{hooks}:{REPO}"
-    server = Server(storage=storage_url, data_dir=tmp_path / "data", port=free_port(), env=env,
-                    args=["--workers", "2"])
+    server = Server(
+        storage=storage_url,
+        data_dir=tmp_path / "data",
+        port=free_port(),
+        env=env,
+        args=["--workers", "2"],
+    )
     yield server
     server.stop()
 
@@ -74,8 +79,14 @@ def _start(server: Server) -> None:
     assert log.count("Application startup complete.") == 2, log[-6000:]
 
 
-def _work(url: str, worker_id: str, study: str, statuses: Counter[int], errors: list[str],
-          lock: threading.Lock) -> None:
+def _work(
+    url: str,
+    worker_id: str,
+    study: str,
+    statuses: Counter[int],
+    errors: list[str],
+    lock: threading.Lock,
+) -> None:
     def record(response: httpx.Response) -> None:
         with lock:
             statuses[response.status_code] += 1
@@ -97,14 +108,18 @@ def test_two_server_processes_on_a_fresh_storage(two_processes: Server) -> None:
     _start(server)
     name = unique("processes")
     with httpx.Client(base_url=server.url, timeout=60) as http:
-        create_study(http, name, n_trials=N_TRIALS, training={"epochs": 2, "seed": 0},
-                     sampler={"name": "random", "seed": 0})
+        create_study(
+            http,
+            name,
+            n_trials=N_TRIALS,
+            training={"epochs": 2, "seed": 0},
+            sampler={"name": "random", "seed": 0},
+        )
     statuses: Counter[int] = Counter()
     errors: list[str] = []
     lock = threading.Lock()
     threads = [
-        threading.Thread(target=_work,
-                         args=(server.url, f"w{i}", name, statuses, errors, lock))
+        threading.Thread(target=_work, args=(server.url, f"w{i}", name, statuses, errors, lock))
         for i in range(N_WORKERS)
     ]
     for t in threads:

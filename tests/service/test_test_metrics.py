@@ -21,8 +21,9 @@ def _complete(worker: ScriptedWorker, val_loss: float, **body: float) -> int:
     return trial.number
 
 
-def test_best_shows_test_metrics_and_ranking_ignores_them(client: httpx.Client,
-                                                          shared_server: Server) -> None:
+def test_best_shows_test_metrics_and_ranking_ignores_them(
+    client: httpx.Client, shared_server: Server
+) -> None:
     name = unique("testsplit")
     create_study(client, name, sampler=RANDOM, n_trials=3, pruner={"name": "none"})
     worker = ScriptedWorker(client, "test-w", name)
@@ -35,18 +36,26 @@ def test_best_shows_test_metrics_and_ranking_ignores_them(client: httpx.Client,
     assert [t["number"] for t in best] == [first, third, second]
     shown = {t["number"]: (t["test_loss"], t["test_accuracy"]) for t in best}
     assert shown == {first: (0.9, 0.25), second: (0.1, 1.0), third: (None, None)}
-    assert all("test_loss" not in t and "test_accuracy" not in t
-               for t in trials(client, name))  # nobody selects on the test set
+    assert all(
+        "test_loss" not in t and "test_accuracy" not in t for t in trials(client, name)
+    )  # nobody selects on the test set
     study = client.get(f"{API}/studies/{name}").json()
     assert study["best"]["number"] == first
 
 
-@pytest.mark.parametrize("bad", [
-    {"test_loss": "nan"}, {"test_loss": "inf"}, {"test_accuracy": 1.5},
-    {"test_accuracy": -0.1}, {"test_loss": "x"},
-])
-def test_bad_test_metrics_are_refused_and_change_nothing(client: httpx.Client, bad: dict,
-                                                         shared_server: Server) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"test_loss": "nan"},
+        {"test_loss": "inf"},
+        {"test_accuracy": 1.5},
+        {"test_accuracy": -0.1},
+        {"test_loss": "x"},
+    ],
+)
+def test_bad_test_metrics_are_refused_and_change_nothing(
+    client: httpx.Client, bad: dict, shared_server: Server
+) -> None:
     name = unique("testsplit-bad")
     create_study(client, name, sampler=RANDOM, n_trials=1, pruner={"name": "none"})
     worker = ScriptedWorker(client, "test-bad-w", name)

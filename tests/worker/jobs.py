@@ -27,7 +27,11 @@ BASE_JOB: dict[str, Any] = {
         "on_bad_image": "error",
     },
     "training": {
-        "epochs": 2, "seed": 0, "compile": False, "checkpoint_every": 1, "norm_weight_decay": 0.0,
+        "epochs": 2,
+        "seed": 0,
+        "compile": False,
+        "checkpoint_every": 1,
+        "norm_weight_decay": 0.0,
     },
     "objective": {"metric": "val_loss", "epoch": "last"},
     "hparams": {

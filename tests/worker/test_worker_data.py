@@ -25,8 +25,13 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 def data_spec(**section: object) -> DataSpec:
     """A data section with the fields a test does not care about as the server fills them."""
-    unset = {"root": None, "classes": None, "augment": True, "on_bad_image": "error",
-             "interpolation": "bilinear"}
+    unset = {
+        "root": None,
+        "classes": None,
+        "augment": True,
+        "on_bad_image": "error",
+        "interpolation": "bilinear",
+    }
     size = int(section["image_size"])  # type: ignore[call-overload]
     return DataSpec.from_dict({**unset, "resize_size": round(size * 256 / 224), **section})
 

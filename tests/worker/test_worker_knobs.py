@@ -40,6 +40,7 @@ def _names(network: Network, groups: list[dict]) -> dict[str, set[str]]:
 
 # --- head_lr_mult ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mult", [1.0, 10.0, 0.5])
 def test_the_head_trains_at_lr_times_head_lr_mult_through_warmup_and_steplr(mult: float) -> None:
     hp = hparams(lr=0.1, warmup_epochs=2, step_size=1, gamma=0.5, head_lr_mult=mult)
@@ -74,6 +75,7 @@ def test_a_frozen_backbone_has_only_head_groups_at_the_heads_lr() -> None:
 
 # --- norm weight decay -------------------------------------------------------------------------
 
+
 def test_norm_and_bias_parameters_go_in_a_group_without_weight_decay() -> None:
     hp = hparams(weight_decay=1e-3)
     network = small_network()
@@ -107,7 +109,8 @@ def test_every_batch_norm_parameter_of_a_torchvision_model_is_undecayed() -> Non
 
 @pytest.mark.parametrize(("weight_decay", "changes"), [(1e-2, True), (0.0, False)])
 def test_norm_weight_decay_changes_a_step_only_when_weight_decay_is_set(
-        weight_decay: float, changes: bool) -> None:
+    weight_decay: float, changes: bool
+) -> None:
     """Today's results change with weight_decay > 0 (norm weights no longer decay), and stay
     the same with the default recipe's weight_decay 0."""
     hp = hparams(weight_decay=weight_decay, lr=0.5, momentum=0.0, warmup_epochs=0)
@@ -122,6 +125,7 @@ def test_norm_weight_decay_changes_a_step_only_when_weight_decay_is_set(
 
 
 # --- label smoothing ---------------------------------------------------------------------------
+
 
 def _one_batch_loss(label_smoothing: float) -> float:
     torch.manual_seed(0)
@@ -149,6 +153,7 @@ def test_label_smoothing_is_the_training_loss_torch_defines() -> None:
 
 
 # --- augmentation policies ---------------------------------------------------------------------
+
 
 def _batches(policy: str | bool, seed: int = 0) -> ImageBatches:
     data = DataCache().get(digits_spec(classes=[0, 1], image_size=32))
@@ -185,5 +190,6 @@ def test_every_policy_builds_and_transforms_a_batch_reproducibly(policy: str) ->
     else:  # a policy on top of the same crops
         assert not torch.equal(x, flip_crop[0])
     # validation never augments
-    assert torch.equal(next(iter(_batches(policy).val_batches()))[0],
-                       next(iter(_batches("none").val_batches()))[0])
+    assert torch.equal(
+        next(iter(_batches(policy).val_batches()))[0], next(iter(_batches("none").val_batches()))[0]
+    )

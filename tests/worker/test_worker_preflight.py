@@ -36,20 +36,25 @@ def test_a_good_study_passes_with_its_data(make_job: JobFactory, caches: Caches)
     assert (found["test_images"], found["skipped_images"]) == (0, 0)
 
 
-def test_an_image_folder_with_test_and_skipped_files(make_job: JobFactory,
-                                                     tmp_path: Path) -> None:
+def test_an_image_folder_with_test_and_skipped_files(make_job: JobFactory, tmp_path: Path) -> None:
     make_split(tmp_path / "train", n=3)
     make_split(tmp_path / "val", n=2)
     make_split(tmp_path / "test", n=1)
     (tmp_path / "train" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
     job = make_job(data=folder_data(tmp_path, on_bad_image="skip"))
     found = run_preflight(job, Caches(weights=WeightsCache(allow_download=False)), "cpu")
-    assert found == {"classes": ["cat", "dog"], "train_images": 6, "val_images": 4,
-                     "test_images": 2, "skipped_images": 1}
+    assert found == {
+        "classes": ["cat", "dog"],
+        "train_images": 6,
+        "val_images": 4,
+        "test_images": 2,
+        "skipped_images": 1,
+    }
 
 
-def test_one_class_is_the_specs_fault_and_names_the_folder(make_job: JobFactory,
-                                                           tmp_path: Path) -> None:
+def test_one_class_is_the_specs_fault_and_names_the_folder(
+    make_job: JobFactory, tmp_path: Path
+) -> None:
     make_split(tmp_path / "train", classes={"cat": (200, 30, 30)})
     caches = Caches(data=DataCache(), weights=WeightsCache(allow_download=False))
     job = make_job(data=folder_data(tmp_path))
@@ -69,33 +74,34 @@ def test_a_corrupt_file_is_the_specs_fault(make_job: JobFactory, tmp_path: Path)
     assert found.fault == "spec" and "broken.png" in found.error
 
 
-def test_an_unknown_architecture_is_the_specs_fault(make_job: JobFactory,
-                                                    caches: Caches) -> None:
+def test_an_unknown_architecture_is_the_specs_fault(make_job: JobFactory, caches: Caches) -> None:
     found = fault((make_job(model={"arch": "resnet_nonexistent"}), caches))
     assert found.fault == "spec" and "resnet_nonexistent" in found.error
 
 
-def test_a_missing_data_root_is_this_workers_fault(make_job: JobFactory,
-                                                   tmp_path: Path) -> None:
+def test_a_missing_data_root_is_this_workers_fault(make_job: JobFactory, tmp_path: Path) -> None:
     found = fault((make_job(data=folder_data(tmp_path / "absent")), Caches()))
     assert found.fault == "worker" and "is not a directory on this machine" in found.error
 
 
-def test_a_missing_weights_file_is_this_workers_fault(make_job: JobFactory,
-                                                      caches: Caches, tmp_path: Path) -> None:
+def test_a_missing_weights_file_is_this_workers_fault(
+    make_job: JobFactory, caches: Caches, tmp_path: Path
+) -> None:
     job = make_job(model={"weights_path": str(tmp_path / "absent.pth")})
     found = fault((job, caches))
     assert found.fault == "worker" and "absent.pth" in found.error
 
 
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
-def test_the_runner_skips_a_study_whose_data_this_machine_lacks(server: Server, api,
-                                                                 tmp_path: Path) -> None:
+def test_the_runner_skips_a_study_whose_data_this_machine_lacks(
+    server: Server, api, tmp_path: Path
+) -> None:
     """The runner's side against a real server: no training, the trial handed back, the study
     excluded from this worker's next claims and shown in GET /workers."""
     absent = tmp_path / "absent"
-    spec = digits_spec("elsewhere", n_trials=2, data={"kind": "imagefolder",
-                                                        "root": str(absent), "image_size": 16})
+    spec = digits_spec(
+        "elsewhere", n_trials=2, data={"kind": "imagefolder", "root": str(absent), "image_size": 16}
+    )
     assert api.post(f"{API}/studies", json=spec).status_code == 201
     config = WorkerConfig(server=server.url, token=None, worker_id="lacking", host="h",
                           device="cpu")  # fmt: skip

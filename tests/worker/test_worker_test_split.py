@@ -35,25 +35,45 @@ def folder_data(root: Path) -> dict[str, object]:
 
 def evaluate_weights(job: TrialJob, weights: bytes) -> tuple[float, float]:
     """Independently of the worker's caches: the weights on a freshly decoded test split."""
-    network = build_network(job.model, num_classes=2, image_size=job.data.image_size,
-                            seed=job.seed, cache=WeightsCache(allow_download=False))
+    network = build_network(
+        job.model,
+        num_classes=2,
+        image_size=job.data.image_size,
+        seed=job.seed,
+        cache=WeightsCache(allow_download=False),
+    )
     network.module.load_state_dict(torch.load(io.BytesIO(weights), weights_only=True))
     test = load_test_split(job.data)
     assert test is not None
     mean, std = normalization(job.model)
-    images = ImageBatches(load_data(job.data), batch_size=1, augment="none", seed=0,
-                          device=torch.device("cpu"), mean=mean, std=std)
-    return evaluate(network.module, images.ordered_batches(test, len(test)), epoch=0,
-                    rt=Runtime(torch.device("cpu")))
+    images = ImageBatches(
+        load_data(job.data),
+        batch_size=1,
+        augment="none",
+        seed=0,
+        device=torch.device("cpu"),
+        mean=mean,
+        std=std,
+    )
+    return evaluate(
+        network.module,
+        images.ordered_batches(test, len(test)),
+        epoch=0,
+        rt=Runtime(torch.device("cpu")),
+    )
 
 
 @pytest.mark.parametrize(("kept", "frozen"), [("last", False), ("best", False), ("last", True)])
 def test_test_metrics_are_the_kept_weights_on_the_test_split(
-        make_job: JobFactory, tmp_path: Path, kept: str, frozen: bool) -> None:
+    make_job: JobFactory, tmp_path: Path, kept: str, frozen: bool
+) -> None:
     """Frozen: the head trained on cached features; the whole model is evaluated on images."""
-    job = make_job(data=folder_data(image_folders(tmp_path)), training={"epochs": 3},
-                   objective={"metric": "val_accuracy", "epoch": kept},
-                   model={"freeze_backbone": frozen})
+    job = make_job(
+        data=folder_data(image_folders(tmp_path)),
+        training={"epochs": 3},
+        objective={"metric": "val_accuracy", "epoch": kept},
+        model={"freeze_backbone": frozen},
+    )
     caches = Caches(weights=WeightsCache(allow_download=False))
     outcome = fine_tune(job, caches, lambda report: False)
     uploaded = outcome.weights_bytes()
@@ -66,8 +86,7 @@ def test_test_metrics_are_the_kept_weights_on_the_test_split(
 
 
 def test_no_test_folder_gives_no_test_metrics(make_job: JobFactory, tmp_path: Path) -> None:
-    job = make_job(data=folder_data(image_folders(tmp_path, test=False)),
-                   training={"epochs": 1})
+    job = make_job(data=folder_data(image_folders(tmp_path, test=False)), training={"epochs": 1})
     caches = Caches(weights=WeightsCache(allow_download=False))
     outcome = fine_tune(job, caches, lambda report: False)
     assert evaluate_on_test(job, caches, outcome) is None
@@ -75,20 +94,26 @@ def test_no_test_folder_gives_no_test_metrics(make_job: JobFactory, tmp_path: Pa
 
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 def test_the_runner_completes_with_test_metrics_and_best_shows_them(
-        server: Server, api, tmp_path: Path) -> None:
+    server: Server, api, tmp_path: Path
+) -> None:
     """Against a real server: the runner sends the test metrics of the weights it uploads;
     a data set without a test folder sends none (null in best)."""
     for name, test in (("with-test", True), ("without-test", False)):
         root = image_folders(tmp_path / name, test=test)
-        spec = digits_spec(name, n_trials=1, model={"arch": "mobilenet_v3_small", "weights": None},
-                           training={"epochs": 2, "seed": 0},
-                           data={"kind": "imagefolder", "root": str(root), "image_size": 16,
-                                 "batch_size": 4})
+        spec = digits_spec(
+            name,
+            n_trials=1,
+            model={"arch": "mobilenet_v3_small", "weights": None},
+            training={"epochs": 2, "seed": 0},
+            data={"kind": "imagefolder", "root": str(root), "image_size": 16, "batch_size": 4},
+        )
         assert api.post(f"{API}/studies", json=spec).status_code == 201, name
-        config = WorkerConfig(server=server.url, token=None, worker_id=f"w-{name}", host="h",
-                              device="cpu", study=name)
-        runner = Runner(config, Caches(weights=WeightsCache(allow_download=False)),
-                        threading.Event())
+        config = WorkerConfig(
+            server=server.url, token=None, worker_id=f"w-{name}", host="h", device="cpu", study=name
+        )
+        runner = Runner(
+            config, Caches(weights=WeightsCache(allow_download=False)), threading.Event()
+        )
         answer = runner.client.claim(config.worker_id, name, "cpu", "h")
         assert answer is not None
         assert runner.run_trial(answer) == "completed"

@@ -83,9 +83,7 @@ def test_a_claim_answer_reads_into_the_trial_its_spec_asked_for(answers) -> None
         job=TrialJob(
             model=ModelSpec("mobilenet_v3_small", None, None, True),
             data=DataSpec("digits", 20, 23, "bilinear", 0.3, None, (1, 3), "none", "skip"),
-            training=Training(
-                epochs=7, checkpoint_every=2, compile=True, norm_weight_decay=None
-            ),
+            training=Training(epochs=7, checkpoint_every=2, compile=True, norm_weight_decay=None),
             hparams=Hyperparameters(
                 lr=0.05,
                 momentum=0.8,
@@ -219,8 +217,7 @@ def test_the_runner_hands_back_a_trial_it_cannot_read_and_stops(server: Server, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
-def test_the_runner_completes_an_epoch_best_study_with_its_best_epoch(server: Server,
-                                                                      api) -> None:
+def test_the_runner_completes_an_epoch_best_study_with_its_best_epoch(server: Server, api) -> None:
     """A real fine-tune through the runner: the trial's value is its best epoch's accuracy and
     that epoch is named (which weights the engine keeps: test_worker_engine)."""
     spec = digits_spec(

@@ -27,6 +27,4 @@ def healthz(services: ServicesDep) -> Health:
     },
 )
 def prometheus_metrics(services: ServicesDep) -> Response:
-    return Response(
-        services.metrics.render(), media_type="text/plain; version=0.0.4"
-    )
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")

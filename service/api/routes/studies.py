@@ -65,11 +65,14 @@ def list_trials(name: StudyName, services: ServicesDep) -> list[TrialPublic]:
 @router.patch(
     "/{name}",
     dependencies=[ADMIN],
-    responses={**NOT_FOUND, 409: {"model": ErrorBody,
-                                  "description": "n_trials below the trials finished or running"}},
+    responses={
+        **NOT_FOUND,
+        409: {"model": ErrorBody, "description": "n_trials below the trials finished or running"},
+    },
 )
-def change_study(name: StudyName, change: StudyPatch, services: ServicesDep,
-                 request: Request) -> StudyPublic:
+def change_study(
+    name: StudyName, change: StudyPatch, services: ServicesDep, request: Request
+) -> StudyPublic:
     """Change the budget (n_trials) or the scheduling. A done study given more trials runs
     again; its sampler keeps every earlier trial."""
     return services.studies.patch(name, change, base_url(request))
@@ -77,11 +80,16 @@ def change_study(name: StudyName, change: StudyPatch, services: ServicesDep,
 
 @router.post("/{name}/stop", dependencies=[ADMIN], responses=NOT_FOUND)
 def stop_study(
-    name: StudyName, services: ServicesDep, request: Request,
-    cancel_running: Annotated[bool, Query(
-        description="Also hand back the running trials (their workers move on at their next "
-        "message); `resume` later runs them from their last checkpoints"
-    )] = False,
+    name: StudyName,
+    services: ServicesDep,
+    request: Request,
+    cancel_running: Annotated[
+        bool,
+        Query(
+            description="Also hand back the running trials (their workers move on at their next "
+            "message); `resume` later runs them from their last checkpoints"
+        ),
+    ] = False,
 ) -> StudyPublic:
     """Hand out no more trials; running trials finish, unless cancel_running hands them back."""
     stopped = services.studies.stop(name, base_url(request))
@@ -120,4 +128,3 @@ async def download_weights(
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{name}-trial{number}.pt"'},
     )
-

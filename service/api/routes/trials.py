@@ -40,9 +40,14 @@ ERRORS = {
 def _links_to_the_trial() -> dict[str, dict]:
     """OpenAPI links from a claim to the operations on the claimed trial, so that clients and
     stateful API fuzzers know that `trial_id` of the answer feeds them."""
-    operations = {"Report": ("report", "post"), "Heartbeat": ("heartbeat", "post"),
-                  "Complete": ("complete", "post"), "Fail": ("fail", "post"),
-                  "UploadCheckpoint": ("checkpoint", "put"), "UploadWeights": ("weights", "put")}
+    operations = {
+        "Report": ("report", "post"),
+        "Heartbeat": ("heartbeat", "post"),
+        "Complete": ("complete", "post"),
+        "Fail": ("fail", "post"),
+        "UploadCheckpoint": ("checkpoint", "put"),
+        "UploadWeights": ("weights", "put"),
+    }
     return {
         name: {
             # A JSON pointer into this document: "/" in the path is written "~1".
@@ -55,8 +60,11 @@ def _links_to_the_trial() -> dict[str, dict]:
 
 @router.post(
     "/claim",
-    responses={200: {"description": "The leased trial", "links": _links_to_the_trial()},
-               204: {"description": "Nothing to run now"}, 404: ERRORS[404]},
+    responses={
+        200: {"description": "The leased trial", "links": _links_to_the_trial()},
+        204: {"description": "Nothing to run now"},
+        404: ERRORS[404],
+    },
 )
 def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> ClaimedTrial | None:
     """Lease the next trial: a waiting one (the baseline, a retry) first, else a new sample."""
@@ -68,17 +76,20 @@ def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> 
 
 
 @router.post("/{trial_id}/report", responses=ERRORS)
-def report_epoch(trial_id: TrialId, body: TrialReport, services: ServicesDep,
-                 worker_id: HolderId = None) -> ReportAnswer:
+def report_epoch(
+    trial_id: TrialId, body: TrialReport, services: ServicesDep, worker_id: HolderId = None
+) -> ReportAnswer:
     """Record one epoch's validation loss and ask the pruner; prune=true means the trial is
     already finished as PRUNED and the worker should stop."""
-    return services.messages.report(trial_id, body.epoch, body.val_loss, body.val_accuracy,
-                                    body.train_loss, worker_id)
+    return services.messages.report(
+        trial_id, body.epoch, body.val_loss, body.val_accuracy, body.train_loss, worker_id
+    )
 
 
 @router.post("/{trial_id}/heartbeat", responses=ERRORS)
-def heartbeat(trial_id: TrialId, services: ServicesDep,
-              worker_id: HolderId = None) -> HeartbeatAnswer:
+def heartbeat(
+    trial_id: TrialId, services: ServicesDep, worker_id: HolderId = None
+) -> HeartbeatAnswer:
     services.messages.heartbeat(trial_id, worker_id)
     return HeartbeatAnswer(
         trial_id=trial_id, heartbeat_interval=services.settings.heartbeat_interval
@@ -86,12 +97,14 @@ def heartbeat(trial_id: TrialId, services: ServicesDep,
 
 
 @router.post("/{trial_id}/complete", responses=ERRORS)
-def complete_trial(trial_id: TrialId, body: TrialComplete, services: ServicesDep,
-                   worker_id: HolderId = None) -> TrialAck:
+def complete_trial(
+    trial_id: TrialId, body: TrialComplete, services: ServicesDep, worker_id: HolderId = None
+) -> TrialAck:
     """The trial's result. test_loss/test_accuracy (the kept weights on the test folder) are
     stored for `best` to show; they never rank, prune or count toward the budget."""
-    return services.messages.complete(trial_id, body.val_loss, body.val_accuracy, worker_id,
-                                      body.epoch, test=_test_metrics(body))
+    return services.messages.complete(
+        trial_id, body.val_loss, body.val_accuracy, worker_id, body.epoch, test=_test_metrics(body)
+    )
 
 
 def _test_metrics(body: TrialComplete) -> dict[str, float]:
@@ -100,15 +113,17 @@ def _test_metrics(body: TrialComplete) -> dict[str, float]:
 
 
 @router.post("/{trial_id}/fail", responses=ERRORS)
-def fail_trial(trial_id: TrialId, body: TrialFail, services: ServicesDep,
-               worker_id: HolderId = None) -> TrialAck:
+def fail_trial(
+    trial_id: TrialId, body: TrialFail, services: ServicesDep, worker_id: HolderId = None
+) -> TrialAck:
     """Fail the trial with a reason; retry=true hands it back to be run again at once."""
     return services.messages.fail(trial_id, body.reason, body.retry, worker_id)
 
 
 @router.post("/{trial_id}/preflight", responses=ERRORS)
-def preflight_result(trial_id: TrialId, body: PreflightResult, services: ServicesDep,
-                     worker_id: HolderId = None) -> PreflightAnswer:
+def preflight_result(
+    trial_id: TrialId, body: PreflightResult, services: ServicesDep, worker_id: HolderId = None
+) -> PreflightAnswer:
     """The result of the study's preflight, run before this trial (claimed with
     preflight=true) trains: passed (train it), a spec fault (the study goes into error, the
     trial fails) or a fault of this worker's machine (the trial is handed back, the worker
@@ -162,14 +177,16 @@ async def upload_checkpoint(
 ) -> Response:
     """Store the training state after `epoch`; a retry of this trial resumes from it."""
     async with _spooled_body(request, services.settings.max_artifact_bytes) as upload:
-        await run_in_threadpool(services.artifacts.save_checkpoint, trial_id, epoch, upload,
-                                worker_id)
+        await run_in_threadpool(
+            services.artifacts.save_checkpoint, trial_id, epoch, upload, worker_id
+        )
     return Response(status_code=204)
 
 
 @router.put("/{trial_id}/weights", **UPLOAD)
-async def upload_weights(trial_id: TrialId, request: Request, services: ServicesDep,
-                         worker_id: HolderId = None) -> Response:
+async def upload_weights(
+    trial_id: TrialId, request: Request, services: ServicesDep, worker_id: HolderId = None
+) -> Response:
     """Store the trial's final weights (before it completes); the top-k are kept."""
     async with _spooled_body(request, services.settings.max_artifact_bytes) as upload:
         await run_in_threadpool(services.artifacts.save_weights, trial_id, upload, worker_id)
@@ -184,4 +201,3 @@ async def upload_weights(trial_id: TrialId, request: Request, services: Services
 async def download_checkpoint(trial_id: TrialId, services: ServicesDep) -> StreamingResponse:
     reader = await run_in_threadpool(services.artifacts.open_checkpoint, trial_id)
     return StreamingResponse(stream_file(reader), media_type="application/octet-stream")
-

@@ -17,7 +17,11 @@ def list_workers(services: ServicesDep) -> list[WorkerPublic]:
     labels and the study they run now."""
     rows = services.backend.list_workers(3 * services.settings.grace_period)
     return [
-        WorkerPublic(**{**{k: row[k] for k in WorkerPublic.model_fields},
-                        "last_seen": utc_time(row["last_seen"])})
+        WorkerPublic(
+            **{
+                **{k: row[k] for k in WorkerPublic.model_fields},
+                "last_seen": utc_time(row["last_seen"]),
+            }
+        )
         for row in rows
     ]
