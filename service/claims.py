@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -31,6 +32,13 @@ from service.views import retry_of
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class NothingYet:
+    """No trial now, but soon: a worker that exits when idle should ask again."""
+
+    retry_after_s: int
+
+
 class Claims:
     def __init__(
         self,
@@ -46,15 +54,21 @@ class Claims:
         self._metrics = metrics
         self._heartbeat_interval = heartbeat_interval
 
-    def claim(self, request: TrialClaim) -> ClaimedTrial | None:
+    def claim(self, request: TrialClaim) -> ClaimedTrial | NothingYet | None:
+        """A trial; or NothingYet when a study this worker may serve has work it cannot hand
+        out yet (its preflight runs elsewhere); or None: nothing to run."""
         fields = {"host": request.host, "device": request.device, "labels": request.labels}
+        waiting = False
         for handle in self._claimable(request):
             # The new trial already counts as running once the lock is released, so the
             # budget stays exact while it is sampled.
             with self._backend.claim_lock.hold(handle.study_id):
                 gate = self._preflights.gate(handle, request.preflight)
+                waiting = waiting or gate == "wait"
                 started = (
-                    None if gate == "none" else self._start_trial(handle, _worker_attrs(request))
+                    None
+                    if gate in ("none", "wait")
+                    else self._start_trial(handle, _worker_attrs(request))
                 )
                 if started is not None and gate == "flag":
                     self._preflights.flagged(handle, internals.trial_id(started))
@@ -72,7 +86,9 @@ class Claims:
         self._backend.touch_worker(
             request.worker_id, study=None, trial_number=None, trial_id=None, **fields
         )
-        return None
+        return (
+            NothingYet(retry_after_s=max(1, round(self._heartbeat_interval))) if waiting else None
+        )
 
     def _claimable(self, request: TrialClaim) -> Iterator[StudyHandle]:
         """The studies to try, in order. Only the active ones (not done, not stopped) are read:

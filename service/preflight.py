@@ -37,15 +37,17 @@ class Preflights:
         self._messages = messages
 
     # --- under the claim lock, from Claims -----------------------------------------------------
-    def gate(self, handle: StudyHandle, runs_preflights: bool) -> Literal["none", "flag", "any"]:
-        """Which trial a claim may get now: none (the study is in error, or its preflight
-        runs elsewhere), the flagged preflight trial, or any."""
+    def gate(
+        self, handle: StudyHandle, runs_preflights: bool
+    ) -> Literal["none", "wait", "flag", "any"]:
+        """Which trial a claim may get now: none (the study is in error), none yet (wait: its
+        preflight runs elsewhere), the flagged preflight trial, or any."""
         state = Preflight.of(self._backend.study_system_attrs(handle.study_id))
         if state.error is not None:
             return "none"
         if state.state == "passed" or not runs_preflights:
             return "any"
-        return "none" if self._in_flight(state.trial_id) else "flag"
+        return "wait" if self._in_flight(state.trial_id) else "flag"
 
     def _in_flight(self, trial_id: int | None) -> bool:
         if trial_id is None:

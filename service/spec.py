@@ -356,7 +356,10 @@ def fit_warmup(space: SearchSpace, epochs: int) -> SearchSpace:
         high = param.low + (epochs - 1 - int(param.low)) // step * step
         if high < param.low:
             return space
-        fitted = type(param).model_validate({**param.model_dump(), "high": high})
+        if high == param.low:  # one length left (a 1-epoch study): a range needs two
+            fitted = CategoricalParam(type="categorical", choices=[high])
+        else:
+            fitted = type(param).model_validate({**param.model_dump(), "high": high})
     return SearchSpace({**space.root, "warmup_epochs": fitted})
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -40,6 +41,13 @@ class TrialGone(LeaseLost):
 
 class ServerUnavailable(Exception):
     """The server could not be reached for longer than the retry budget."""
+
+
+@dataclass(frozen=True)
+class NotYet:
+    """No trial now, but work is coming: ask again after `retry_after_s`."""
+
+    retry_after_s: float
 
 
 class ServerClient:
@@ -114,9 +122,10 @@ class ServerClient:
         host: str,
         labels: dict[str, str] | None = None,
         exclude: list[str] | None = None,
-    ) -> dict[str, Any] | None:
-        """A trial, or None. This worker runs preflights (`preflight`); it skips the studies
-        in `exclude`."""
+    ) -> dict[str, Any] | NotYet | None:
+        """A trial; NotYet when the server says work is coming (204 with Retry-After: a
+        study's preflight runs on another worker); or None: nothing to run. This worker runs
+        preflights (`preflight`); it skips the studies in `exclude`."""
         body: dict[str, Any] = {
             "worker_id": worker_id,
             "study": study,
@@ -129,7 +138,10 @@ class ServerClient:
         if exclude:
             body["exclude"] = exclude
         response = self._request("POST", "/api/v1/trials/claim", json=body)
-        return None if response.status_code == 204 else response.json()
+        if response.status_code != 204:
+            return response.json()
+        retry_after = response.headers.get("retry-after")
+        return NotYet(float(retry_after)) if retry_after and retry_after.isdigit() else None
 
     def report(
         self,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.client import LeaseLost, ServerClient, TrialGone
+from worker.client import LeaseLost, NotYet, ServerClient, TrialGone
 from worker.engine import (
     Caches,
     EpochReport,
@@ -80,6 +80,9 @@ class Runner:
                 self.config.labels,
                 sorted(self.skipped),
             )
+            if isinstance(claim, NotYet):  # not idle: a study's preflight runs elsewhere
+                self.stop.wait(claim.retry_after_s)
+                continue
             if claim is None:
                 if self.config.exit_when_idle:
                     logger.info("nothing to run; exiting (--exit-when-idle)")

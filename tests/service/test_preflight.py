@@ -44,6 +44,12 @@ def test_one_flagged_trial_until_it_passes_then_the_data_is_shown(client: httpx.
     trial = first.next_trial(preflight=True)
     assert trial.body["preflight"] is True
     assert second.claim(preflight=True) is None  # only one preflight in flight
+    # ... and the 204 says work is coming, so a worker that exits when idle stays.
+    wait = client.post(
+        f"{API}/trials/claim",
+        json={"worker_id": second.worker_id, "study": name, "preflight": True},
+    )
+    assert wait.status_code == 204 and int(wait.headers["retry-after"]) >= 1
 
     r = preflight(client, trial, ok=True, data=DATA)
     assert r.status_code == 200, r.text

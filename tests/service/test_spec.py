@@ -565,6 +565,7 @@ def test_fit_warmup_clips_ranges_and_choices_and_leaves_what_cannot_fit() -> Non
     )
     assert fit_warmup(ranged, 5).root["warmup_epochs"].high == 4
     assert fit_warmup(ranged, 10) == ranged
+    assert fit_warmup(ranged, 1).root["warmup_epochs"].choices == [0]  # 1 epoch: no warmup
     chosen = SearchSpace.model_validate(
         {"lr": lr, "warmup_epochs": {"type": "categorical", "choices": [0, 3, 5]}}
     )

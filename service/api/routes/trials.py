@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import WORKER, HolderId, ServicesDep, TrialId, stream_file
+from service.claims import NothingYet
 from service.errors import PayloadTooLarge
 from service.schemas import (
     ClaimedTrial,
@@ -62,13 +63,23 @@ def _links_to_the_trial() -> dict[str, dict]:
     "/claim",
     responses={
         200: {"description": "The leased trial", "links": _links_to_the_trial()},
-        204: {"description": "Nothing to run now"},
+        204: {
+            "description": "Nothing to run now; with Retry-After, work is coming (a study's "
+            "preflight runs on another worker): ask again then",
+            "headers": {"Retry-After": {"description": "Seconds", "schema": {"type": "integer"}}},
+        },
         404: ERRORS[404],
     },
 )
 def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> ClaimedTrial | None:
     """Lease the next trial: a waiting one (the baseline, a retry) first, else a new sample."""
     claimed = services.claims.claim(body)
+    if isinstance(claimed, NothingYet):
+        # Work is coming (a preflight runs elsewhere): Retry-After tells workers that exit
+        # when idle to ask again rather than leave.
+        response.status_code = 204
+        response.headers["Retry-After"] = str(claimed.retry_after_s)
+        return None
     if claimed is None:
         response.status_code = 204
         return None
