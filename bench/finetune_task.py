@@ -10,23 +10,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from service.search_space import COMMON_RECIPE
+
 BENCH = Path(__file__).resolve().parent
 CACHE = BENCH / ".cache"
 ARCH = "resnet18"
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 FINETUNE_CLASSES = (5, 6, 7, 8, 9)
-# The common recipe (service.search_space.COMMON_RECIPE): what the baseline trial runs.
-BASELINE: dict[str, Any] = {
-    "lr": 0.01,
-    "momentum": 0.9,
-    "step_size": 10,
-    "gamma": 0.1,
-    "warmup_epochs": 0,
-    "weight_decay": 0.0,
-    "nesterov": False,
-    "head_lr_mult": 1.0,
-    "label_smoothing": 0.0,
-}
+# The common recipe: what the baseline trial runs.
+BASELINE: dict[str, Any] = dict(COMMON_RECIPE)
 
 logger = logging.getLogger(__name__)
 

@@ -231,17 +231,22 @@ def _runtime(device: str, should_stop: Callable[[], bool], progress: bool) -> Ru
     return rt
 
 
-def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Prepared:
-    """The job's network on the device, its batches, its optimizer and scheduler."""
-    data = caches.data.get(job.data, rt.device)
-    network = build_network(
+def network_for(job: TrialJob, caches: Caches, num_classes: int) -> Network:
+    """The job's pretrained network with a fresh head (on the CPU), from this process's caches."""
+    return build_network(
         job.model,
-        num_classes=data.num_classes,
+        num_classes=num_classes,
         image_size=job.data.image_size,
         seed=job.seed,
         cache=caches.weights,
         templates=caches.templates,
     )
+
+
+def _prepare(job: TrialJob, caches: Caches, rt: Runtime) -> _Prepared:
+    """The job's network on the device, its batches, its optimizer and scheduler."""
+    data = caches.data.get(job.data, rt.device)
+    network = network_for(job, caches, data.num_classes)
     module = network.module.to(rt.device)
     if rt.cuda:
         module = module.to(memory_format=torch.channels_last)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from worker.data import ImageBatches
-from worker.engine import Caches
-from worker.models import WeightsUnavailable, build_network, normalization
+from worker.engine import Caches, network_for
+from worker.models import WeightsUnavailable, normalization
 from worker.trial import TrialJob
 
 logger = logging.getLogger(__name__)
@@ -59,14 +59,7 @@ def _check(job: TrialJob, caches: Caches, device: torch.device) -> dict[str, Any
     caches.data.forget_failure(job.data)  # the data as it is now, not as a failure remembered
     data = caches.data.get(job.data, device)
     test = caches.data.get_test(job.data)  # decoded once: each completed trial reads it
-    network = build_network(
-        job.model,
-        num_classes=data.num_classes,
-        image_size=job.data.image_size,
-        seed=job.seed,
-        cache=caches.weights,
-        templates=caches.templates,
-    )
+    network = network_for(job, caches, data.num_classes)
     module = network.module.to(device)
     mean, std = normalization(job.model)
     batches = ImageBatches(
