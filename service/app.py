@@ -30,6 +30,7 @@ from service.lease_keeper import LeaseKeeper
 from service.leases import Leases
 from service.messages import TrialMessages
 from service.metrics import LatencyMiddleware, Metrics, StorageCollector
+from service.pausing import Pausing
 from service.preflight import Preflights
 from service.registry import StudyRegistry
 from service.schemas import TrialCounts
@@ -69,7 +70,8 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
             _trial_counts(backend), lambda: len(backend.list_workers(3 * settings.grace_period))
         )
     )
-    messages = TrialMessages(backend, registry, leases, artifacts, metrics)
+    pausing = Pausing(backend, artifacts)
+    messages = TrialMessages(backend, registry, leases, artifacts, metrics, pausing)
     preflights = Preflights(backend, registry, messages)
     return Services(
         settings=settings,
@@ -78,7 +80,7 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
         studies=StudyService(
             backend, registry, artifacts, settings.public_url, settings.keep_top_k
         ),
-        claims=Claims(backend, registry, metrics, settings.heartbeat_interval, preflights),
+        claims=Claims(backend, registry, metrics, settings.heartbeat_interval, preflights, pausing),
         messages=messages,
         preflights=preflights,
         leases=leases,

@@ -103,6 +103,16 @@ class Artifacts:
                 if key.startswith(keys.ARTIFACT_PREFIX) and artifact_id not in keep:
                     self._remove(artifact_id)
 
+    def collect_now(self, handle: StudyHandle) -> None:
+        """collect_garbage right after a trial ended. The trial has ended whatever happens here,
+        and the lease sweep collects what this could not."""
+        try:
+            self.collect_garbage(handle)
+        except Exception:  # noqa: BLE001 - any store fault: logged whole, the caller goes on
+            logger.exception(
+                "collecting the artifacts of %s failed; the lease sweep retries", handle.name
+            )
+
     def remove_all(self, trials: list[FrozenTrial]) -> None:
         """Every artifact of these trials (a study being deleted)."""
         for t in trials:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial, TrialState
 
 from service.schemas import TrialCounts
+from service.views import is_paused
 from service.warm_start import is_prior
 
 
@@ -24,7 +25,8 @@ class Budget:
         states: dict[str, int] = {}
         retried: set[int] = set()
         for t in trials:
-            states[t.state.name] = states.get(t.state.name, 0) + 1
+            state = "PAUSED" if is_paused(t) else t.state.name
+            states[state] = states.get(state, 0) + 1
             retried.update(t.system_attrs.get("retry_history") or [])
         failed = [t.number for t in trials if t.state == TrialState.FAIL]
         return cls.from_census(states, failed, retried, n_trials, grid_left)
@@ -50,7 +52,9 @@ class Budget:
 
     @property
     def in_flight(self) -> int:
-        return self.counts.running + self.counts.waiting
+        """Configurations begun and not finished: paused ones included, as n_trials counts
+        configurations."""
+        return self.counts.running + self.counts.waiting + self.counts.paused
 
     @property
     def fail_limit(self) -> int:

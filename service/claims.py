@@ -22,6 +22,7 @@ from service.budget import Budget
 from service.errors import NotFound
 from service.grid import ServerGridSampler, grid_left
 from service.metrics import Metrics
+from service.pausing import Pausing
 from service.preflight import Preflights
 from service.registry import StudyHandle, StudyRegistry
 from service.scheduling import Candidate, below_limit, order, serves
@@ -30,6 +31,19 @@ from service.storage import Backend
 from service.views import retry_of
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Started:
+    trial: optuna.trial.Trial
+    resume: Resume | None  # a promoted trial's checkpoint
+
+
+class _PromotionLater:
+    """No trial now; a running one may make a paused one rank for promotion when it reports."""
+
+
+_PROMOTION_LATER = _PromotionLater()
 
 
 @dataclass(frozen=True)
@@ -47,8 +61,10 @@ class Claims:
         metrics: Metrics,
         heartbeat_interval: float,
         preflights: Preflights,
+        pausing: Pausing,
     ) -> None:
         self._backend = backend
+        self._pausing = pausing
         self._preflights = preflights
         self._registry = registry
         self._metrics = metrics
@@ -56,7 +72,8 @@ class Claims:
 
     def claim(self, request: TrialClaim) -> ClaimedTrial | NothingYet | None:
         """A trial; or NothingYet when a study this worker may serve has work it cannot hand
-        out yet (its preflight runs elsewhere); or None: nothing to run."""
+        out yet (its preflight runs elsewhere, or a running trial may make a paused one rank
+        for promotion); or None: nothing to run."""
         fields = {"host": request.host, "device": request.device, "labels": request.labels}
         waiting = False
         for handle in self._claimable(request):
@@ -70,10 +87,14 @@ class Claims:
                     if gate in ("none", "wait")
                     else self._start_trial(handle, _worker_attrs(request))
                 )
-                if started is not None and gate == "flag":
-                    self._preflights.flagged(handle, internals.trial_id(started))
-            if started is not None:
-                trial = self._hand_out(handle, started, request, preflight=gate == "flag")
+                if started is _PROMOTION_LATER:  # a running trial may make a paused one rank
+                    waiting, started = True, None
+                if isinstance(started, _Started) and gate == "flag":
+                    self._preflights.flagged(handle, internals.trial_id(started.trial))
+            if isinstance(started, _Started):
+                trial = self._hand_out(
+                    handle, started.trial, request, gate == "flag", started.resume
+                )
                 self._backend.touch_worker(
                     request.worker_id,
                     study=handle.name,
@@ -128,26 +149,40 @@ class Claims:
         )
         return Budget.from_census(*census, handle.spec.n_trials, grid_left(sampler, assigned))
 
-    def _start_trial(self, handle: StudyHandle, attrs: dict[str, Any]) -> optuna.trial.Trial | None:
+    def _start_trial(
+        self, handle: StudyHandle, attrs: dict[str, Any]
+    ) -> _Started | _PromotionLater | None:
         """Under the claim lock: a running trial with the worker's `attrs`, if the budget
-        allows one."""
+        allows one: a waiting one first, then a paused one that ranks for promotion (asha),
+        then a new configuration."""
         budget = self._budget(handle)
-        if not below_limit(handle.spec.scheduling, budget.counts.running):
+        counts = budget.counts
+        if not below_limit(handle.spec.scheduling, counts.running):
             return None
-        if budget.counts.waiting == 0 and not budget.can_sample():
-            if budget.ended():
-                self._backend.mark_done(handle.study_id, handle.version)
-            return None
+        resume = None
         # ask() pops a waiting trial. Waiting trials are only made under this lock, so the
         # census is still true here.
-        if budget.counts.waiting:
+        if counts.waiting:
             trial = handle.study.ask()
             self._set_worker_attrs(trial, attrs)
-        else:
+        elif counts.paused and (promoted := self._pausing.promote(handle)) is not None:
+            trial_id, resume = promoted
+            self._backend.set_user_attrs(trial_id, attrs)
+            trial = optuna.trial.Trial(handle.study, trial_id)
+        elif budget.can_sample():
             trial = self._backend.new_running_trial(handle.study, attrs)
+        else:
+            if counts.paused and counts.running:
+                return _PROMOTION_LATER
+            if counts.paused:  # nothing runs, nothing new: no paused trial can rank any more
+                self._pausing.end_paused(handle)
+                self._backend.mark_done(handle.study_id, handle.version)
+            elif budget.ended():
+                self._backend.mark_done(handle.study_id, handle.version)
+            return None
         # Should this process die before the heartbeat is recorded, the sweep finds the trial.
         self._backend.record_heartbeat(internals.trial_id(trial))
-        return trial
+        return _Started(trial, resume)
 
     def _set_worker_attrs(self, trial: optuna.trial.Trial, attrs: dict[str, Any]) -> None:
         """On a trial that waited: the worker's attrs, and none of the per-run attrs a retry
@@ -158,11 +193,19 @@ class Claims:
             trial.set_user_attr(key, value)  # the Trial's own copy of its attrs follows
 
     def _hand_out(
-        self, handle: StudyHandle, trial: optuna.trial.Trial, request: TrialClaim, preflight: bool
+        self,
+        handle: StudyHandle,
+        trial: optuna.trial.Trial,
+        request: TrialClaim,
+        preflight: bool,
+        promoted: Resume | None,
     ) -> ClaimedTrial:
-        _suggest_all(trial, handle.distributions)  # a waiting trial's fixed params, or samples
+        """`promoted`: where a promoted trial resumes; else a retry resumes from its
+        predecessor's checkpoint, and a new trial starts afresh."""
+        # A waiting or promoted trial's params as they are, or samples.
+        _suggest_all(trial, handle.distributions)
         frozen = internals.frozen_copy(trial)
-        resume = self._resume(handle, frozen)
+        resume = promoted or self._resume(handle, frozen)
         logger.info(
             "trial %d of %s -> %s%s%s",
             frozen.number,

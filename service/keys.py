@@ -43,6 +43,10 @@ TRAIN_LOSS_PREFIX = "train_loss:"  # one attr per epoch: train_loss:<epoch>
 FAIL_REASON = "fail_reason"
 RETRY_OF = "retry_of"
 RESUMED_FROM_EPOCH = "resumed_from_epoch"
+# The asha pruner's pauses (service/pausing.py): the epoch a paused trial paused after (null once
+# promoted; kept when it ended paused), and how many times it was promoted.
+PAUSED_AFTER_EPOCH = "paused_after_epoch"
+PROMOTIONS = "promotions"
 # Warm start: "<study> trial <number>", the source trial a trial came from.
 WARM_START = "warm_start"  # a configuration enqueued from the source's best
 PRIOR = "prior"  # prior evidence for the sampler: never counted, ranked or pruned against

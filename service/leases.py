@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from service import keys
 from service.errors import Conflict, NotFound
 from service.metrics import Metrics
+from service.optimizers import AshaSpec
 from service.registry import StudyHandle, StudyRegistry
 from service.storage import Backend
 
@@ -33,6 +34,13 @@ _RETRY_CALLBACK = (
 def lease_ended(handle: StudyHandle, number: int, state: TrialState) -> Conflict:
     """The answer to a message about a trial that is no longer running."""
     return Conflict(f"trial {number} of {handle.name} is {state.name.lower()}: its lease has ended")
+
+
+def paused_lease(handle: StudyHandle, number: int, epoch: int) -> Conflict:
+    """The answer to a worker's message about a trial that it paused (asha)."""
+    return Conflict(
+        f"trial {number} of {handle.name} is paused after epoch {epoch}: its lease has ended"
+    )
 
 
 def check_holder(
@@ -57,6 +65,9 @@ def running_trial(
     check_holder(handle, trial.number, trial.user_attrs.get(keys.WORKER), worker_id)
     if trial.state != TrialState.RUNNING:
         raise lease_ended(handle, trial.number, trial.state)
+    paused = trial.user_attrs.get(keys.PAUSED_AFTER_EPOCH)
+    if paused is not None:
+        raise paused_lease(handle, trial.number, paused)
     return handle, trial
 
 
@@ -136,5 +147,7 @@ class Leases:
                     "trial id %d of %s has no lease; starting one", trial_id, handle.name
                 )
                 self._backend.record_heartbeat(trial_id)
+            if isinstance(handle.spec.pruner, AshaSpec):  # paused trials' leases are its own
+                self._backend.keep_paused_leases(handle.study_id)
             if fail_stale:
                 optuna.storages.fail_stale_trials(handle.study)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import optuna
 from optuna.trial import TrialState
@@ -17,8 +17,9 @@ from service import keys
 from service import optuna_internals as internals
 from service.artifacts import Artifacts, has_artifacts
 from service.errors import Conflict, InvalidInput, NotFound
-from service.leases import Leases, check_holder, lease_ended, running_trial
+from service.leases import Leases, check_holder, lease_ended, paused_lease, running_trial
 from service.metrics import Metrics
+from service.pausing import Pausing, asha_spec
 from service.pruning import CompletedTrialsStudy, reads_completed_only
 from service.registry import StudyHandle, StudyRegistry
 from service.schemas import ReportAnswer, TrialAck
@@ -37,18 +38,19 @@ class TrialMessages:
         leases: Leases,
         artifacts: Artifacts,
         metrics: Metrics,
+        pausing: Pausing,
     ) -> None:
         self._backend = backend
         self._registry = registry
         self._leases = leases
         self._artifacts = artifacts
         self._metrics = metrics
+        self._pausing = pausing
 
     def heartbeat(self, trial_id: int, worker_id: str | None = None) -> None:
         handle, facts = self._registry.facts(trial_id)
         check_holder(handle, facts.number, facts.worker, worker_id)
-        if facts.state != TrialState.RUNNING:
-            raise lease_ended(handle, facts.number, facts.state)
+        _check_running(handle, facts)
         self._backend.record_heartbeat(trial_id)
         if facts.worker:
             self._backend.touch_worker(
@@ -69,8 +71,9 @@ class TrialMessages:
         values = facts.intermediate_values  # our own copy
         if facts.state == TrialState.PRUNED and epoch in values:
             return ReportAnswer(prune=True)  # the same report again, after it pruned the trial
-        if facts.state != TrialState.RUNNING:
-            raise lease_ended(handle, facts.number, facts.state)
+        if facts.paused_epoch == epoch:
+            return ReportAnswer(prune=False, pause=True)  # the same report again, after it paused
+        _check_running(handle, facts)
         self._leases.renew(trial_id)
         if epoch not in values:  # else a retried report: answer it again
             expected = max(values, default=-1) + 1
@@ -91,7 +94,15 @@ class TrialMessages:
         self._metrics.reports.labels(handle.name).inc()
         # A trial that has trained its last epoch is not pruned: its result is complete.
         last_epoch = epoch >= handle.spec.training.epochs - 1
-        prune = not last_epoch and self._should_prune(handle, facts)
+        if asha_spec(handle) is not None:
+            decision = (
+                "continue" if last_epoch else self._pausing.decide(handle, epoch, values[epoch])
+            )
+            prune = decision == "stop"
+            if decision == "pause":
+                return ReportAnswer(prune=False, pause=True)
+        else:
+            prune = not last_epoch and self._should_prune(handle, facts)
         if prune:
             self._finish(handle, facts.number, trial_id, TrialState.PRUNED)
             logger.info("trial %d of %s pruned after epoch %d", facts.number, handle.name, epoch)
@@ -126,8 +137,7 @@ class TrialMessages:
         check_holder(handle, facts.number, facts.worker, worker_id)
         if facts.state == TrialState.COMPLETE:
             return TrialAck(trial_id=trial_id, state="complete")  # a retried completion
-        if facts.state != TrialState.RUNNING:
-            raise lease_ended(handle, facts.number, facts.state)
+        _check_running(handle, facts)
         value = objective_value(handle, val_loss, val_accuracy)
         if (
             epoch is not None
@@ -152,6 +162,19 @@ class TrialMessages:
         logger.info("trial %d of %s complete: val_loss %.4g", facts.number, handle.name, val_loss)
         self._finished(handle, facts.worker, facts.has_artifacts)
         return TrialAck(trial_id=trial_id, state="complete")
+
+    def pause(self, trial_id: int, epoch: int, worker_id: str | None = None) -> TrialAck:
+        """The worker paused the trial after `epoch`, as its report's answer asked, with the
+        checkpoint of that epoch uploaded: the worker is free, the trial waits for a promotion."""
+        handle, facts = self._registry.facts(trial_id)
+        check_holder(handle, facts.number, facts.worker, worker_id)
+        if facts.paused_epoch == epoch:
+            return TrialAck(trial_id=trial_id, state="paused")  # the same message again
+        _check_running(handle, facts)
+        self._pausing.pause(handle, facts, epoch)
+        if facts.worker:
+            self._backend.touch_worker(facts.worker, study=None, trial_number=None, trial_id=None)
+        return TrialAck(trial_id=trial_id, state="paused")
 
     def fail(
         self, trial_id: int, reason: str, retry: bool, worker_id: str | None = None
@@ -215,7 +238,15 @@ class TrialMessages:
         # trial without any got better wait for the lease keeper's sweep, which collects too:
         # collecting walks every trial, too much for each message.
         if had_artifacts:
-            _best_effort(self._artifacts.collect_garbage, handle)
+            self._artifacts.collect_now(handle)
+
+
+def _check_running(handle: StudyHandle, facts: TrialFacts) -> None:
+    """Raises Conflict unless a worker holds the trial: it is running and not paused."""
+    if facts.state != TrialState.RUNNING:
+        raise lease_ended(handle, facts.number, facts.state)
+    if facts.paused_epoch is not None:
+        raise paused_lease(handle, facts.number, facts.paused_epoch)
 
 
 def objective_value(handle: StudyHandle, val_loss: float, val_accuracy: float | None) -> float:
@@ -225,13 +256,3 @@ def objective_value(handle: StudyHandle, val_loss: float, val_accuracy: float | 
     if val_accuracy is None:
         raise InvalidInput("this study's objective is val_accuracy: send it", field="val_accuracy")
     return val_accuracy
-
-
-def _best_effort(collect: Callable[[StudyHandle], None], handle: StudyHandle) -> None:
-    """The trial has ended whatever happens here; the sweep collects what this could not."""
-    try:
-        collect(handle)
-    except Exception:  # noqa: BLE001 - any store fault: logged whole, the message still succeeds
-        logger.exception(
-            "collecting the artifacts of %s failed; the lease sweep retries", handle.name
-        )

@@ -121,13 +121,25 @@ class NoPrunerSpec(_Options):
     name: Literal["none"]
 
 
+class AshaSpec(_Options):
+    """Asynchronous successive halving (service/asha.py): rungs at min_resource *
+    reduction_factor**k epochs. `promotion` pauses trials below a rung's top 1/reduction_factor
+    and resumes them from their checkpoints when they rank there; `stopping` prunes them."""
+
+    name: Literal["asha"]
+    reduction_factor: int = Field(3, ge=2, le=100)
+    min_resource: int = Field(1, ge=1, le=100_000)
+    mode: Literal["promotion", "stopping"] = "promotion"
+
+
 PrunerSpec = Annotated[
     MedianSpec
     | PercentileSpec
     | SuccessiveHalvingSpec
     | HyperbandSpec
     | ThresholdSpec
-    | NoPrunerSpec,
+    | NoPrunerSpec
+    | AshaSpec,
     Field(discriminator="name"),
 ]
 
@@ -170,6 +182,9 @@ PRUNERS: dict[str, Callable[[Any], optuna.pruners.BasePruner]] = {
     "hyperband": lambda s: optuna.pruners.HyperbandPruner(**_options(s)),
     "threshold": lambda s: optuna.pruners.ThresholdPruner(**_options(s)),
     "none": lambda s: optuna.pruners.NopPruner(),
+    # ASHA's decisions read the rungs straight from the database (service/rungs.py): Optuna's
+    # pruner interface has no "pause".
+    "asha": lambda s: optuna.pruners.NopPruner(),
 }
 
 

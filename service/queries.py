@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
-from service import keys
+from service import keys, paused_table
 
 _TRIALS = models.TrialModel.__table__
 _STUDIES = models.StudyModel.__table__
@@ -36,6 +36,7 @@ class TrialFacts:
     worker: str | None
     has_artifacts: bool
     completed_in_study: int  # complete trials of its study
+    paused_epoch: int | None = None  # the epoch it paused after (asha), while it is paused
 
     def frozen(self) -> FrozenTrial:
         """The trial as a pruner that reads only its learning curve sees it."""
@@ -81,6 +82,10 @@ def _facts_statement() -> sa.Select[Any]:
             worker.label("worker"),
             artifacts.label("has_artifacts"),
             completed.label("completed"),
+            sa.select(paused_table.table.c.epoch)
+            .where(paused_table.table.c.trial_id == _TRIALS.c.trial_id)
+            .scalar_subquery()
+            .label("paused_epoch"),
         )
         .join(_STUDIES, _STUDIES.c.study_id == _TRIALS.c.study_id)
         .where(_TRIALS.c.trial_id == sa.bindparam("trial_id"))
@@ -114,6 +119,7 @@ def trial_facts(conn: sa.Connection, trial_id: int) -> TrialFacts | None:
         worker=json.loads(row.worker) if row.worker is not None else None,
         has_artifacts=bool(row.has_artifacts),
         completed_in_study=row.completed,
+        paused_epoch=row.paused_epoch,
     )
 
 

@@ -22,7 +22,7 @@ Seconds = Annotated[
     float, PlainSerializer(lambda v: int(v) if v.is_integer() else v, return_type=int | float)
 ]
 WORKER_ID = keys.WORKER_ID_PATTERN
-TrialStateName = Literal["waiting", "running", "complete", "pruned", "fail"]
+TrialStateName = Literal["waiting", "running", "paused", "complete", "pruned", "fail"]
 
 
 class _In(BaseModel):
@@ -72,6 +72,12 @@ class TrialPublic(BaseModel):
     device: str | None
     retry_of: int | None = Field(description="Number of the trial this one retries")
     resumed_from_epoch: int | None = Field(description="First epoch this trial trained itself")
+    paused_after_epoch: int | None = Field(
+        None,
+        description="Pruner asha: the (0-based) epoch it paused after, while paused or when it "
+        "ended paused",
+    )
+    promotions: int = Field(0, description="Pruner asha: how many times it was resumed")
     fail_reason: str | None
     started_at: AwareDatetime | None
     finished_at: AwareDatetime | None
@@ -106,6 +112,7 @@ class BestTrial(BaseModel):
 class TrialCounts(BaseModel):
     waiting: int = 0
     running: int = 0
+    paused: int = Field(0, description="Paused by the asha pruner, waiting for a promotion")
     complete: int = 0
     pruned: int = 0
     fail: int = 0
@@ -276,7 +283,17 @@ class TrialReport(_In):
 
 
 class ReportAnswer(BaseModel):
-    prune: bool
+    prune: bool = Field(description="Stop training: the trial is pruned")
+    pause: bool = Field(
+        False,
+        description="Stop training for now (pruner asha, promotion mode): upload the "
+        "checkpoint of this epoch, then POST /trials/{trial_id}/pause; the trial may be "
+        "promoted later and resumed from it",
+    )
+
+
+class TrialPause(_In):
+    epoch: int = Field(ge=0, le=100_000, description="The epoch the trial paused after")
 
 
 class TrialComplete(_In):

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from service import keys
-from service.optimizers import MedianSpec, PrunerSpec, SamplerSpec, TPESpec
+from service.optimizers import AshaSpec, MedianSpec, PrunerSpec, SamplerSpec, TPESpec
 from service.search_space import (
     COMMON_RECIPE,
     HYPERPARAMETERS,
@@ -308,6 +308,21 @@ class StudySpec(_Strict):
             if why is not None:
                 raise ValueError(why)
         return space
+
+    @field_validator("pruner")
+    @classmethod
+    def _asha_rungs(cls, pruner: Any, info: ValidationInfo) -> Any:
+        training = info.data.get("training")
+        if (
+            isinstance(pruner, AshaSpec)
+            and training is not None
+            and pruner.min_resource >= training.epochs
+        ):
+            raise ValueError(
+                f"asha's first rung (min_resource {pruner.min_resource} epochs) must come "
+                f"before the last epoch: training.epochs is {training.epochs}"
+            )
+        return pruner
 
     @field_validator("baseline")
     @classmethod

@@ -30,9 +30,10 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from service import keys, queries, study_table
+from service import keys, paused_table, queries, study_table
 from service import optuna_internals as internals
 from service.artifact_store import open_location
+from service.asha import Paused
 from service.claim_lock import ClaimLock
 from service.errors import Conflict, NotFound
 from service.init_lock import storage_init_lock
@@ -175,6 +176,7 @@ class Backend:
             raise NotFound(f"no study named {name!r}") from exc
         with self._engine.begin() as conn:
             study_table.delete(conn, study_id)
+            paused_table.remove_study(conn, study_id)
 
     def study_id(self, name: str) -> int:
         try:
@@ -288,9 +290,15 @@ class Backend:
 
     def trial_census(self, study_id: int) -> tuple[dict[str, int], list[int], set[int]]:
         """What a study's budget counts, without reading its trials: the number of trials in
-        each state (by name), the numbers of the failed ones and of those retried."""
+        each state (by name; PAUSED apart from RUNNING), the numbers of the failed ones and of
+        those retried."""
         with self._engine.connect() as conn:
-            return queries.trial_census(conn, study_id)
+            states, failed, retried = queries.trial_census(conn, study_id)
+            paused = paused_table.counts(conn, [study_id]).get(study_id, 0)
+        if paused:  # RUNNING to Optuna, held by no worker
+            states["RUNNING"] -= paused
+            states["PAUSED"] = paused
+        return states, failed, retried
 
     def trial_ids(self, study_id: int, state: TrialState) -> list[int]:
         with self._engine.connect() as conn:
@@ -346,6 +354,44 @@ class Backend:
 
     def record_heartbeat(self, trial_id: int) -> None:
         self._storage.record_heartbeat(trial_id)
+
+    # --- ASHA: paused trials (service/paused_table.py) ------------------------------------------
+    def pause(self, trial_id: int, study_id: int, epoch: int, rung: int, value: float) -> None:
+        """The trial no longer holds a worker: it waits at `rung` with its checkpoint of
+        `epoch`. Raises Conflict when it is paused already."""
+        try:
+            with self._engine.begin() as conn:
+                paused_table.insert(conn, trial_id, study_id, epoch, rung, value)
+        except sa.exc.IntegrityError as exc:
+            raise Conflict(f"trial id {trial_id} is paused already") from exc
+
+    def unpause(self, trial_id: int) -> bool:
+        """Take the trial out of the paused ones; False when it was not paused."""
+        with self._engine.begin() as conn:
+            return paused_table.remove(conn, trial_id)
+
+    def paused(self, study_id: int) -> list[Paused]:
+        with self._engine.connect() as conn:
+            return paused_table.of_study(conn, study_id)
+
+    def paused_epoch(self, trial_id: int) -> int | None:
+        """The epoch a paused trial paused after; None when it is not paused."""
+        with self._engine.connect() as conn:
+            return paused_table.epoch_of(conn, trial_id)
+
+    def paused_counts(self, study_ids: list[int] | None = None) -> dict[int, int]:
+        with self._engine.connect() as conn:
+            return paused_table.counts(conn, study_ids)
+
+    def rung_values(self, study_id: int, step: int) -> list[float]:
+        """The objective values reported for (0-based) epoch `step` by the trials that count at
+        a rung (running, paused, complete or pruned; no prior or failed trial)."""
+        with self._engine.connect() as conn:
+            return paused_table.rung_values(conn, study_id, step)
+
+    def keep_paused_leases(self, study_id: int) -> None:
+        with self._engine.begin() as conn:
+            paused_table.keep_leases(conn, study_id)
 
     # --- artifacts -----------------------------------------------------------------------------
     def upload_artifact(self, trial: FrozenTrial, path: Path, filename: str) -> str:
@@ -456,5 +502,6 @@ def open_backend(settings: Settings, on_stale: Any) -> Backend:
         _metadata.create_all(rdb.engine)
         _add_missing_columns(rdb.engine)
         study_table.create(rdb.engine)
+        paused_table.create(rdb.engine)
     storage = optuna.storages.get_storage(rdb)
     return Backend(storage, rdb, open_artifact_store(settings), ClaimLock(rdb.engine, sqlite_path))

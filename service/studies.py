@@ -202,12 +202,13 @@ class StudyService:
     def _check_budget(self, handle: StudyHandle, n_trials: int) -> None:
         budget = Budget.from_census(*self._backend.trial_census(handle.study_id), n_trials)
         c = budget.counts
-        floor = budget.finished + c.running + c.waiting
+        floor = budget.finished + budget.in_flight
         if n_trials < floor:
+            paused = f", {c.paused} paused" if c.paused else ""
             raise Conflict(
                 f"n_trials {n_trials} is below the {floor} trials study {handle.name!r} has "
                 f"finished or in flight ({budget.finished} finished, {c.running} running, "
-                f"{c.waiting} waiting)",
+                f"{c.waiting} waiting{paused})",
                 field="n_trials",
             )
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from optuna.storages._rdb import models
 from optuna.trial import TrialState
 
-from service import keys
+from service import keys, paused_table
 
 metadata = sa.MetaData()
 
@@ -170,6 +170,7 @@ def active(conn: sa.Connection) -> list[ActiveStudy]:
             .where(
                 _TRIALS.c.state == TrialState.RUNNING,
                 _TRIALS.c.study_id.in_([r.study_id for r in rows]),
+                ~paused_table.is_paused(_TRIALS.c.trial_id),  # held by no worker
             )
             .group_by(_TRIALS.c.study_id)
         ).all()
@@ -241,7 +242,8 @@ def running_trials(conn: sa.Connection) -> dict[tuple[int, str], int]:
 
 
 def counts_by_study(conn: sa.Connection) -> dict[str, dict[str, int]]:
-    """Trials by state name, by study name, of hpsearch's studies: one grouped query."""
+    """Trials by state name (and "paused"), by study name, of hpsearch's studies: two grouped
+    queries."""
     out: dict[str, dict[str, int]] = {}
     for name, state, n in conn.execute(
         sa.select(_STUDIES.c.study_name, _TRIALS.c.state, sa.func.count())
@@ -252,4 +254,13 @@ def counts_by_study(conn: sa.Connection) -> dict[str, dict[str, int]]:
         counts = out.setdefault(name, {})
         if state is not None:
             counts[state.name.lower()] = n
+    paused = paused_table.table
+    for name, n in conn.execute(
+        sa.select(_STUDIES.c.study_name, sa.func.count())
+        .join(paused, paused.c.study_id == _STUDIES.c.study_id)
+        .group_by(_STUDIES.c.study_name)
+    ):
+        counts = out.setdefault(name, {})
+        counts["running"] = counts.get("running", 0) - n  # paused trials are RUNNING to Optuna
+        counts["paused"] = n
     return out

@@ -18,6 +18,18 @@ def state_name(state: TrialState) -> str:
     return state.name.lower()
 
 
+def is_paused(trial: FrozenTrial) -> bool:
+    """Paused by the asha pruner: RUNNING to Optuna, held by no worker."""
+    return (
+        trial.state == TrialState.RUNNING
+        and trial.user_attrs.get(keys.PAUSED_AFTER_EPOCH) is not None
+    )
+
+
+def public_state(trial: FrozenTrial) -> str:
+    return "paused" if is_paused(trial) else state_name(trial.state)
+
+
 def local_time(moment: dt.datetime | None) -> dt.datetime | None:
     """An Optuna timestamp (the server's local time, stored without a zone) with its zone."""
     return moment.astimezone() if moment is not None and moment.tzinfo is None else moment
@@ -67,7 +79,7 @@ def trial_public(handle: StudyHandle, trial: FrozenTrial, top_k: set[int]) -> Tr
     return TrialPublic(
         trial_id=internals.trial_id(trial),
         number=trial.number,
-        state=state_name(trial.state),  # type: ignore[arg-type]
+        state=public_state(trial),  # type: ignore[arg-type]
         params=trial.params,
         config=handle.config(trial.params),
         val_loss=val_loss(trial, handle.spec.objective.metric),
@@ -83,6 +95,8 @@ def trial_public(handle: StudyHandle, trial: FrozenTrial, top_k: set[int]) -> Tr
         device=attrs.get(keys.DEVICE),
         retry_of=retry_of(trial),
         resumed_from_epoch=attrs.get(keys.RESUMED_FROM_EPOCH),
+        paused_after_epoch=attrs.get(keys.PAUSED_AFTER_EPOCH),
+        promotions=int(attrs.get(keys.PROMOTIONS) or 0),
         fail_reason=attrs.get(keys.FAIL_REASON),
         started_at=local_time(trial.datetime_start),
         finished_at=local_time(trial.datetime_complete),

@@ -14,9 +14,12 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:  # the trial module imports torch; the client needs only the name
+    from worker.trial import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +153,8 @@ class ServerClient:
         val_loss: float,
         val_accuracy: float | None,
         train_loss: float | None = None,
-    ) -> bool:
+    ) -> Verdict:
+        """What the server says to do next: continue, prune or pause."""
         body = {
             "epoch": epoch,
             "val_loss": val_loss,
@@ -158,7 +162,16 @@ class ServerClient:
             "train_loss": train_loss,
         }
         path = f"/api/v1/trials/{trial_id}/report"
-        return bool(self._request("POST", path, json=body, trial=True).json()["prune"])
+        answer = self._request("POST", path, json=body, trial=True).json()
+        if answer.get("pause"):
+            return "pause"
+        return "prune" if answer["prune"] else "continue"
+
+    def pause(self, trial_id: int, epoch: int) -> None:
+        """The trial stopped after `epoch`, as its report's answer asked, with the checkpoint
+        of that epoch uploaded."""
+        path = f"/api/v1/trials/{trial_id}/pause"
+        self._request("POST", path, json={"epoch": epoch}, trial=True)
 
     def heartbeat(self, trial_id: int, retry_for_s: float) -> None:
         self._request(

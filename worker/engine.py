@@ -44,7 +44,7 @@ from worker.models import (
     seed_process_rng,
 )
 from worker.schedule import make_optimizer, make_scheduler, parameter_groups
-from worker.trial import Objective, Training, TrialJob
+from worker.trial import Objective, Training, TrialJob, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class EpochReport:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    status: Literal["completed", "pruned"]
+    status: Literal["completed", "pruned", "paused"]
     val_loss: float
     val_accuracy: float
     epochs_run: int  # epochs trained by this call (not counting resumed ones)
@@ -343,7 +343,7 @@ def _checkpoint_due(training: Training, epoch: int) -> bool:
 def fine_tune(
     job: TrialJob,
     caches: Caches,
-    on_epoch: Callable[[EpochReport], bool],
+    on_epoch: Callable[[EpochReport], bool | Verdict],
     *,
     device: str = "cpu",
     on_checkpoint: Callable[[int, bytes], None] | None = None,
@@ -353,10 +353,12 @@ def fine_tune(
 ) -> TrialOutcome:
     """Train ``job`` on ``device`` and return how it ended.
 
-    ``on_epoch`` gets an :class:`EpochReport` after every epoch and returns True to
-    prune (training stops at once, status "pruned"). ``on_checkpoint(epoch, bytes)``
-    gets the training state after every ``training.checkpoint_every``-th epoch;
-    ``resume`` takes such bytes and continues with the next epoch. Raises
+    ``on_epoch`` gets an :class:`EpochReport` after every epoch and returns True or
+    "prune" to prune (training stops at once, status "pruned"), "pause" to pause (the state
+    goes to ``on_checkpoint`` first, status "paused"), False or "continue" to go on.
+    ``on_checkpoint(epoch, bytes)`` gets the training state after every
+    ``training.checkpoint_every``-th epoch; ``resume`` takes such bytes and continues with
+    the next epoch: a paused trial resumed so trains exactly as if it had not paused. Raises
     :class:`Interrupted` when ``should_stop()`` (polled every iteration) turns true,
     :class:`NonFiniteLoss` on a NaN/inf loss, and
     :class:`~worker.models.WeightsUnavailable` when pretrained weights are missing.
@@ -375,10 +377,18 @@ def fine_tune(
         val_loss, val_accuracy = report.val_loss, report.val_accuracy
         if job.objective.epoch == "best":
             _keep_if_best(prepared.state, job.objective, report)
-        if on_epoch(report):
-            logger.info("pruned after epoch %d", epoch)
+        verdict = on_epoch(report)
+        if verdict == "pause":
+            if on_checkpoint is None:
+                raise ValueError("a trial can pause only with somewhere to put its checkpoint")
+            logger.info("paused after epoch %d", epoch)
+            on_checkpoint(epoch, save_training_state(prepared.state, epoch, rt.device))
+        if verdict in (True, "prune", "pause"):
+            status = "paused" if verdict == "pause" else "pruned"
+            if status == "pruned":
+                logger.info("pruned after epoch %d", epoch)
             return TrialOutcome(
-                "pruned", val_loss, val_accuracy, epoch + 1 - start, prepared.state.model, epoch
+                status, val_loss, val_accuracy, epoch + 1 - start, prepared.state.model, epoch
             )
         if on_checkpoint is not None and _checkpoint_due(job.training, epoch):
             on_checkpoint(epoch, save_training_state(prepared.state, epoch, rt.device))

@@ -25,7 +25,7 @@ from worker.engine import (
 from worker.heartbeat import Heartbeat
 from worker.models import WeightsUnavailable
 from worker.preflight import PreflightFault, run_preflight
-from worker.trial import BadClaim, Hyperparameters, Trial
+from worker.trial import BadClaim, Hyperparameters, Trial, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ class Runner:
                 heartbeat.finish()
                 logger.info("%s pruned after %d epochs", trial.label, outcome.epochs_run)
                 return "pruned"
+            if outcome.status == "paused":
+                return self._pause(trial, outcome, heartbeat)
             return self._complete(trial, outcome, heartbeat)
 
     def _preflight(self, trial: Trial, heartbeat: Heartbeat) -> str | None:
@@ -219,6 +221,18 @@ class Runner:
         )
         return "completed"
 
+    def _pause(self, trial: Trial, outcome: TrialOutcome, heartbeat: Heartbeat) -> str:
+        """The checkpoint of the rung's epoch is uploaded: tell the server, which may promote
+        the trial later (to any worker)."""
+        assert outcome.epoch is not None
+        heartbeat.finish()
+        try:
+            self.client.pause(trial.trial_id, outcome.epoch)
+        except LeaseLost as exc:
+            return _abandoned(trial.label, exc)
+        logger.info("%s paused after epoch %d", trial.label, outcome.epoch)
+        return "paused"
+
     def _test(self, trial: Trial, outcome: TrialOutcome) -> tuple[float, float] | None:
         """The test metrics of a completed trial; None without a test folder. They are only
         shown, never selected on: a failure to compute them is logged, not a failed trial."""
@@ -231,8 +245,8 @@ class Runner:
             logger.info("%s: test_loss %.4f, test_accuracy %.3f", trial.label, *test)
         return test
 
-    def _reporter(self, trial_id: int) -> Callable[[EpochReport], bool]:
-        def on_epoch(report: EpochReport) -> bool:
+    def _reporter(self, trial_id: int) -> Callable[[EpochReport], Verdict]:
+        def on_epoch(report: EpochReport) -> Verdict:
             return self.client.report(
                 trial_id, report.epoch, report.val_loss, report.val_accuracy, report.train_loss
             )

@@ -17,12 +17,15 @@ import dataclasses
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from worker.data import DataSpec
 from worker.models import ModelSpec
 
 T = TypeVar("T")
+
+# The server's answer to a report: go on, stop for good, or stop until promoted (pruner asha).
+Verdict = Literal["continue", "prune", "pause"]
 
 
 class BadClaim(ValueError):

@@ -96,6 +96,7 @@ def test_the_claim_links_to_the_operations_on_its_trial(client: httpx.Client) ->
         "heartbeat",
         "complete_trial",
         "fail_trial",
+        "pause_trial",
         "upload_checkpoint",
         "upload_weights",
     }

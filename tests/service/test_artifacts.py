@@ -109,7 +109,7 @@ def test_a_retried_trial_resumes_from_the_checkpoint(
     assert listed["val_accuracy"] is None
 
     # It trains on from epoch 2: an epoch it has is answered again, a gap is refused.
-    assert other.report(retry.trial_id, 1, 0.8).json() == {"prune": False}
+    assert other.report(retry.trial_id, 1, 0.8).json() == {"prune": False, "pause": False}
     assert other.report(retry.trial_id, 3, 0.5).status_code == 422
     for epoch, loss in ((2, 0.7), (3, 0.6), (4, 0.5)):
         assert other.report(retry.trial_id, epoch, loss).status_code == 200

@@ -228,3 +228,35 @@ def test_metrics_after_a_scripted_run(http: httpx.Client) -> None:
         )
         >= 4
     )
+
+
+def test_paused_trials_keep_their_lease_and_are_promoted(http: httpx.Client) -> None:
+    """asha: a paused trial holds no worker and sends no heartbeat; the server keeps its lease
+    through every sweep, so it is not failed as stale and is promoted later."""
+    name = unique("lease-asha")
+    create_study(
+        http,
+        name,
+        baseline=False,
+        training={"epochs": 4, "seed": 0},
+        pruner={"name": "asha", "reduction_factor": 3, "min_resource": 1, "mode": "promotion"},
+        n_trials=3,
+    )
+    worker = ScriptedWorker(http, "w-lease-asha", name)
+    paused = []
+    for loss in (0.5, 1.0, 2.0):
+        trial = worker.next_trial()
+        assert worker.report(trial.trial_id, 0, loss).json()["pause"] is True
+        r = http.put(
+            f"{API}/trials/{trial.trial_id}/checkpoint",
+            params={"epoch": 0},
+            content=b"state",
+            headers={"content-type": "application/octet-stream"},
+        )
+        assert r.status_code == 204
+        assert http.post(f"{API}/trials/{trial.trial_id}/pause", json={"epoch": 0}).is_success
+        paused.append(trial)
+    time.sleep(GRACE + 3 * HEARTBEAT)  # stale twice over, had the server not kept the leases
+    assert _states(http, name) == ["paused"] * 3
+    promoted = worker.next_trial()
+    assert promoted.trial_id == paused[0].trial_id and promoted.body["resume"]["epoch"] == 0

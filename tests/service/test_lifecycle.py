@@ -215,7 +215,7 @@ def test_pruner_ignores_prior_trials(client: httpx.Client) -> None:
     second = worker.claim()
     assert second is not None
     r = worker.report(second.trial_id, 0, 50.0)
-    assert r.status_code == 200 and r.json() == {"prune": False}
+    assert r.status_code == 200 and r.json() == {"prune": False, "pause": False}
 
 
 def test_warm_start_from_an_unknown_study_is_422(

@@ -75,11 +75,11 @@ def test_median_pruner_prunes_clearly_worse_trials(
     # Worse from the first epoch: pruned at epoch 0.
     bad = _claimed(worker)
     r = worker.report(bad.trial_id, 0, 5.0)
-    assert r.status_code == 200 and r.json() == {"prune": True}
+    assert r.status_code == 200 and r.json() == {"prune": True, "pause": False}
     # Fine at first, clearly worse at epoch 1: pruned there.
     late = _claimed(worker)
-    assert worker.report(late.trial_id, 0, 0.9).json() == {"prune": False}
-    assert worker.report(late.trial_id, 1, 3.0).json() == {"prune": True}
+    assert worker.report(late.trial_id, 0, 0.9).json() == {"prune": False, "pause": False}
+    assert worker.report(late.trial_id, 1, 3.0).json() == {"prune": True, "pause": False}
     # As good as the others: runs to the end.
     fine = _claimed(worker)
     assert worker.run(fine, [0.95, 0.75, 0.55, 0.45]) == "complete"
@@ -235,7 +235,7 @@ def test_epochs_must_come_in_order_and_repeats_are_harmless(
     again = worker.report(trial.trial_id, 0, 1.0)
     changed = worker.report(trial.trial_id, 0, 0.1)  # a retried report is never re-applied
     assert first.status_code == again.status_code == changed.status_code == 200
-    assert first.json() == again.json() == changed.json() == {"prune": False}
+    assert first.json() == again.json() == changed.json() == {"prune": False, "pause": False}
     assert worker.report(trial.trial_id, 2, 1.0).status_code == 422  # a gap
     assert worker.report(trial.trial_id, 1, 0.9).status_code == 200
     [stored] = _load(shared_server, name).trials
@@ -300,7 +300,14 @@ def test_summary_best_and_trials(client: httpx.Client, shared_server: Server) ->
 
     body = summary(client, name)
     assert body["state"] == "done" and body["finished"] == 3
-    assert body["counts"] == {"waiting": 0, "running": 0, "complete": 3, "pruned": 0, "fail": 0}
+    assert body["counts"] == {
+        "waiting": 0,
+        "running": 0,
+        "paused": 0,
+        "complete": 3,
+        "pruned": 0,
+        "fail": 0,
+    }
     assert body["best"]["number"] == better.number and body["best"]["val_loss"] == 0.5
     assert body["baseline"]["number"] == 0 and body["baseline"]["val_loss"] == 1.0
     assert body["baseline"]["is_baseline"] is True

@@ -43,6 +43,7 @@ def test_kill_and_restart_mid_study(server_factory: ServerFactory, storage_url: 
         assert before["counts"] == {
             "waiting": 1,
             "running": 1,
+            "paused": 0,
             "complete": 0,
             "pruned": 0,
             "fail": 1,
@@ -66,7 +67,7 @@ def test_kill_and_restart_mid_study(server_factory: ServerFactory, storage_url: 
 
         # The worker never heard back about epoch 1 and sends it again: harmless.
         r = a.report(running.trial_id, 1, 0.8)
-        assert r.status_code == 200 and r.json() == {"prune": False}
+        assert r.status_code == 200 and r.json() == {"prune": False, "pause": False}
         assert http.get(f"{API}/trials/{running.trial_id}/checkpoint").content == checkpoint
         assert a.report(running.trial_id, 2, 0.7).status_code == 200
         assert a.complete(running.trial_id, 0.7).status_code == 200

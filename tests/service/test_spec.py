@@ -368,7 +368,14 @@ def test_created_study_holds_spec_and_baseline(client: httpx.Client, shared_serv
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["name"] == name and body["state"] == "running" and body["n_trials"] == 4
-    assert body["counts"] == {"waiting": 1, "running": 0, "complete": 0, "pruned": 0, "fail": 0}
+    assert body["counts"] == {
+        "waiting": 1,
+        "running": 0,
+        "paused": 0,
+        "complete": 0,
+        "pruned": 0,
+        "fail": 0,
+    }
     assert body["dashboard_url"].startswith(shared_server.url + "/dashboard/")
     assert body["spec"]["baseline"]["lr"] == 0.02
 

@@ -274,3 +274,31 @@ def test_the_trial_trains_with_its_label_smoothing_and_head_lr(make_job, caches)
     _, rec_h = run(make_job(**base, hparams={"head_lr_mult": 4.0}), caches)
     assert rec_h.reports[0].lr == pytest.approx(4.0 * rec.reports[0].lr)
     assert rec_h.reports[0].val_loss != rec.reports[0].val_loss
+
+
+@pytest.mark.slow
+def test_a_paused_trial_resumed_trains_as_if_it_never_paused(make_job, caches) -> None:
+    """asha's pause: the state goes out at the paused epoch (checkpoints or not), and training
+    resumed from it ends with the same losses and weights, bit for bit, as an uninterrupted run."""
+    job = make_job(training={"epochs": 3, "checkpoint_every": 0})
+    whole, rec_whole = run(job, caches)
+    assert rec_whole.checkpoints == {}  # none due
+
+    pausing = Recorder()
+    paused = fine_tune(
+        job,
+        caches,
+        lambda r: pausing.on_epoch(r) or ("pause" if r.epoch == 0 else "continue"),
+        on_checkpoint=pausing.on_checkpoint,
+    )
+    assert (paused.status, paused.epoch, paused.epochs_run) == ("paused", 0, 1)
+    assert sorted(pausing.checkpoints) == [0]
+
+    resumed, rec_resumed = run(job, caches, resume=pausing.checkpoints[0])
+    assert resumed.status == "completed" and resumed.epochs_run == 2
+    assert pausing.metrics() + rec_resumed.metrics() == rec_whole.metrics()
+    assert (resumed.val_loss, resumed.val_accuracy) == (whole.val_loss, whole.val_accuracy)
+    assert_same_state(state_of(resumed), state_of(whole))
+
+    with pytest.raises(ValueError, match="checkpoint"):
+        fine_tune(job, caches, lambda r: "pause")

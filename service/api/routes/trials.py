@@ -27,6 +27,7 @@ from service.schemas import (
     TrialClaim,
     TrialComplete,
     TrialFail,
+    TrialPause,
     TrialReport,
 )
 
@@ -46,6 +47,7 @@ def _links_to_the_trial() -> dict[str, dict]:
         "Heartbeat": ("heartbeat", "post"),
         "Complete": ("complete", "post"),
         "Fail": ("fail", "post"),
+        "Pause": ("pause", "post"),
         "UploadCheckpoint": ("checkpoint", "put"),
         "UploadWeights": ("weights", "put"),
     }
@@ -129,6 +131,17 @@ def fail_trial(
 ) -> TrialAck:
     """Fail the trial with a reason; retry=true hands it back to be run again at once."""
     return services.messages.fail(trial_id, body.reason, body.retry, worker_id)
+
+
+@router.post("/{trial_id}/pause", responses=ERRORS)
+def pause_trial(
+    trial_id: TrialId, body: TrialPause, services: ServicesDep, worker_id: HolderId = None
+) -> TrialAck:
+    """Pause the trial after `epoch`, as the report's answer asked (pruner asha, promotion
+    mode), once the checkpoint of that epoch is uploaded: the worker is free to claim another
+    trial, and this one may be promoted later and resumed from its checkpoint. 409 when the
+    trial was not at a rung's epoch or its checkpoint is missing."""
+    return services.messages.pause(trial_id, body.epoch, worker_id)
 
 
 @router.post("/{trial_id}/preflight", responses=ERRORS)

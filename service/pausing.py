@@ -1,0 +1,139 @@
+"""Pause and promote: the asha pruner's decisions (service/asha.py) applied to a study's trials.
+
+- A report that ends a rung gets ASHA's decision: continue, stop (the trial is pruned) or, in
+  promotion mode, pause. A trial told to pause uploads its checkpoint of that epoch and says so
+  (`pause`): from then on it holds no worker, and its lease is the server's (`keep_leases`).
+- A claim promotes before it samples: the best paused trial of the highest rung that now ranks
+  in its rung's top 1/reduction_factor goes out again, the same trial with the same params, to
+  resume from its checkpoint (`promote`, under the study's claim lock).
+- When no configuration is left to sample, no trial runs and none can be promoted, the paused
+  trials end as PRUNED with their last value (`end_paused`): nothing could ever promote them.
+
+At most one checkpoint per trial is kept (an upload replaces the previous one), and a paused
+trial's stays until it ends: a study's checkpoints are at most one per paused or running trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import optuna
+from optuna.trial import TrialState
+
+from service import asha, keys
+from service.artifacts import Artifacts
+from service.asha import Decision
+from service.errors import Conflict
+from service.optimizers import AshaSpec
+from service.registry import StudyHandle
+from service.schemas import Resume
+from service.storage import Backend, TrialFacts
+
+logger = logging.getLogger(__name__)
+
+
+def asha_spec(handle: StudyHandle) -> AshaSpec | None:
+    pruner = handle.spec.pruner
+    return pruner if isinstance(pruner, AshaSpec) else None
+
+
+def _rungs(handle: StudyHandle, spec: AshaSpec) -> tuple[int, ...]:
+    return asha.rung_epochs(spec.min_resource, spec.reduction_factor, handle.spec.training.epochs)
+
+
+def _minimize(handle: StudyHandle) -> bool:
+    return handle.spec.objective.direction == "minimize"
+
+
+class Pausing:
+    def __init__(self, backend: Backend, artifacts: Artifacts) -> None:
+        self._backend = backend
+        self._artifacts = artifacts
+
+    def decide(self, handle: StudyHandle, epoch: int, value: float) -> Decision:
+        """ASHA's decision for a report of `epoch` (already recorded) with `value`."""
+        spec = asha_spec(handle)
+        assert spec is not None, "only asha studies are decided here"
+        rung = asha.rung_of_epoch(_rungs(handle, spec), epoch)
+        if rung is None:
+            return "continue"
+        values = self._backend.rung_values(handle.study_id, epoch)
+        return asha.decide(value, values, spec.reduction_factor, _minimize(handle), spec.mode)
+
+    def pause(self, handle: StudyHandle, facts: TrialFacts, epoch: int) -> None:
+        """Record that the trial paused after `epoch`, a rung's last epoch that it reported and
+        whose checkpoint it uploaded. Raises Conflict otherwise."""
+        spec = asha_spec(handle)
+        where = f"trial {facts.number} of {handle.name}"
+        if spec is None or spec.mode != "promotion":
+            raise Conflict(f"{where}: its study does not pause trials (pruner asha, promotion)")
+        rung = asha.rung_of_epoch(_rungs(handle, spec), epoch)
+        if rung is None or max(facts.intermediate_values, default=None) != epoch:
+            raise Conflict(f"{where} can pause only after reporting a rung's epoch, not {epoch}")
+        checkpoint = self._backend.trial(facts.trial_id).system_attrs.get(keys.CHECKPOINT)
+        if not checkpoint or int(checkpoint["epoch"]) != epoch:
+            raise Conflict(f"{where}: upload its checkpoint of epoch {epoch} before pausing")
+        with self._backend.claim_lock.hold(handle.study_id):
+            # The attr first: a reader that sees the row sees the attr.
+            self._backend.set_user_attrs(facts.trial_id, {keys.PAUSED_AFTER_EPOCH: epoch})
+            self._backend.pause(
+                facts.trial_id, handle.study_id, epoch, rung, facts.intermediate_values[epoch]
+            )
+        logger.info("trial %d of %s paused after epoch %d", facts.number, handle.name, epoch)
+
+    def promote(self, handle: StudyHandle) -> tuple[int, Resume] | None:
+        """Under the study's claim lock: the paused trial to resume now (taken out of the
+        paused ones), with where it resumes from; None when none ranks high enough."""
+        spec = asha_spec(handle)
+        paused = self._backend.paused(handle.study_id)
+        if spec is None or not paused:
+            return None
+        rungs = _rungs(handle, spec)
+        values = {
+            rung: self._backend.rung_values(handle.study_id, rungs[rung] - 1)
+            for rung in {p.rung for p in paused}
+            if rung < len(rungs)  # rungs move when training.epochs changes: a stale one waits
+        }
+        chosen = asha.promotion(
+            (p for p in paused if p.rung in values),
+            values,
+            spec.reduction_factor,
+            _minimize(handle),
+        )
+        if chosen is None or not self._backend.unpause(chosen.trial_id):
+            return None
+        trial = self._backend.trial(chosen.trial_id)
+        self._backend.set_user_attrs(
+            chosen.trial_id,
+            {
+                keys.PAUSED_AFTER_EPOCH: None,
+                keys.PROMOTIONS: int(trial.user_attrs.get(keys.PROMOTIONS) or 0) + 1,
+            },
+        )
+        epoch = int(trial.system_attrs[keys.CHECKPOINT]["epoch"])
+        logger.info(
+            "trial %d of %s promoted from rung %d (after epoch %d)",
+            trial.number,
+            handle.name,
+            chosen.rung,
+            epoch,
+        )
+        url = f"/api/v1/trials/{chosen.trial_id}/checkpoint"
+        return chosen.trial_id, Resume(epoch=epoch, checkpoint_url=url)
+
+    def end_paused(self, handle: StudyHandle) -> int:
+        """Under the study's claim lock, once nothing can promote them: end the paused trials as
+        PRUNED with their last value. Returns how many."""
+        ended = 0
+        for paused in self._backend.paused(handle.study_id):
+            trial = self._backend.trial(paused.trial_id)
+            # Finished meanwhile by another process: its state stands.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                handle.study.tell(trial.number, state=TrialState.PRUNED, skip_if_finished=True)
+            self._backend.unpause(paused.trial_id)
+            ended += 1
+        if ended:
+            logger.info("%s: %d paused trials ended as pruned", handle.name, ended)
+            self._artifacts.collect_now(handle)  # their checkpoints
+        return ended
