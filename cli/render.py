@@ -53,7 +53,9 @@ def study_line(study: Body) -> str:
     return (
         f"study {study['name']}: {study['state']}, {study['finished']}/{study['n_trials']} finished"
         f" ({c.get('running', 0)} running, {c.get('waiting', 0)} waiting,"
-        f" {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed)"
+        + (f" {c['paused']} paused," if c.get("paused") else "")
+        + f" {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned,"
+        f" {c.get('fail', 0)} failed)"
         + (f"; {study['state_reason']}" if study.get("state_reason") else "")
     )
 
@@ -125,6 +127,12 @@ def trials_table(trials: Sequence[Body]) -> str:
     notes = ["* the baseline recipe"] if any(t.get("is_baseline") for t in trials) else []
     if any(t.get("prior") for t in trials):
         notes.append("p prior evidence from the warm start's source study (not run here)")
+    notes += [
+        f"trial {t['number']} paused after epoch {t['paused_after_epoch']}"
+        + (f", promoted {t['promotions']} times before" if t.get("promotions") else "")
+        for t in trials
+        if t["state"] == "paused"
+    ]
     notes += [
         f"trial {t['number']} failed: {_first_line(t['fail_reason'])}"
         for t in trials

@@ -108,8 +108,9 @@ def summary_line(study: Body, workers: Sequence[Body], trouble: str) -> str:
     best = study.get("best")
     parts = [
         f"{study['name']} {study['state']} {study['finished']}/{study['n_trials']} finished",
-        f"{c.get('running', 0)} running {c.get('waiting', 0)} waiting {c.get('complete', 0)} "
-        f"complete {c.get('pruned', 0)} pruned {c.get('fail', 0)} failed",
+        f"{c.get('running', 0)} running {c.get('waiting', 0)} waiting "
+        + (f"{c['paused']} paused " if c.get("paused") else "")
+        + f"{c.get('complete', 0)} complete {c.get('pruned', 0)} pruned {c.get('fail', 0)} failed",
     ]
     if best:
         parts.append(

@@ -5,7 +5,15 @@ from __future__ import annotations
 import datetime as dt
 
 from cli import tables
-from cli.render import best_lines, best_table, best_yaml, data_lines, study_line, workers_table
+from cli.render import (
+    best_lines,
+    best_table,
+    best_yaml,
+    data_lines,
+    study_line,
+    trials_table,
+    workers_table,
+)
 
 
 def test_table_pads_columns_and_aligns_numbers_right() -> None:
@@ -171,3 +179,20 @@ def test_best_shows_test_columns_only_for_a_data_set_with_a_test_folder() -> Non
     untested = {**trial, "test_loss": None, "test_accuracy": None}
     text = best_table({"study": "s", "trials": [untested], "baseline": None})
     assert "TEST" not in text and "test" not in best_yaml({"study": "s", "trials": [untested]}, 1)
+
+
+def test_paused_trials_are_counted_and_noted() -> None:
+    study = {
+        "name": "s",
+        "state": "running",
+        "finished": 1,
+        "n_trials": 4,
+        "counts": {"running": 1, "waiting": 0, "paused": 2, "complete": 1, "pruned": 0},
+    }
+    assert study_line(study) == (
+        "study s: running, 1/4 finished (1 running, 0 waiting, 2 paused, 1 complete, "
+        "0 pruned, 0 failed)"
+    )
+    paused = {"number": 3, "state": "paused", "epochs": 3, "params": {}}
+    text = trials_table([{**paused, "paused_after_epoch": 2, "promotions": 1}])
+    assert "trial 3 paused after epoch 2, promoted 1 times before" in text
