@@ -106,14 +106,25 @@ def worker_config(url: str, study: str, label: str, **overrides: Any) -> Any:
     )
 
 
-def run_workers(url: str, study: str, count: int, caches: Any) -> None:
-    """`count` Runner threads sharing one process's caches, until the study has no trial left."""
+def run_workers(
+    url: str, study: str, count: int, caches: Any, claims: list[tuple[int, int]] | None = None
+) -> None:
+    """`count` Runner threads sharing one process's caches, until the study has no trial left.
+    `claims` gets (trial number, first epoch it trains) for each claim, in the order claimed:
+    with one worker, the order in which epochs were trained (a promoted trial is claimed again)."""
     from worker.runner import Runner
+
+    class RecordingRunner(Runner):
+        def run_trial(self, claim: Any) -> str:
+            if claims is not None:
+                resume = claim.get("resume")
+                claims.append((claim["number"], resume["epoch"] + 1 if resume else 0))
+            return super().run_trial(claim)
 
     stop = threading.Event()
     threads = [
         threading.Thread(
-            target=Runner(worker_config(url, study, f"{study}-{i}"), caches, stop).run,
+            target=RecordingRunner(worker_config(url, study, f"{study}-{i}"), caches, stop).run,
             name=f"runner-{study}-{i}",
         )
         for i in range(count)

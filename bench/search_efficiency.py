@@ -66,6 +66,15 @@ def arms(seed: int, args: argparse.Namespace) -> list[Arm]:
         ),
         Arm("TPE + successive halving", tpe, {"name": "successive_halving"}),
     ]
+    if args.asha:
+        # The asha comparison of issue 13: successive halving with asha's rungs, then asha.
+        rungs = {"reduction_factor": 3, "min_resource": 1}
+        out = [
+            out[0],
+            Arm("TPE + successive halving (3, 1)", tpe, {"name": "successive_halving", **rungs}),
+            Arm("TPE + asha stopping", tpe, {"name": "asha", **rungs, "mode": "stopping"}),
+            Arm("TPE + asha promotion", tpe, {"name": "asha", **rungs, "mode": "promotion"}),
+        ]
     if args.sh_min_resource:
         out.append(
             Arm(
@@ -87,6 +96,9 @@ class ArmResult:
     seed: int
     trials: list[dict[str, Any]]  # TrialPublic bodies, by trial number
     wall_s: float
+    # (trial number, first epoch it trained) per claim, in order; empty: one claim per trial,
+    # in number order
+    claims: tuple[tuple[int, int], ...] = ()
 
     @property
     def completed(self) -> list[dict[str, Any]]:
@@ -100,13 +112,27 @@ class ArmResult:
     def best(self) -> dict[str, Any] | None:
         return min(self.completed, key=lambda t: t["val_loss"], default=None)
 
+    def runs(self) -> list[tuple[dict[str, Any], int, bool]]:
+        """(trial, epochs trained, whether the trial ended) per claim, in the order trained:
+        a paused trial's run ends where its next claim resumes."""
+        by_number = {t["number"]: t for t in self.trials}
+        claims = list(self.claims) or [(t["number"], 0) for t in self.trials]
+        out = []
+        for i, (number, start) in enumerate(claims):
+            trial = by_number[number]
+            later = [s for n, s in claims[i + 1 :] if n == number]
+            end = later[0] if later else trial["epochs"]
+            out.append((trial, end - start, not later))
+        return out
+
     def epochs_to(self, threshold: float) -> int | None:
         """Epochs trained until the first completed trial at or under `threshold`."""
         spent = 0
-        for t in self.trials:
-            spent += t["epochs"]
+        for t, epochs, ended in self.runs():
+            spent += epochs
             if (
-                t["state"] == "complete"
+                ended
+                and t["state"] == "complete"
                 and t["val_loss"] is not None
                 and t["val_loss"] <= threshold
             ):
@@ -147,6 +173,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="add an arm: TPE + successive halving with this min_resource",
     )
+    p.add_argument(
+        "--asha",
+        action="store_true",
+        help="the arms of issue 13: TPE + median, successive halving and asha (stopping, "
+        "promotion) with reduction_factor 3 and min_resource 1, and random search",
+    )
     p.add_argument("--epochs", type=int, default=15, help="epochs per trial (default 15)")
     p.add_argument("--image-size", type=int, default=32, help="pixels (default 32)")
     p.add_argument(
@@ -186,12 +218,16 @@ def run_arm(
         freeze_backbone=not args.full,
         baseline=arm.baseline_only,
     )
+    if arm.pruner["name"] == "asha" and arm.pruner.get("mode") == "promotion":
+        spec["training"]["checkpoint_every"] = 0  # a paused trial uploads its own
     create_study(url, spec)
     began = time.perf_counter()
-    run_workers(url, name, 1, caches)
+    claims: list[tuple[int, int]] = []
+    run_workers(url, name, 1, caches, claims)
     wall = time.perf_counter() - began
     trials = httpx.get(f"{url}{API}/studies/{name}/trials", timeout=60).raise_for_status().json()
-    out.append(ArmResult(arm.name, seed, sorted(trials, key=lambda t: t["number"]), wall))
+    by_number = sorted(trials, key=lambda t: t["number"])
+    out.append(ArmResult(arm.name, seed, by_number, wall, tuple(claims)))
 
 
 def run_seed(seed: int, args: argparse.Namespace, weights: Path, caches: Any) -> list[ArmResult]:

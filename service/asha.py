@@ -12,7 +12,8 @@ workers report them, from 0: the rung at `r` trained epochs is the report of epo
   paused trial is promoted (resumed from its checkpoint) once it ranks in the top `n // eta` of
   its rung: the best such trial of the highest rung goes first (Algorithm 2 of the paper;
   Syne Tune's PromotionRungSystem). Ranks count every trial that reached the rung, promoted
-  or not, so that a rung promotes at most `n // eta` of its `n` trials.
+  or not, so that a rung promotes at most `n // eta` of its `n` trials. Once no rung can grow
+  (`draining`), each rung's best is promotable too, so the best candidates finish training.
 """
 
 from __future__ import annotations
@@ -74,14 +75,24 @@ def promotion(
     rung_values: Mapping[int, Sequence[float]],
     reduction_factor: int,
     minimize: bool,
+    draining: bool = False,
 ) -> Paused | None:
     """The paused trial to resume now, or None: of the highest rung that has a promotable one,
-    the best. `rung_values[k]`: every value recorded at rung k."""
+    the best. `rung_values[k]`: every value recorded at rung k.
+
+    `draining`: no new configuration will come and nothing runs, so no rung will grow. Then the
+    best trial of a rung is promotable even where fewer than `reduction_factor` trials reached
+    it (as in stopping mode): with a budget of configurations rather than of time, the top rungs
+    would otherwise never promote, and the study would end with its best candidates paused."""
+
+    def top(values: Sequence[float]) -> int:
+        n = len(values) // reduction_factor
+        return max(1, n) if draining else n
+
     promotable = [
         p
         for p in paused
-        if _rank(p.value, rung_values.get(p.rung, ()), minimize)
-        < len(rung_values.get(p.rung, ())) // reduction_factor
+        if _rank(p.value, rung_values.get(p.rung, ()), minimize) < top(rung_values.get(p.rung, ()))
     ]
     if not promotable:
         return None

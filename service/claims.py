@@ -160,12 +160,19 @@ class Claims:
         if not below_limit(handle.spec.scheduling, counts.running):
             return None
         resume = None
+        # Once no configuration is left to sample and nothing runs, no rung can grow.
+        draining = not budget.can_sample() and not counts.running
+        promoted = (
+            self._pausing.promote(handle, draining)
+            if counts.paused and not counts.waiting
+            else None
+        )
         # ask() pops a waiting trial. Waiting trials are only made under this lock, so the
         # census is still true here.
         if counts.waiting:
             trial = handle.study.ask()
             self._set_worker_attrs(trial, attrs)
-        elif counts.paused and (promoted := self._pausing.promote(handle)) is not None:
+        elif promoted is not None:
             trial_id, resume = promoted
             self._backend.set_user_attrs(trial_id, attrs)
             trial = optuna.trial.Trial(handle.study, trial_id)
@@ -174,7 +181,7 @@ class Claims:
         else:
             if counts.paused and counts.running:
                 return _PROMOTION_LATER
-            if counts.paused:  # nothing runs, nothing new: no paused trial can rank any more
+            if counts.paused:  # nothing runs, nothing new, nothing to drain: they are done
                 self._pausing.end_paused(handle)
                 self._backend.mark_done(handle.study_id, handle.version)
             elif budget.ended():

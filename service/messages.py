@@ -96,7 +96,9 @@ class TrialMessages:
         last_epoch = epoch >= handle.spec.training.epochs - 1
         if asha_spec(handle) is not None:
             decision = (
-                "continue" if last_epoch else self._pausing.decide(handle, epoch, values[epoch])
+                "continue"
+                if last_epoch
+                else self._pausing.decide(handle, trial_id, epoch, values[epoch])
             )
             prune = decision == "stop"
             if decision == "pause":

@@ -6,8 +6,12 @@
 - A claim promotes before it samples: the best paused trial of the highest rung that now ranks
   in its rung's top 1/reduction_factor goes out again, the same trial with the same params, to
   resume from its checkpoint (`promote`, under the study's claim lock).
-- When no configuration is left to sample, no trial runs and none can be promoted, the paused
-  trials end as PRUNED with their last value (`end_paused`): nothing could ever promote them.
+- When no configuration is left to sample and no trial runs, no rung can grow: each rung's best
+  paused trial is promoted even where fewer than reduction_factor trials reached it, so the best
+  candidates train to the end (with a budget of configurations rather than ASHA's budget of
+  time, the top rungs would otherwise never promote anyone). When none is left to promote, the
+  paused trials end as PRUNED with their last value (`end_paused`).
+- The baseline trial never pauses or stops: it trains to its last epoch.
 
 At most one checkpoint per trial is kept (an upload replaces the previous one), and a paused
 trial's stays until it ends: a study's checkpoints are at most one per paused or running trial.
@@ -51,12 +55,13 @@ class Pausing:
         self._backend = backend
         self._artifacts = artifacts
 
-    def decide(self, handle: StudyHandle, epoch: int, value: float) -> Decision:
-        """ASHA's decision for a report of `epoch` (already recorded) with `value`."""
+    def decide(self, handle: StudyHandle, trial_id: int, epoch: int, value: float) -> Decision:
+        """ASHA's decision for a report of `epoch` (already recorded) with `value`. The baseline
+        trains to its last epoch (the comparison needs its whole run), ranked like the others."""
         spec = asha_spec(handle)
         assert spec is not None, "only asha studies are decided here"
         rung = asha.rung_of_epoch(_rungs(handle, spec), epoch)
-        if rung is None:
+        if rung is None or self._backend.trial(trial_id).user_attrs.get(keys.BASELINE):
             return "continue"
         values = self._backend.rung_values(handle.study_id, epoch)
         return asha.decide(value, values, spec.reduction_factor, _minimize(handle), spec.mode)
@@ -82,9 +87,10 @@ class Pausing:
             )
         logger.info("trial %d of %s paused after epoch %d", facts.number, handle.name, epoch)
 
-    def promote(self, handle: StudyHandle) -> tuple[int, Resume] | None:
+    def promote(self, handle: StudyHandle, draining: bool) -> tuple[int, Resume] | None:
         """Under the study's claim lock: the paused trial to resume now (taken out of the
-        paused ones), with where it resumes from; None when none ranks high enough."""
+        paused ones), with where it resumes from; None when none ranks high enough.
+        `draining`: nothing runs and no new configuration will come (asha.promotion)."""
         spec = asha_spec(handle)
         paused = self._backend.paused(handle.study_id)
         if spec is None or not paused:
@@ -100,6 +106,7 @@ class Pausing:
             values,
             spec.reduction_factor,
             _minimize(handle),
+            draining,
         )
         if chosen is None or not self._backend.unpause(chosen.trial_id):
             return None

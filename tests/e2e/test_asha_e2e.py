@@ -43,6 +43,9 @@ def test_workers_pause_and_promote_trials(server, api, tmp_path):
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     promoted = [t for t in trials if t.user_attrs.get(PROMOTIONS)]
     assert promoted, "some paused trial was promoted"
+    assert any(t.state == TrialState.COMPLETE for t in promoted), (
+        "the best candidates train to the end once nothing else can run"
+    )
     for trial in trials:
         steps = sorted(trial.intermediate_values)
         assert steps == list(range(len(steps))), "one curve, every epoch once, from 0"

@@ -83,6 +83,10 @@ def test_rungs_and_decisions() -> None:
     values[1] = [0.5, 0.6, 0.7]
     assert asha.promotion(paused, values, 3, True) == paused[1]
     assert asha.promotion(paused[2:], {0: [0.3, 0.1, 0.2]}, 3, True) is None
+    # draining: a rung's best goes on even below reduction_factor trials, no other one
+    assert asha.promotion([paused[1]], {1: [0.5]}, 3, True) is None
+    assert asha.promotion([paused[1]], {1: [0.5]}, 3, True, draining=True) == paused[1]
+    assert asha.promotion([paused[1]], {1: [0.5, 0.4]}, 3, True, draining=True) is None
 
 
 def test_promotion_pauses_resumes_and_ends_paused_trials(
@@ -144,19 +148,29 @@ def test_promotion_pauses_resumes_and_ends_paused_trials(
     assert other.report(promoted.trial_id, 1, 0.4).json() == GO_ON
     _report_and_pause(other, promoted, 2, 0.3)  # alone at the second rung
 
-    # Nothing runs, nothing is left to sample, nothing ranks: the paused trials end as pruned.
+    # Nothing runs and nothing is left to sample, so no rung can grow: the best of the highest
+    # rung goes on even though fewer than 3 trials reached it, and trains to its last epoch.
+    again = worker.next_trial()
+    assert again.trial_id == second.trial_id and again.body["resume"]["epoch"] == 2
+    for epoch in range(3, 9):
+        assert worker.report(again.trial_id, epoch, 0.3 - epoch / 100).json() == GO_ON
+    assert worker.complete(again.trial_id, 0.22).status_code == 200
+
+    # Nothing runs, nothing is left, and neither paused trial is its rung's best: they end.
     assert other.claim() is None
     study = optuna.load_study(study_name=name, storage=shared_server.storage)
     ended = {t.number: t for t in study.get_trials()}
-    assert {t.state for t in ended.values()} == {TrialState.PRUNED}
-    assert ended[second.number].intermediate_values == {0: 0.5, 1: 0.4, 2: 0.3}  # one curve
-    assert ended[second.number].value == 0.3
+    assert ended[second.number].state == TrialState.COMPLETE
+    assert list(ended[second.number].intermediate_values) == list(range(9))  # one curve
+    assert ended[second.number].user_attrs["promotions"] == 2
+    assert {ended[n].state for n in (first.number, third.number)} == {TrialState.PRUNED}
     assert ended[first.number].value == 1.0
     # Their checkpoints go when they end: none is left.
     assert not any(_checkpoint_file(shared_server, t).exists() for t in ended.values())
     final = summary(client, name)
     assert final["state"] == "done" and final["counts"]["paused"] == 0
-    assert final["counts"]["pruned"] == 3
+    assert (final["counts"]["pruned"], final["counts"]["complete"]) == (2, 1)
+    assert final["best"]["number"] == second.number
 
 
 def test_a_trial_in_the_top_of_its_rung_continues(client: httpx.Client) -> None:
@@ -215,3 +229,15 @@ def test_bad_asha_options_are_422(client: httpx.Client, pruner: dict, field: str
     assert r.status_code == 422, r.text
     assert r.json()["field"].startswith(field)
     assert client.get(f"{API}/studies/{name}").status_code == 404
+
+
+def test_the_baseline_trains_to_its_last_epoch(client: httpx.Client) -> None:
+    """The comparison with the common recipe needs its whole run: never paused nor stopped."""
+    name = _study(client, "asha-base", baseline=True, training={"epochs": 4, "seed": 0})
+    worker = ScriptedWorker(client, "w-asha-base", name)
+    baseline = worker.next_trial()
+    assert baseline.body["is_baseline"]
+    for epoch in range(3):  # alone and at the rungs after epochs 1 and 3: it would pause
+        assert worker.report(baseline.trial_id, epoch, 9.0).json() == GO_ON
+    other = worker.next_trial()
+    assert worker.report(other.trial_id, 0, 9.5).json() == PAUSE  # the others are ranked
