@@ -23,7 +23,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.scripted import ScriptedWorker, create_study, unique
+from tests.scripted import Claimed, ScriptedWorker, create_study, unique
 from tests.servers import REPO, Server, free_port, server_env
 
 N_TRIALS = 16
@@ -138,3 +138,90 @@ def test_two_server_processes_on_a_fresh_storage(two_processes: Server) -> None:
     assert len(study.trials) == N_TRIALS
     assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == N_TRIALS, states
     assert sorted(t.number for t in study.trials) == list(range(N_TRIALS))
+
+
+def _work_asha(url: str, worker_id: str, study: str, errors: list[str], lock: threading.Lock):
+    """A scripted worker for the asha study: resumes promoted trials where their checkpoint
+    ends, pauses when told to (checkpoint first), completes at the last epoch."""
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            worker = ScriptedWorker(http, worker_id, study)
+            while True:
+                r = http.post("/api/v1/trials/claim", json={"worker_id": worker_id, "study": study})
+                if r.status_code == 204:
+                    if r.headers.get("retry-after"):  # a running trial may make one rank
+                        time.sleep(0.2)
+                        continue
+                    return
+                trial = Claimed(r.json()["trial_id"], r.json()["number"], {}, r.json())
+                resume = trial.body["resume"]
+                for epoch in range(resume["epoch"] + 1 if resume else 0, ASHA_EPOCHS):
+                    loss = 1.0 + (trial.number * 7 % 11) / 10 - epoch / 20
+                    answer = worker.report(trial.trial_id, epoch, loss).raise_for_status().json()
+                    if answer["pause"]:
+                        http.put(
+                            f"/api/v1/trials/{trial.trial_id}/checkpoint",
+                            params={"epoch": epoch},
+                            content=b"state",
+                            headers={"content-type": "application/octet-stream"},
+                        ).raise_for_status()
+                        http.post(
+                            f"/api/v1/trials/{trial.trial_id}/pause", json={"epoch": epoch}
+                        ).raise_for_status()
+                        break
+                else:
+                    worker.complete(trial.trial_id, loss).raise_for_status()
+    except Exception as exc:  # noqa: BLE001 - reported by the test
+        with lock:
+            errors.append(f"{worker_id}: {exc!r}")
+
+
+ASHA_EPOCHS = 4  # rungs after epochs 1 and 3
+
+
+@pytest.mark.slow
+def test_asha_budget_and_promotions_hold_across_server_processes(two_processes: Server) -> None:
+    """Paused trials promoted by concurrent claims through two processes: each promoted once
+    per pause, the budget of configurations exact, every curve one curve."""
+    server = two_processes
+    _start(server)
+    name = unique("processes-asha")
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        create_study(
+            http,
+            name,
+            n_trials=N_TRIALS,
+            baseline=False,
+            training={"epochs": ASHA_EPOCHS, "seed": 0},
+            sampler={"name": "random", "seed": 0},
+            pruner={"name": "asha", "reduction_factor": 3, "min_resource": 1},
+        )
+    errors: list[str] = []
+    lock = threading.Lock()
+    threads = [
+        threading.Thread(target=_work_asha, args=(server.url, f"w{i}", name, errors, lock))
+        for i in range(N_WORKERS)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "workers still running after 300 s"
+    log = server.log_path.read_text(errors="replace")
+    assert not errors, (errors, log[-6000:])
+    assert "Traceback" not in log, log[-6000:]
+
+    trials = optuna.load_study(study_name=name, storage=server.storage).trials
+    assert len(trials) == N_TRIALS, " ".join(
+        f"{t.number}:{t.state.name[:4]}:p{t.user_attrs.get('promotions')}:"
+        f"e{t.user_attrs.get('paused_after_epoch')}:{len(t.intermediate_values)}"
+        for t in trials
+    )
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert any(t.user_attrs.get("promotions") for t in trials)
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert sorted(t.intermediate_values) == list(range(len(t.intermediate_values)))
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        summary = http.get(f"/api/v1/studies/{name}").json()
+    assert summary["state"] == "done" and summary["counts"]["paused"] == 0
