@@ -22,7 +22,7 @@ from service.budget import Budget
 from service.errors import NotFound
 from service.grid import ServerGridSampler, grid_left
 from service.metrics import Metrics
-from service.pausing import Pausing
+from service.pausing import Pausing, sampler_view
 from service.preflight import Preflights
 from service.registry import StudyHandle, StudyRegistry
 from service.scheduling import Candidate, below_limit, order, serves
@@ -210,6 +210,7 @@ class Claims:
         """`promoted`: where a promoted trial resumes; else a retry resumes from its
         predecessor's checkpoint, and a new trial starts afresh."""
         # A waiting or promoted trial's params as they are, or samples.
+        trial.study = sampler_view(handle)
         _suggest_all(trial, handle.distributions)
         frozen = internals.frozen_copy(trial)
         resume = promoted or self._resume(handle, frozen)

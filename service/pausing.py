@@ -20,10 +20,13 @@ trial's stays until it ends: a study's checkpoints are at most one per paused or
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+from collections.abc import Container
+from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from service import asha, keys
 from service.artifacts import Artifacts
@@ -33,6 +36,7 @@ from service.optimizers import AshaSpec
 from service.registry import StudyHandle
 from service.schemas import Resume
 from service.storage import Backend, TrialFacts
+from service.views import is_paused
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,51 @@ def _rungs(handle: StudyHandle, spec: AshaSpec) -> tuple[int, ...]:
 
 def _minimize(handle: StudyHandle) -> bool:
     return handle.spec.objective.direction == "minimize"
+
+
+class PausedAsPruned:
+    """The study as a sampler sees it under asha's promotion mode: a paused trial (RUNNING to
+    Optuna, held by no worker) shows as PRUNED with its learning curve. That is what it is to
+    the search, a configuration stopped at a rung with its value there, and TPE ranks pruned
+    trials by the rung they reached and their value; as RUNNING, constant liar would count every
+    paused trial (most of the study) among the worst, and TPE would learn from the few that
+    completed only. Everything else is the study's own."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(
+        self,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+        use_cache: bool = False,
+    ) -> list[FrozenTrial]:
+        wanted = None if states is None else set(states)
+        read = None if wanted is None else tuple(wanted | {TrialState.RUNNING})
+        out = []
+        for trial in self._study._get_trials(deepcopy=False, states=read, use_cache=use_cache):
+            if is_paused(trial):
+                trial = copy.copy(trial)  # a shallow copy: Optuna's own is shared
+                trial.state = TrialState.PRUNED
+            if wanted is None or trial.state in wanted:
+                out.append(trial)
+        return copy.deepcopy(out) if deepcopy else out
+
+    def get_trials(
+        self, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+
+def sampler_view(handle: StudyHandle) -> optuna.Study:
+    """The study to sample a trial of `handle` with."""
+    spec = asha_spec(handle)
+    if spec is not None and spec.mode == "promotion":
+        return PausedAsPruned(handle.study)  # type: ignore[return-value]
+    return handle.study
 
 
 class Pausing:

@@ -14,7 +14,8 @@ import pytest
 from optuna.trial import TrialState
 
 from service import asha
-from service.keys import CHECKPOINT
+from service.keys import CHECKPOINT, PAUSED_AFTER_EPOCH
+from service.pausing import PausedAsPruned
 from tests.scripted import API, Claimed, ScriptedWorker, create_study, summary, trials, unique
 from tests.servers import Server, digits_spec
 
@@ -241,3 +242,29 @@ def test_the_baseline_trains_to_its_last_epoch(client: httpx.Client) -> None:
         assert worker.report(baseline.trial_id, epoch, 9.0).json() == GO_ON
     other = worker.next_trial()
     assert worker.report(other.trial_id, 0, 9.5).json() == PAUSE  # the others are ranked
+
+
+def test_samplers_see_paused_trials_as_pruned() -> None:
+    """TPE ranks a pruned trial by the rung it reached and its value there; a RUNNING one, with
+    constant liar, among the worst. A paused trial is the former."""
+    study = optuna.create_study()
+    done = study.ask()
+    study.tell(done, 1.0)
+    paused, running = study.ask(), study.ask()
+    for trial in (paused, running):
+        trial.report(0.5, 0)
+    paused.set_user_attr(PAUSED_AFTER_EPOCH, 0)
+    view = PausedAsPruned(study)
+
+    def states(**kw: Any) -> list[str]:
+        return [t.state.name for t in view._get_trials(**kw)]
+
+    assert states() == ["COMPLETE", "PRUNED", "RUNNING"]
+    everything = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    assert states(states=everything, use_cache=True) == ["COMPLETE", "PRUNED", "RUNNING"]
+    assert states(states=(TrialState.COMPLETE, TrialState.PRUNED)) == ["COMPLETE", "PRUNED"]
+    assert states(states=(TrialState.RUNNING,)) == ["RUNNING"]
+    assert [t.state for t in study.get_trials()][1] == TrialState.RUNNING  # its own unchanged
+    assert view.get_trials()[1].intermediate_values == {0: 0.5}
+    sampled = optuna.trial.Trial(view, study.ask()._trial_id)  # type: ignore[arg-type]
+    assert sampled.suggest_float("x", 0, 1) is not None  # a sampler works through the view
