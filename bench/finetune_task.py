@@ -107,12 +107,23 @@ def worker_config(url: str, study: str, label: str, **overrides: Any) -> Any:
 
 
 def run_workers(
-    url: str, study: str, count: int, caches: Any, claims: list[tuple[int, int]] | None = None
+    url: str,
+    study: str,
+    count: int,
+    caches: Any,
+    claims: list[tuple[int, int]] | None = None,
+    epoch_budget: int | None = None,
 ) -> None:
-    """`count` Runner threads sharing one process's caches, until the study has no trial left.
-    `claims` gets (trial number, first epoch it trains) for each claim, in the order claimed:
-    with one worker, the order in which epochs were trained (a promoted trial is claimed again)."""
+    """`count` Runner threads sharing one process's caches, until the study has no trial left,
+    or until they have trained `epoch_budget` epochs (then the trial in training is handed
+    back). `claims` gets (trial number, first epoch it trains) for each claim, in the order
+    claimed: with one worker, the order in which epochs were trained (a promoted trial is
+    claimed again)."""
     from worker.runner import Runner
+
+    stop = threading.Event()
+    trained = [0]
+    lock = threading.Lock()
 
     class RecordingRunner(Runner):
         def run_trial(self, claim: Any) -> str:
@@ -121,7 +132,19 @@ def run_workers(
                 claims.append((claim["number"], resume["epoch"] + 1 if resume else 0))
             return super().run_trial(claim)
 
-    stop = threading.Event()
+        def _reporter(self, trial_id: int) -> Any:
+            report = super()._reporter(trial_id)
+
+            def on_epoch(epoch: Any) -> Any:
+                verdict = report(epoch)
+                with lock:
+                    trained[0] += 1
+                    if epoch_budget is not None and trained[0] >= epoch_budget:
+                        stop.set()
+                return verdict
+
+            return on_epoch
+
     threads = [
         threading.Thread(
             target=RecordingRunner(worker_config(url, study, f"{study}-{i}"), caches, stop).run,

@@ -179,6 +179,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the arms of issue 13: TPE + median, successive halving and asha (stopping, "
         "promotion) with reduction_factor 3 and min_resource 1, and random search",
     )
+    p.add_argument(
+        "--epoch-budget",
+        type=int,
+        help="give every search arm this many epochs instead of a number of trials (its "
+        "worker stops there): arms that stop or pause early try more configurations",
+    )
     p.add_argument("--epochs", type=int, default=15, help="epochs per trial (default 15)")
     p.add_argument("--image-size", type=int, default=32, help="pixels (default 32)")
     p.add_argument(
@@ -193,6 +199,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def trials_of(arm: Arm, args: argparse.Namespace) -> int:
     if arm.baseline_only:
         return 1
+    if args.epoch_budget:
+        return args.epoch_budget  # more than the budget can ever train: the budget binds
     return args.random_trials if arm.name == RANDOM else args.trials
 
 
@@ -223,7 +231,8 @@ def run_arm(
     create_study(url, spec)
     began = time.perf_counter()
     claims: list[tuple[int, int]] = []
-    run_workers(url, name, 1, caches, claims)
+    budget = None if arm.baseline_only else args.epoch_budget
+    run_workers(url, name, 1, caches, claims, budget)
     wall = time.perf_counter() - began
     trials = httpx.get(f"{url}{API}/studies/{name}/trials", timeout=60).raise_for_status().json()
     by_number = sorted(trials, key=lambda t: t["number"])
