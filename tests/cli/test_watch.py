@@ -23,6 +23,15 @@ from tests.servers import REPO, Server, server_env
 CLEAR = "\x1b[H\x1b[J"
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child, before exec: SIGINT delivered and not ignored, as in a person's shell.
+    A child inherits its parent's ignored signals and signal mask, and a test process that has
+    run other tests (threads of libraries that block signals, a handler left behind) is no
+    person's shell: in long runs these tests saw `watch` never get the Ctrl-C they sent."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Watch:
     """`hpsearch watch STUDY --interval 0.2` with its output (stdout and stderr together) on a
     pipe, or on a pseudo-terminal as a person at a terminal runs it."""
@@ -40,7 +49,14 @@ class Watch:
             "--server",
             server.url,
         ]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=server_env(), stdout=child, stderr=child)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=server_env(),
+            stdout=child,
+            stderr=child,
+            preexec_fn=_ctrl_c_as_at_a_terminal,
+        )
         os.close(child)
         self.text = ""
 
