@@ -260,3 +260,11 @@ def test_paused_trials_keep_their_lease_and_are_promoted(http: httpx.Client) -> 
     assert _states(http, name) == ["paused"] * 3
     promoted = worker.next_trial()
     assert promoted.trial_id == paused[0].trial_id and promoted.body["resume"]["epoch"] == 0
+
+    # Its new worker dies: the promoted trial is retried from the rung's checkpoint, as any.
+    _wait_for(lambda: _states(http, name)[0] == "fail", 15, "the promoted trial failed")
+    retry = ScriptedWorker(http, "w-lease-asha-2", name).next_trial()
+    assert retry.params == paused[0].params and retry.body["resume"]["epoch"] == 0
+    assert http.get(retry.body["resume"]["checkpoint_url"]).content == b"state"
+    listed = trials(http, name)[retry.number]
+    assert listed["retry_of"] == paused[0].number and listed["intermediate_values"] == {"0": 0.5}
