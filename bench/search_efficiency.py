@@ -318,6 +318,19 @@ def summary(all_results: dict[int, list[ArmResult]]) -> dict[str, list[tuple[flo
     return ratios
 
 
+def regrets(all_results: dict[int, list[ArmResult]]) -> dict[str, list[float]]:
+    """Per arm, per seed: how far its best val loss is above the best any arm of the seed
+    found, in % (0: it found the best)."""
+    out: dict[str, list[float]] = {}
+    for results in all_results.values():
+        best_seen = min(r.best["val_loss"] for r in results if r.best is not None)
+        for r in results:
+            if r.arm != BASELINE_ARM:
+                loss = r.best["val_loss"] if r.best else math.inf
+                out.setdefault(r.arm, []).append(100 * (loss - best_seen) / best_seen)
+    return out
+
+
 def beats_baseline(all_results: dict[int, list[ArmResult]]) -> dict[str, int]:
     wins: dict[str, int] = {}
     for results in all_results.values():
@@ -360,6 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine at the end: {machine()}; {time.perf_counter() - started:.0f} s in all")
     for arm, count in wins.items():
         print(f"{arm}: best configuration beats the baseline in {count} of {n} seeds")
+    for arm, values in regrets(all_results).items():
+        per_seed = ", ".join(f"{v:.1f}" for v in values)
+        print(
+            f"{arm}: regret % (best val loss over the seed's best) median "
+            f"{median(values):.1f}, mean {sum(values) / len(values):.1f} (per seed {per_seed})"
+        )
     ratios = summary(all_results)
     for arm in sorted(ratios, key=lambda a: a == "TPE + median"):  # the default pruner last
         known = [v for v, _ in ratios[arm] if not math.isnan(v)]
