@@ -2,7 +2,8 @@
 
 - A report that ends a rung gets ASHA's decision: continue, stop (the trial is pruned) or, in
   promotion mode, pause. A trial told to pause uploads its checkpoint of that epoch and says so
-  (`pause`): from then on it holds no worker, and its lease is the server's (`keep_leases`).
+  (`pause`): from then on it holds no worker, and its lease is the server's (the lease sweep
+  keeps it fresh).
 - A claim promotes before it samples: the best paused trial of the highest rung that now ranks
   in its rung's top 1/reduction_factor goes out again, the same trial with the same params, to
   resume from its checkpoint (`promote`, under the study's claim lock).
