@@ -26,8 +26,6 @@ machine), `params` (one mapping per configuration) and per configuration `val_lo
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import logging
 import platform
 import subprocess
@@ -39,6 +37,7 @@ from typing import Any
 import optuna
 import torch
 
+from bench.curve_table import save_table
 from bench.finetune_task import BENCH, pretrained_weights, study_spec
 from service.search_space import load_named_space, to_distributions
 from service.spec import StudySpec, fit_warmup, recipe
@@ -167,33 +166,26 @@ def main(argv: list[str] | None = None) -> int:
             logger.info(
                 "%d/%d configurations, %.0f s", i + 1, len(params), time.perf_counter() - began
             )
-    table = {
-        "meta": {
-            "command": "python -m bench.record_curves " + " ".join(argv or sys.argv[1:]),
-            "commit": commit(),
-            "task": "resnet18 pretrained on digits 0-4, head fine-tuned on digits 5-9 "
-            "(frozen backbone), bench/finetune_task.py",
-            "seed": args.seed,
-            "sampler": "optuna QMCSampler(sobol, scramble=True, seed)",
-            "search_space_name": spec.search_space,
-            "search_space": space.model_dump(mode="json"),
-            "recipe": base,
-            "epochs": args.epochs,
-            "image_size": args.image_size,
-            "objective": spec.objective.model_dump(mode="json"),
-            "threads": args.threads,
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "torch": torch.__version__,
-            "optuna": optuna.__version__,
-            "wall_s": round(time.perf_counter() - began, 1),
-        },
-        "params": params,
-        "curves": curves,
+    meta = {
+        "command": "python -m bench.record_curves " + " ".join(argv or sys.argv[1:]),
+        "commit": commit(),
+        "task": "resnet18 pretrained on digits 0-4, head fine-tuned on digits 5-9 "
+        "(frozen backbone), bench/finetune_task.py",
+        "seed": args.seed,
+        "sampler": "optuna QMCSampler(sobol, scramble=True, seed)",
+        "search_space_name": spec.search_space,
+        "search_space": space.model_dump(mode="json"),
+        "recipe": base,
+        "epochs": args.epochs,
+        "image_size": args.image_size,
+        "objective": spec.objective.model_dump(mode="json"),
+        "threads": args.threads,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "wall_s": round(time.perf_counter() - began, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(table, separators=(",", ":")).encode()
-    with gzip.GzipFile(args.out, "wb", mtime=0) as f:  # mtime 0: the same table, the same bytes
-        f.write(data)
+    save_table(args.out, meta, params, curves)
     logger.info("wrote %s (%d configurations x %d epochs)", args.out, len(curves), args.epochs)
     return 0
 

@@ -1,0 +1,266 @@
+"""Search policies replayed on the digits learning-curve table: random search unpruned, TPE +
+median, TPE + Optuna's successive halving, TPE + asha stopping and TPE + asha promotion.
+
+    python -m bench.asha_replay [--table bench/data/digits_curves.json.gz] [--seeds 20]
+        [--workers 4] [--budget-trainings 30] [--cap-trainings 200]
+
+Each policy runs on the table (bench/record_curves.py made it) once per seed, with `--workers`
+simulated asynchronous workers and one time unit per epoch (bench/replay.py). The samplers and
+pruners are the service's, with its defaults (service.optimizers: TPE multivariate with
+constant liar and 10 startup trials; median with 5 startup trials and 1 warmup step), except
+where the issue fixes them: successive halving and asha with reduction factor 3 and
+min_resource 1. TPE's seed, and random search's, is the replay's seed.
+
+Two diagnostic rows run random search with the same rungs, to separate the sampler's part
+from the rungs'. With `--fresh`, each proposal snaps to the nearest configuration that replay
+has not sampled yet (bench/replay.py).
+
+Reported per policy, median [interquartile range] over seeds:
+- epochs to 2 %: epochs trained until a trial is completed (trained to its last epoch) whose
+  final val_loss is within 2 % of the table's best; each seed runs until then, up to
+  `--cap-trainings` full trainings' worth of epochs (a seed that never gets there counts as
+  the cap, and is counted);
+- regret: at a budget of `--budget-trainings` full trainings' worth of epochs, how much worse
+  (in %) the best completed trial's final val_loss is than the table's best;
+- late bloomers: the table's top 5 configurations by final loss that are worse than the median
+  after one epoch; summed over seeds, how often a policy sampled one and how often it lost it
+  (sampled, but never completed within the budget).
+The last line says whether the issue's target holds: promotion needs >= 1.5x fewer epochs to
+2 % than Optuna's successive halving, at equal or better median regret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from bench.curve_table import CurveTable
+from bench.record_curves import DEFAULT_OUT
+from bench.replay import MIN_RESOURCE, REDUCTION_FACTOR, Outcome, Policy, replay
+from service.asha import rung_epochs
+from service.optimizers import (
+    MedianSpec,
+    NoPrunerSpec,
+    RandomSpec,
+    SuccessiveHalvingSpec,
+    TPESpec,
+    build_pruner,
+    build_sampler,
+)
+
+logger = logging.getLogger(__name__)
+
+WITHIN = 0.02
+TARGET_RATIO = 1.5
+RANDOM = "random, no pruning"
+SH = "TPE + successive halving (Optuna)"
+PROMOTION = "TPE + asha promotion"
+
+
+def policies() -> list[Policy]:
+    def tpe(seed: int) -> optuna.samplers.BaseSampler:
+        return build_sampler(TPESpec(name="tpe", seed=seed), None)
+
+    def rand(seed: int) -> optuna.samplers.BaseSampler:
+        return build_sampler(RandomSpec(name="random", seed=seed), None)
+
+    def none() -> optuna.pruners.BasePruner:
+        return build_pruner(NoPrunerSpec(name="none"))
+
+    def halving() -> optuna.pruners.BasePruner:
+        return build_pruner(
+            SuccessiveHalvingSpec(
+                name="successive_halving",
+                min_resource=MIN_RESOURCE,
+                reduction_factor=REDUCTION_FACTOR,
+            )
+        )
+
+    return [
+        Policy(RANDOM, rand, none),
+        Policy(
+            "TPE + median",
+            tpe,
+            lambda: build_pruner(MedianSpec(name="median", n_startup_trials=5, n_warmup_steps=1)),
+        ),
+        Policy(SH, tpe, halving),
+        Policy("TPE + asha stopping", tpe, none, asha="stopping"),
+        Policy(PROMOTION, tpe, none, asha="promotion"),
+        # Diagnostics: the same rungs under random search, to tell the sampler's part from the
+        # rungs' (TPE counts neither paused trials nor their rung values: they are RUNNING).
+        Policy("random + successive halving (Optuna)", rand, halving),
+        Policy("random + asha promotion", rand, none, asha="promotion"),
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--table", type=Path, default=DEFAULT_OUT, help=f"default {DEFAULT_OUT}")
+    p.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 (default 20)")
+    p.add_argument("--workers", type=int, default=4, help="simulated workers (default 4)")
+    p.add_argument(
+        "--budget-trainings",
+        type=float,
+        default=30,
+        help="the regret's budget, in full trainings' worth of epochs (default 30)",
+    )
+    p.add_argument(
+        "--cap-trainings",
+        type=float,
+        default=200,
+        help="the most epochs a seed may spend looking for a trial within 2 %%, in full "
+        "trainings' worth (default 200)",
+    )
+    p.add_argument("--policies", nargs="+", help="only these policies (by name)")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="snap each proposal to the nearest configuration not sampled yet in that replay "
+        "(default: the nearest, even when sampled already)",
+    )
+    return p.parse_args(argv)
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    q1, q2, q3 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
+    return float(q1), float(q2), float(q3)
+
+
+def fmt(values: Sequence[float], spec: str = "{:.0f}") -> str:
+    q1, q2, q3 = quartiles(values)
+    return f"{spec.format(q2)} [{spec.format(q1)}-{spec.format(q3)}]"
+
+
+def run_policy(
+    table: CurveTable, policy: Policy, seeds: int, args: argparse.Namespace
+) -> tuple[list[Outcome], list[Outcome]]:
+    """(the capped runs that look for a trial within 2 %, the runs at the regret's budget)."""
+    target = table.best * (1 + WITHIN)
+    budget = round(args.budget_trainings * table.epochs)
+    cap = round(args.cap_trainings * table.epochs)
+    found = [
+        replay(
+            table,
+            policy,
+            s,
+            cap,
+            workers=args.workers,
+            target=target,
+            stop_when_found=True,
+            fresh=args.fresh,
+        )
+        for s in range(seeds)
+    ]
+    budgeted = [
+        replay(table, policy, s, budget, workers=args.workers, fresh=args.fresh)
+        for s in range(seeds)
+    ]
+    return found, budgeted
+
+
+def regret(outcome: Outcome, best: float) -> float:
+    return 100 * (outcome.best() - best) / best
+
+
+def row(
+    table: CurveTable, policy: Policy, found: list[Outcome], budgeted: list[Outcome], wall: float
+) -> list[str]:
+    bloomers = set(table.late_bloomers())
+    sampled = sum(len(bloomers & set(o.sampled)) for o in budgeted)
+    kept = sum(len(bloomers & {r for _, r, _ in o.completed}) for o in budgeted)
+    epochs = [o.found if o.found is not None else o.budget for o in found]
+    missed = sum(o.found is None for o in found)
+    return [
+        policy.name,
+        fmt(epochs) + (f" ({missed} not found)" if missed else ""),
+        fmt([regret(o, table.best) for o in budgeted], "{:.2f}"),
+        fmt([o.configurations for o in budgeted]),
+        fmt([len(o.completed) for o in budgeted]),
+        fmt([o.promotions for o in budgeted]),
+        f"{sampled}/{sampled - kept}",
+        f"{wall:.0f}",
+    ]
+
+
+HEADER = [
+    "policy",
+    "epochs to 2 %",
+    "regret % at budget",
+    "configurations",
+    "completed",
+    "promotions",
+    "late bloomers sampled/lost",
+    "wall s",
+]
+
+
+def verdict(results: dict[str, tuple[list[Outcome], list[Outcome]]], best: float) -> str:
+    """The issue's target, promotion against Optuna's successive halving, in one line."""
+    if SH not in results or PROMOTION not in results:
+        return "target: not evaluated (needs both successive halving and asha promotion)"
+
+    def epochs(name: str) -> float:
+        return quartiles([o.found if o.found is not None else o.budget for o in results[name][0]])[
+            1
+        ]
+
+    def regrets(name: str) -> float:
+        return quartiles([regret(o, best) for o in results[name][1]])[1]
+
+    ratio = epochs(SH) / epochs(PROMOTION)
+    met = ratio >= TARGET_RATIO and regrets(PROMOTION) <= regrets(SH)
+    return (
+        f"target {'MET' if met else 'NOT MET'}: asha promotion needs {ratio:.2f}x fewer epochs "
+        f"to 2 % than Optuna's successive halving (median {epochs(PROMOTION):.0f} vs "
+        f"{epochs(SH):.0f}; target >= {TARGET_RATIO}x), median regret at the budget "
+        f"{regrets(PROMOTION):.2f} % vs {regrets(SH):.2f} % (target: equal or better)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args = parse_args(argv)
+    table = CurveTable.load(args.table)
+    chosen = [p for p in policies() if not args.policies or p.name in args.policies]
+    bloomers = table.late_bloomers()
+    print(
+        f"table {args.table}: {table.size} configurations x {table.epochs} epochs "
+        f"(commit {table.meta.get('commit')}); best final val_loss {table.best:.4f}, 2 % "
+        f"target {table.best * (1 + WITHIN):.4f}; asha rungs at "
+        f"{rung_epochs(MIN_RESOURCE, REDUCTION_FACTOR, table.epochs)} epochs; late bloomers "
+        f"(top 5, worse than the median after epoch 1): rows {bloomers}"
+    )
+    print(
+        f"{args.seeds} seeds, {args.workers} workers, snapping to the nearest "
+        f"{'configuration not sampled yet' if args.fresh else 'configuration'}; regret budget "
+        f"{round(args.budget_trainings * table.epochs)} epochs, search cap "
+        f"{round(args.cap_trainings * table.epochs)} epochs"
+    )
+    results = {}
+    rows = []
+    for policy in chosen:
+        began = time.perf_counter()
+        results[policy.name] = run_policy(table, policy, args.seeds, args)
+        wall = time.perf_counter() - began
+        rows.append(row(table, policy, *results[policy.name], wall))
+        logger.info("%s: %.0f s", policy.name, wall)
+    from bench.harness import table as markdown
+
+    print(markdown(HEADER, rows))
+    if math.isfinite(table.best):
+        print(verdict(results, table.best))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
