@@ -9,14 +9,17 @@ learns from what it proposed. With `fresh`, the nearest configuration this repla
 sampled yet: a sampler that proposes two points close together then gets two configurations,
 as it would in the continuous space, instead of the same recorded curve twice.
 
-The clock: every epoch takes one time unit, and `workers` workers train side by side. In each
-unit, worker by worker: a free worker takes work (a promotable paused trial first, in promotion
-mode, else a new configuration), then trains one epoch and reports it; a trial that completes,
-stops or pauses frees its worker for the next unit. No epoch starts once `budget` epochs have
-been trained, so a replay never trains more than its budget. As in the service, the last
-epoch's report is never pruned, reports go by 0-based epoch, and a paused trial stays RUNNING
-(un-told) in the study while it waits, so TPE's constant liar sees it as running; trials still
-running or paused when the budget is spent are told PRUNED.
+The clock: every epoch takes one time unit, and `workers` workers train side by side. At the
+start of a unit each free worker, in turn, takes work (a promotable paused trial first, in
+promotion mode, else a new configuration); at its end every busy worker, in turn, reports the
+epoch it trained, and a trial that completes, stops or pauses frees its worker for the next
+unit. No epoch starts beyond `budget`, so a replay never trains more than its budget; a trial
+completed in a unit counts every epoch trained by that unit's end as spent.
+
+As in the service, the last epoch's report is never pruned, reports go by 0-based epoch, and a
+paused trial stays RUNNING (un-told) in the study while it waits, so TPE's constant liar sees
+it as running (and TPE neither counts it among its startup trials nor reads its rung values);
+trials still running or paused when the budget is spent are told PRUNED.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class _Job:
     trial: optuna.trial.Trial
     config: int  # the table's row
     next_epoch: int = 0
+    promoted: int = 0  # times resumed after a pause
 
 
 @dataclass
@@ -65,12 +69,17 @@ class Outcome:
     trained: int = 0  # epochs trained in all
     configurations: int = 0  # new configurations sampled
     promotions: int = 0  # paused trials resumed
+    completed_promoted: int = 0  # trials completed after at least one pause
     sampled: list[int] = field(default_factory=list)  # table rows, in sampling order
     completed: list[tuple[int, int, float]] = field(default_factory=list)  # (trained, row, loss)
     found: int | None = None  # epochs trained when a completed trial first met `target`
 
     def best(self) -> float:
         return min((loss for _, _, loss in self.completed), default=math.inf)
+
+    def epochs_to(self, threshold: float) -> int | None:
+        """Epochs spent when the first trial completed at or under `threshold`, or None."""
+        return next((spent for spent, _, loss in self.completed if loss <= threshold), None)
 
 
 def replay(
@@ -119,18 +128,26 @@ class _Replay:
         self.stop_when_found = stop_when_found
         self.fresh = fresh
         self.out = Outcome(policy.name, seed, budget)
+        self.spent = 0  # epochs trained by the end of the current time unit
 
     def run(self) -> Outcome:
-        while self.out.trained < self.out.budget and not self._done():
+        while not self._done():
+            # The start of a time unit: free workers take work, while the budget lasts.
+            busy = []
             for w in range(len(self.workers)):
-                if self.out.trained >= self.out.budget or self._done():
+                if self.out.trained + len(busy) >= self.out.budget:
                     break
                 if self.workers[w] is None:
                     self.workers[w] = self._take()
+                busy.append(w)
+            if not busy:
+                break
+            # Its end: every epoch started is trained, and reported in worker order.
+            self.spent = self.out.trained + len(busy)
+            for w in busy:
                 self.workers[w] = self._train_epoch(self.workers[w])
-        for job in [j for j in self.workers if j is not None] + [
-            j for _, j in self.paused.values()
-        ]:
+        left = [j for j in self.workers if j is not None] + [j for _, j in self.paused.values()]
+        for job in left:
             self.study.tell(job.trial, state=TrialState.PRUNED)
         return self.out
 
@@ -145,7 +162,9 @@ class _Replay:
             )
             if chosen is not None:
                 self.out.promotions += 1
-                return self.paused.pop(chosen.trial_id)[1]
+                job = self.paused.pop(chosen.trial_id)[1]
+                job.promoted += 1
+                return job
         trial = self.study.ask(self.distributions)
         row = self.table.nearest(trial.params, set(self.out.sampled) if self.fresh else ())
         self.out.configurations += 1
@@ -164,9 +183,11 @@ class _Replay:
         job.trial.report(value, epoch)
         if epoch == self.table.epochs - 1:
             self.study.tell(job.trial, value)
-            self.out.completed.append((self.out.trained, job.config, value))
+            # epochs spent when it completes: the ones the other workers train in this unit too
+            self.out.completed.append((self.spent, job.config, value))
+            self.out.completed_promoted += job.promoted > 0
             if self.target is not None and self.out.found is None and value <= self.target:
-                self.out.found = self.out.trained
+                self.out.found = self.spent
             return None
         if self.policy.asha is None:
             if job.trial.should_prune():
