@@ -34,6 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 from bench.curve_table import CurveTable
+from bench.paused_view import PausedAsPruned
 from service.asha import Mode, Paused, decide, promotion, rung_epochs, rung_of_epoch
 from service.search_space import SearchSpace, to_distributions
 
@@ -49,6 +50,7 @@ class Policy:
     sampler: Callable[[int], optuna.samplers.BaseSampler]  # from the seed
     pruner: Callable[[], optuna.pruners.BasePruner]
     asha: Mode | None = None  # the service's asha rungs decide instead of the pruner
+    sampler_sees_paused: bool = False  # paused trials shown to the sampler as PRUNED
 
 
 @dataclass
@@ -114,8 +116,11 @@ class _Replay:
     ) -> None:
         self.table = table
         self.policy = policy
+        sampler = policy.sampler(seed)
+        if policy.sampler_sees_paused:
+            sampler = PausedAsPruned(sampler, lambda: self.paused)
         self.study = optuna.create_study(
-            direction="minimize", sampler=policy.sampler(seed), pruner=policy.pruner()
+            direction="minimize", sampler=sampler, pruner=policy.pruner()
         )
         self.distributions = to_distributions(
             SearchSpace.model_validate(table.meta["search_space"])
