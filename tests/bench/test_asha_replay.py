@@ -8,10 +8,14 @@ import math
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
-from bench.asha_replay import PROMOTION, RANDOM, policies
+from bench.asha_replay import PROMOTION, RANDOM, SEEING, policies
 from bench.curve_table import CurveTable, save_table
+from bench.paused_view import _StudyView
 from bench.replay import Policy, replay
 
 EPOCHS = 9  # asha rungs at 1 and 3 epochs
@@ -107,3 +111,31 @@ def test_a_table_written_twice_is_the_same_bytes(tmp_path: Path, table: CurveTab
     save_table(a, table.meta, table.params, curves)
     save_table(b, table.meta, table.params, curves)
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_the_sampler_view_shows_paused_trials_as_pruned_and_leaves_the_study() -> None:
+    study = optuna.create_study()
+    paused, running, done = (study.ask({"x": FloatDistribution(0, 1)}) for _ in range(3))
+    for trial in (paused, running, done):
+        trial.report(0.5, 0)
+    study.tell(done, 0.5)
+    view = _StudyView(study, {paused.number})
+    shown = {t.number: t.state for t in view._get_trials(deepcopy=False)}
+    assert shown == {
+        paused.number: TrialState.PRUNED,
+        running.number: TrialState.RUNNING,
+        done.number: TrialState.COMPLETE,
+    }
+    pruned = view.get_trials(states=(TrialState.PRUNED,))
+    assert [t.number for t in pruned] == [paused.number]
+    assert pruned[0].intermediate_values == {0: 0.5}  # TPE ranks it by its last report
+    assert study.trials[paused.number].state == TrialState.RUNNING
+
+
+def test_tpe_that_sees_paused_trials_leaves_random_search_sooner(table: CurveTable) -> None:
+    """Under promotion most trials wait paused (RUNNING): TPE counts none of them among its
+    startup trials, unless the sampler is shown them as pruned."""
+    blind = replay(table, by_name(PROMOTION), seed=0, budget=10 * EPOCHS)
+    seeing = replay(table, by_name(SEEING), seed=0, budget=10 * EPOCHS)
+    assert blind.sampled[:10] == seeing.sampled[:10]  # both random while < 10 trials are seen
+    assert blind.sampled != seeing.sampled
