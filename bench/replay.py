@@ -73,7 +73,7 @@ class Outcome:
     promotions: int = 0  # paused trials resumed
     completed_promoted: int = 0  # trials completed after at least one pause
     sampled: list[int] = field(default_factory=list)  # table rows, in sampling order
-    completed: list[tuple[int, int, float]] = field(default_factory=list)  # (trained, row, loss)
+    completed: list[tuple[int, int, float]] = field(default_factory=list)  # (spent, row, loss)
     found: int | None = None  # epochs trained when a completed trial first met `target`
 
     def best(self) -> float:
