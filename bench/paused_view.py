@@ -1,5 +1,6 @@
-"""A sampler that sees paused trials as PRUNED at their last report: a variant for the replay
-(bench/replay.py), to measure what asha promotion gains when the sampler learns from them.
+"""A sampler that sees paused trials as PRUNED at their last report, as the service's samplers
+do (service.pausing.PausedAsPruned, the same view): for the replay (bench/replay.py), whose
+paused trials are known by number.
 
 A paused trial is RUNNING in the study (it will resume), and Optuna's TPE counts only COMPLETE
 and PRUNED trials among its startup trials and puts every RUNNING one in its "bad" group
@@ -11,7 +12,6 @@ last step, then value), and leaves the study itself as it is.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Container, Sequence
 from typing import Any
 
@@ -19,40 +19,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-
-class _StudyView:
-    """The study, with the trials numbered in `paused` shown as PRUNED."""
-
-    def __init__(self, study: optuna.Study, paused: Container[int]) -> None:
-        self._study = study
-        self._paused = paused
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(
-        self,
-        deepcopy: bool = True,
-        states: Container[TrialState] | None = None,
-        use_cache: bool = False,
-    ) -> list[FrozenTrial]:
-        trials = []
-        for trial in self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache):
-            if trial.number in self._paused and trial.state == TrialState.RUNNING:
-                trial = copy.copy(trial)
-                trial.state = TrialState.PRUNED
-            if states is None or trial.state in states:
-                trials.append(copy.deepcopy(trial) if deepcopy else trial)
-        return trials
-
-    def get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
+from service.pausing import PausedAsPruned as StudyView
 
 
 class PausedAsPruned(optuna.samplers.BaseSampler):
@@ -65,7 +32,8 @@ class PausedAsPruned(optuna.samplers.BaseSampler):
         self._paused = paused
 
     def _view(self, study: optuna.Study) -> Any:
-        return _StudyView(study, self._paused())
+        paused = self._paused()
+        return StudyView(study, lambda trial: trial.number in paused)
 
     def infer_relative_search_space(
         self, study: optuna.Study, trial: FrozenTrial

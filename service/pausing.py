@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Container
+from collections.abc import Callable, Container
 from typing import Any
 
 import optuna
@@ -63,8 +63,11 @@ class PausedAsPruned:
     paused trial (most of the study) among the worst, and TPE would learn from the few that
     completed only. Everything else is the study's own."""
 
-    def __init__(self, study: optuna.Study) -> None:
+    def __init__(
+        self, study: optuna.Study, paused: Callable[[FrozenTrial], bool] = is_paused
+    ) -> None:
         self._study = study
+        self._paused = paused  # the replay benchmark knows its paused trials by number
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -79,7 +82,7 @@ class PausedAsPruned:
         read = None if wanted is None else tuple(wanted | {TrialState.RUNNING})
         out = []
         for trial in self._study._get_trials(deepcopy=False, states=read, use_cache=use_cache):
-            if is_paused(trial):
+            if trial.state == TrialState.RUNNING and self._paused(trial):
                 trial = copy.copy(trial)  # a shallow copy: Optuna's own is shared
                 trial.state = TrialState.PRUNED
             if wanted is None or trial.state in wanted:

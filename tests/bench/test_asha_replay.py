@@ -13,10 +13,10 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from bench.asha_replay import PROMOTION, RANDOM, SEEING, policies
+from bench.asha_replay import BLIND, PROMOTION, RANDOM, policies
 from bench.curve_table import CurveTable, save_table
-from bench.paused_view import _StudyView
 from bench.replay import Policy, replay
+from service.pausing import PausedAsPruned
 
 EPOCHS = 9  # asha rungs at 1 and 3 epochs
 CONFIGS = 40
@@ -119,7 +119,7 @@ def test_the_sampler_view_shows_paused_trials_as_pruned_and_leaves_the_study() -
     for trial in (paused, running, done):
         trial.report(0.5, 0)
     study.tell(done, 0.5)
-    view = _StudyView(study, {paused.number})
+    view = PausedAsPruned(study, lambda t: t.number == paused.number)
     shown = {t.number: t.state for t in view._get_trials(deepcopy=False)}
     assert shown == {
         paused.number: TrialState.PRUNED,
@@ -135,7 +135,7 @@ def test_the_sampler_view_shows_paused_trials_as_pruned_and_leaves_the_study() -
 def test_tpe_that_sees_paused_trials_leaves_random_search_sooner(table: CurveTable) -> None:
     """Under promotion most trials wait paused (RUNNING): TPE counts none of them among its
     startup trials, unless the sampler is shown them as pruned."""
-    blind = replay(table, by_name(PROMOTION), seed=0, budget=10 * EPOCHS)
-    seeing = replay(table, by_name(SEEING), seed=0, budget=10 * EPOCHS)
+    blind = replay(table, by_name(BLIND), seed=0, budget=10 * EPOCHS)
+    seeing = replay(table, by_name(PROMOTION), seed=0, budget=10 * EPOCHS)
     assert blind.sampled[:10] == seeing.sampled[:10]  # both random while < 10 trials are seen
     assert blind.sampled != seeing.sampled
