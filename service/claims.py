@@ -16,7 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
-from service import keys, trial_cache
+from service import keys, sample_ahead
 from service import optuna_internals as internals
 from service.budget import Budget
 from service.errors import NotFound
@@ -160,7 +160,7 @@ class Claims:
     def _hand_out(
         self, handle: StudyHandle, trial: optuna.trial.Trial, request: TrialClaim, preflight: bool
     ) -> ClaimedTrial:
-        trial_cache.fill(self._backend, handle, trial)  # a new trial: sampled on the kept view
+        sample_ahead.fill(self._backend, handle, trial)  # a new trial: sampled ahead, or now
         _suggest_all(trial, handle.distributions)  # a waiting trial's fixed params, or samples
         frozen = internals.frozen_copy(trial)
         resume = self._resume(handle, frozen)

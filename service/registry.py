@@ -22,6 +22,7 @@ from service.grid import mark_grid_points
 from service.optimizers import build_pruner, build_sampler
 from service.preflight_state import PENDING
 from service.pruning import CompletedTrials
+from service.sample_ahead import SamplePool
 from service.search_space import (
     SearchSpace,
     describe,
@@ -48,6 +49,7 @@ class StudyHandle:
     recipe: dict[str, Any]
     completed: CompletedTrials = dataclasses.field(default_factory=CompletedTrials, compare=False)
     trials: StudyTrials = dataclasses.field(default_factory=StudyTrials, compare=False)
+    ahead: SamplePool = dataclasses.field(default_factory=SamplePool, compare=False)
     version: int = 0  # of the stored spec: PATCH bumps it, every process then reads the spec again
 
     @property

@@ -79,20 +79,15 @@ class StudyTrials:
                 self._sorted = sorted(self._finished.values(), key=lambda t: t.number)
             return self._sorted
 
-    def snapshot(
-        self,
-        backend: Backend,
-        study: optuna.Study,
-        pending: list[FrozenTrial] = (),  # type: ignore[assignment]
-    ) -> list[FrozenTrial]:
-        """Every trial a sampler would read now: finished (kept), unfinished (read now), and
-        `pending` ones this process holds that are not stored yet (constant liar's evidence)."""
+    def snapshot(self, backend: Backend, study: optuna.Study) -> tuple[list[FrozenTrial], int]:
+        """Every trial a sampler would read now, finished (kept) and unfinished (read now), by
+        number; and how many of them are finished."""
         finished = self.finished(backend, study)
         unfinished = backend.unfinished_trials(internals.study_id(study))
         done = {t.number for t in finished}  # finished between the two reads: keep the finished
-        trials = finished + [t for t in unfinished if t.number not in done] + list(pending)
+        trials = finished + [t for t in unfinished if t.number not in done]
         trials.sort(key=lambda t: t.number)
-        return trials
+        return trials, len(finished)
 
 
 class _NoRelativeParamsWrite:
@@ -111,11 +106,19 @@ class _NoRelativeParamsWrite:
 
 
 class SamplerView:
-    """The study, except that its trials are `trials` (what `StudyTrials.snapshot` read)."""
+    """The study, except that its trials are `trials` (what `StudyTrials.snapshot` read), and
+    reads that include running trials also get `pending`: configurations this process sampled
+    and has not stored yet, constant liar's evidence like running trials."""
 
-    def __init__(self, study: optuna.Study, trials: list[FrozenTrial]) -> None:
+    def __init__(
+        self,
+        study: optuna.Study,
+        trials: list[FrozenTrial],
+        pending: list[FrozenTrial] = (),  # type: ignore[assignment]
+    ) -> None:
         self._study = study
         self._trials = trials
+        self._pending = list(pending)
         self._storage = _NoRelativeParamsWrite(internals.study_storage(study))
 
     def __getattr__(self, name: str) -> Any:
@@ -127,7 +130,14 @@ class SamplerView:
         states: Container[TrialState] | None = None,
         use_cache: bool = False,
     ) -> list[FrozenTrial]:
-        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
+        if states is None:
+            # Not the pending ones: the search space's cursor (IntersectionSearchSpace) would
+            # stop at their numbers, which are made up.
+            trials = self._trials
+        else:
+            trials = [t for t in self._trials if t.state in states]
+            if TrialState.RUNNING in states:
+                trials = trials + self._pending
         return copy.deepcopy(trials) if deepcopy else trials
 
     def get_trials(
@@ -177,19 +187,3 @@ def _with_params(
     current.params = dict(params)
     current.distributions = {k: distributions[k] for k in params}
     return current
-
-
-def fill(backend: Backend, handle: Any, trial: optuna.trial.Trial) -> None:
-    """A new trial's params, sampled on the cached view and written in one transaction
-    (`suggest_*` then returns them). Waiting trials (fixed params) and samplers that read
-    more than the study's trials are left to `suggest_*`."""
-    study = handle.study
-    if internals.fixed_params(trial) or not uses_view(study):
-        return
-    frozen = internals.frozen_copy(trial)
-    if frozen.params:
-        return
-    trials = handle.trials.snapshot(backend, study)
-    params = sample(SamplerView(study, trials), frozen, handle.distributions)
-    backend.set_params(internals.trial_id(trial), params, handle.distributions)
-    internals.adopt_params(trial, params, handle.distributions)

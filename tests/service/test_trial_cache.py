@@ -108,7 +108,7 @@ def test_view_reads_what_the_study_reads(storage_url: str, backend_store: Backen
         )
         study.ask()
         study.enqueue_trial({"lr": 0.001, "momentum": 0.6, "layers": 2, "opt": "sgd"})
-        trials = kept.snapshot(backend_store, mine)
+        trials, _ = kept.snapshot(backend_store, mine)
         view = SamplerView(mine, trials)
         for states in READS:
             expected = study._get_trials(deepcopy=False, states=states)
@@ -144,7 +144,7 @@ def test_sampled_params_equal_optunas(storage_url: str, backend_store: Backend) 
             study_name="same", storage=backend_store._storage, sampler=_tpe(seed)
         )
         frozen = backend_store.trial(fresh._trial_id)
-        trials = kept.snapshot(backend_store, view_study)
+        trials, _ = kept.snapshot(backend_store, view_study)
         got = sample(SamplerView(view_study, trials), frozen, SPACE)
         # The view wrote nothing: the trial has neither params nor TPE's relative params.
         stored = other.get_trial(fresh._trial_id)
