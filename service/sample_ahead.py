@@ -67,12 +67,17 @@ class SamplePool:
             held = self._ready + self._transit
         return [_running(a.number, a.params, distributions) for a in held]
 
-    def refill(self, backend: Backend, handle: Any) -> None:
-        """Sample one configuration into the pool (on the background thread)."""
+    def reserve(self) -> bool:
+        """Count a sample as in progress now, before it starts, so that a claim arriving
+        meanwhile waits for it; False when the pool is full."""
         with self._cond:
             if len(self._ready) + self._sampling >= CAPACITY:
-                return
+                return False
             self._sampling += 1
+            return True
+
+    def refill(self, backend: Backend, handle: Any) -> None:
+        """Sample one configuration into the pool (on the background thread, reserved)."""
         try:
             ahead = self._sample(backend, handle)
             with self._cond:
@@ -164,5 +169,5 @@ def fill(backend: Backend, handle: Any, trial: optuna.trial.Trial) -> None:
 
 def after_finish(backend: Backend, handle: Any) -> None:
     """A trial of the study finished here: sample the next claim's configuration now."""
-    if uses_view(handle.study):
+    if uses_view(handle.study) and handle.ahead.reserve():
         _SAMPLER.submit(handle.ahead.refill, backend, handle)

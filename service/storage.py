@@ -317,6 +317,10 @@ class Backend:
         with self._engine.connect() as conn:
             return trial_queries.states_since(conn, study_id, after_id, open_ids)
 
+    def trials_by_id(self, study_id: int, trial_ids: Collection[int]) -> list[FrozenTrial]:
+        """These trials of the study, whole, in one read (Optuna's reads them one by one)."""
+        return internals.read_trials(self._rdb, study_id, trial_ids)
+
     def unfinished_trials(self, study_id: int) -> list[FrozenTrial]:
         """Running and waiting trials with only their params (and TPE's relative params)."""
         with self._engine.connect() as conn:
@@ -347,8 +351,8 @@ class Backend:
         return optuna.trial.Trial(study, trial_id)
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        for key, value in attrs.items():
-            self._storage.set_trial_user_attr(trial_id, key, value)
+        """In one transaction (Optuna's set_trial_user_attr is one per attr)."""
+        internals.set_user_attrs(self._rdb, trial_id, attrs)
 
     def set_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self._storage.set_trial_system_attr(trial_id, key, value)

@@ -28,9 +28,6 @@ from service.trial_queries import RELATIVE_PARAMS_PREFIX
 
 logger = logging.getLogger(__name__)
 
-# More new finished trials than this are read with one bulk read (a restart, a warm start).
-_ONE_BY_ONE = 16
-
 
 def uses_view(study: optuna.Study) -> bool:
     """Whether claims sample through the view: TPE reads nothing of the study but its trials.
@@ -57,15 +54,7 @@ class StudyTrials:
             after, open_ids = self._max_id, set(self._open)
         changed = backend.trial_states_since(study_id, after, open_ids)
         new = [i for i, state in changed if state.is_finished() and i not in self._finished]
-        if len(new) > _ONE_BY_ONE:
-            wanted = set(new)
-            read = [
-                t
-                for t in study.get_trials(deepcopy=False)
-                if internals.trial_id(t) in wanted and t.state.is_finished()
-            ]
-        else:
-            read = [backend.trial(i) for i in new]
+        read = backend.trials_by_id(study_id, new) if new else []
         with self._lock:
             for trial in read:
                 self._finished[internals.trial_id(trial)] = trial

@@ -172,6 +172,4 @@ def test_params_written_at_once_are_the_trials(backend_store: Backend) -> None:
     study.tell(trial, 1.0)
     other = study.ask()
     with pytest.raises(ValueError):  # incompatible with the study's earlier distribution
-        backend_store.set_params(
-            other._trial_id, {"lr": 0.5}, {"lr": FloatDistribution(0.1, 1.0)}
-        )
+        backend_store.set_params(other._trial_id, {"lr": 0.5}, {"lr": FloatDistribution(0.1, 1.0)})
