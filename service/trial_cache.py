@@ -11,6 +11,7 @@ evidence). `SamplerView` hands the sampler that list in place of the study's.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import logging
 import threading
@@ -37,6 +38,10 @@ def uses_view(study: optuna.Study) -> bool:
     )
 
 
+def _number(trial: FrozenTrial) -> int:
+    return trial.number
+
+
 class StudyTrials:
     """A study's finished trials as this process last read them, and what to look at next."""
 
@@ -56,6 +61,7 @@ class StudyTrials:
         new = [i for i, state in changed if state.is_finished() and i not in self._finished]
         read = backend.trials_by_id(study_id, new) if new else []
         with self._lock:
+            read = [t for t in read if internals.trial_id(t) not in self._finished]  # a race
             for trial in read:
                 self._finished[internals.trial_id(trial)] = trial
             for trial_id, state in changed:
@@ -65,7 +71,12 @@ class StudyTrials:
                 else:
                     self._open.add(trial_id)
             if read:
-                self._sorted = sorted(self._finished.values(), key=lambda t: t.number)
+                # A new list (callers hold the old one), the new trials inserted by number: a
+                # copy and a few inserts, not a sort of the whole history per claim.
+                merged = list(self._sorted)
+                for trial in sorted(read, key=_number):
+                    bisect.insort(merged, trial, key=_number)
+                self._sorted = merged
             return self._sorted
 
     def snapshot(self, backend: Backend, study: optuna.Study) -> tuple[list[FrozenTrial], int]:
