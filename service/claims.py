@@ -16,13 +16,14 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial
 
-from service import keys
+from service import keys, sample_ahead
 from service import optuna_internals as internals
 from service.budget import Budget
 from service.errors import NotFound
 from service.grid import ServerGridSampler, grid_left
 from service.metrics import Metrics
-from service.pausing import Pausing, sampler_view
+from service.optimizers import pauses
+from service.pausing import PausedAsPruned, Pausing
 from service.preflight import Preflights
 from service.registry import StudyHandle, StudyRegistry
 from service.scheduling import Candidate, below_limit, order, serves
@@ -209,9 +210,13 @@ class Claims:
     ) -> ClaimedTrial:
         """`promoted`: where a promoted trial resumes; else a retry resumes from its
         predecessor's checkpoint, and a new trial starts afresh."""
-        # A waiting or promoted trial's params as they are, or samples.
-        trial.study = sampler_view(handle)
-        _suggest_all(trial, handle.distributions)
+        if pauses(handle.spec.pruner):
+            trial.study = PausedAsPruned(handle.study)  # type: ignore[assignment]
+        else:
+            sample_ahead.fill(self._backend, handle, trial)  # a new trial: sampled ahead, or now
+        _suggest_all(
+            trial, handle.distributions
+        )  # a waiting or promoted trial's params, or samples
         frozen = internals.frozen_copy(trial)
         resume = promoted or self._resume(handle, frozen)
         logger.info(

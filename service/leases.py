@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from service import keys
 from service.errors import Conflict, NotFound
 from service.metrics import Metrics
-from service.optimizers import AshaSpec
+from service.optimizers import pauses
 from service.registry import StudyHandle, StudyRegistry
 from service.storage import Backend
 
@@ -147,7 +147,7 @@ class Leases:
                     "trial id %d of %s has no lease; starting one", trial_id, handle.name
                 )
                 self._backend.record_heartbeat(trial_id)
-            if isinstance(handle.spec.pruner, AshaSpec):  # paused trials' leases are its own
+            if pauses(handle.spec.pruner):  # paused trials' leases are the server's own
                 self._backend.keep_paused_leases(handle.study_id)
             if fail_stale:
                 optuna.storages.fail_stale_trials(handle.study)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import optuna
 from optuna.trial import TrialState
 
-from service import keys
+from service import keys, sample_ahead
 from service import optuna_internals as internals
 from service.artifacts import Artifacts, has_artifacts
 from service.errors import Conflict, InvalidInput, NotFound
@@ -234,6 +234,7 @@ class TrialMessages:
             return self._backend.trial(trial_id).state
 
     def _finished(self, handle: StudyHandle, worker: str | None, had_artifacts: bool) -> None:
+        sample_ahead.after_finish(self._backend, handle)  # the next claim's configuration
         if worker:
             self._backend.touch_worker(worker, study=None, trial_number=None, trial_id=None)
         # A finished trial's checkpoint goes now. Weights that drop out of the top k because a

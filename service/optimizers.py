@@ -132,6 +132,11 @@ class AshaSpec(_Options):
     mode: Literal["promotion", "stopping"] = "promotion"
 
 
+def pauses(pruner: BaseModel) -> bool:
+    """Whether the pruner pauses trials (asha, promotion mode) instead of only stopping them."""
+    return isinstance(pruner, AshaSpec) and pruner.mode == "promotion"
+
+
 PrunerSpec = Annotated[
     MedianSpec
     | PercentileSpec

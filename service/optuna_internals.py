@@ -8,9 +8,14 @@ so an Optuna upgrade that moves them fails there first, by name.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
+from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
+from optuna.storages._rdb import models
+from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial
 
 
@@ -56,3 +61,58 @@ def grid_value_equal(a: object, b: object) -> bool:
 
 def sampler_rng(sampler: optuna.samplers.GridSampler):  # noqa: ANN201 - Optuna's _LazyRandomState
     return sampler._rng.rng
+
+
+def set_params(
+    rdb: optuna.storages.RDBStorage,
+    trial_id: int,
+    params: dict[str, Any],
+    distributions: dict[str, BaseDistribution],
+) -> None:
+    """Every param of a running trial in one transaction, with the checks `set_trial_param`
+    makes for each (the trial is updatable, the distribution agrees with the study's)."""
+    with _create_scoped_session(rdb.scoped_session, True) as session:
+        for name, value in params.items():
+            dist = distributions[name]
+            rdb._set_trial_param_without_commit(
+                session, trial_id, name, dist.to_internal_repr(value), dist
+            )
+
+
+def fixed_params(trial: optuna.trial.Trial) -> dict[str, Any]:
+    """The params a waiting trial was enqueued with (`enqueue_trial`), empty for a new one."""
+    return trial._fixed_params
+
+
+def adopt_params(
+    trial: optuna.trial.Trial, params: dict[str, Any], distributions: dict[str, BaseDistribution]
+) -> None:
+    """Tell the Trial object that these params are stored: its suggest_* then return them
+    without sampling or writing, as for params it suggested itself."""
+    trial._cached_frozen_trial.params.update(params)
+    trial._cached_frozen_trial.distributions.update({k: distributions[k] for k in params})
+
+
+def read_trials(
+    rdb: optuna.storages.RDBStorage, study_id: int, trial_ids: Collection[int]
+) -> list[FrozenTrial]:
+    """Whole trials by id, in one ORM read: RDBStorage's incremental read (what its cache uses)
+    asked for exactly these ids."""
+    if not trial_ids:
+        return []
+    wanted = set(trial_ids)
+    read = rdb._get_trials(
+        study_id, states=None, included_trial_ids=wanted, trial_id_greater_than=max(wanted)
+    )
+    return [t for t in read if t._trial_id in wanted]
+
+
+def set_user_attrs(rdb: optuna.storages.RDBStorage, trial_id: int, attrs: dict[str, Any]) -> None:
+    """A running trial's user attrs in one transaction, as `set_trial_user_attr` writes each."""
+    if not attrs:
+        return
+    with _create_scoped_session(rdb.scoped_session, True) as session:
+        for key, value in attrs.items():
+            rdb._set_trial_attr_without_commit(
+                session, models.TrialUserAttributeModel, trial_id, key, value
+            )

@@ -33,7 +33,7 @@ from service import asha, keys
 from service.artifacts import Artifacts
 from service.asha import Decision
 from service.errors import Conflict
-from service.optimizers import AshaSpec
+from service.optimizers import AshaSpec, pauses
 from service.registry import StudyHandle
 from service.schemas import Resume
 from service.storage import Backend, TrialFacts
@@ -95,14 +95,6 @@ class PausedAsPruned:
         return self._get_trials(deepcopy=deepcopy, states=states)
 
 
-def sampler_view(handle: StudyHandle) -> optuna.Study:
-    """The study to sample a trial of `handle` with."""
-    spec = asha_spec(handle)
-    if spec is not None and spec.mode == "promotion":
-        return PausedAsPruned(handle.study)  # type: ignore[return-value]
-    return handle.study
-
-
 class Pausing:
     def __init__(self, backend: Backend, artifacts: Artifacts) -> None:
         self._backend = backend
@@ -124,7 +116,7 @@ class Pausing:
         whose checkpoint it uploaded. Raises Conflict otherwise."""
         spec = asha_spec(handle)
         where = f"trial {facts.number} of {handle.name}"
-        if spec is None or spec.mode != "promotion":
+        if spec is None or not pauses(spec):
             raise Conflict(f"{where}: its study does not pause trials (pruner asha, promotion)")
         rung = asha.rung_of_epoch(_rungs(handle, spec), epoch)
         if rung is None or max(facts.intermediate_values, default=None) != epoch:

@@ -22,6 +22,7 @@ from service.grid import mark_grid_points
 from service.optimizers import build_pruner, build_sampler
 from service.preflight_state import PENDING
 from service.pruning import CompletedTrials
+from service.sample_ahead import SamplePool
 from service.search_space import (
     SearchSpace,
     describe,
@@ -33,6 +34,7 @@ from service.search_space import (
 from service.settings import Settings
 from service.spec import StudySpec, check_paths, fit_warmup, recipe, schedule_problems
 from service.storage import Backend, TrialFacts, utcnow
+from service.trial_cache import StudyTrials
 from service.validation import format_errors
 
 logger = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class StudyHandle:
     distributions: dict[str, BaseDistribution]
     recipe: dict[str, Any]
     completed: CompletedTrials = dataclasses.field(default_factory=CompletedTrials, compare=False)
+    trials: StudyTrials = dataclasses.field(default_factory=StudyTrials, compare=False)
+    ahead: SamplePool = dataclasses.field(default_factory=SamplePool, compare=False)
     version: int = 0  # of the stored spec: PATCH bumps it, every process then reads the spec again
 
     @property

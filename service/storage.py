@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,7 +31,7 @@ from optuna.artifacts._protocol import ArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
-from service import keys, paused_table, queries, study_table
+from service import keys, paused_table, queries, study_table, trial_queries
 from service import optuna_internals as internals
 from service.artifact_store import open_location
 from service.asha import Paused
@@ -316,6 +317,23 @@ class Backend:
         with self._engine.connect() as conn:
             return queries.running_without_heartbeat(conn, study_id)
 
+    def trial_states_since(
+        self, study_id: int, after_id: int, open_ids: Collection[int]
+    ) -> list[tuple[int, TrialState]]:
+        """(id, state) of the trials made after `after_id` or among `open_ids`: one light query
+        for what changed since a sampler's view last looked (service.trial_cache)."""
+        with self._engine.connect() as conn:
+            return trial_queries.states_since(conn, study_id, after_id, open_ids)
+
+    def trials_by_id(self, study_id: int, trial_ids: Collection[int]) -> list[FrozenTrial]:
+        """These trials of the study, whole, in one read (Optuna's reads them one by one)."""
+        return internals.read_trials(self._rdb, study_id, trial_ids)
+
+    def unfinished_trials(self, study_id: int) -> list[FrozenTrial]:
+        """Running and waiting trials with only their params (and TPE's relative params)."""
+        with self._engine.connect() as conn:
+            return trial_queries.unfinished(conn, study_id)
+
     # --- trials: writes ------------------------------------------------------------------------
     def new_running_trial(
         self, study: optuna.Study, user_attrs: dict[str, Any]
@@ -341,8 +359,8 @@ class Backend:
         return optuna.trial.Trial(study, trial_id)
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        for key, value in attrs.items():
-            self._storage.set_trial_user_attr(trial_id, key, value)
+        """In one transaction (Optuna's set_trial_user_attr is one per attr)."""
+        internals.set_user_attrs(self._rdb, trial_id, attrs)
 
     def set_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self._storage.set_trial_system_attr(trial_id, key, value)
@@ -351,6 +369,12 @@ class Backend:
         """Intermediate values (validation loss by epoch)."""
         for step, value in sorted(values.items()):
             self._storage.set_trial_intermediate_value(trial_id, step, value)
+
+    def set_params(
+        self, trial_id: int, params: dict[str, Any], distributions: dict[str, Any]
+    ) -> None:
+        """All of a trial's params in one transaction (Optuna writes one per param)."""
+        internals.set_params(self._rdb, trial_id, params, distributions)
 
     def record_heartbeat(self, trial_id: int) -> None:
         self._storage.record_heartbeat(trial_id)

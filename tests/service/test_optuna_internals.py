@@ -3,8 +3,11 @@ that moves one fails here, by name, instead of somewhere in the protocol."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from service import optuna_internals as internals
 from service.app import quiet_optuna
@@ -52,3 +55,33 @@ def test_the_grid_sampler_parts() -> None:
     assert internals.grid_value_equal(float("nan"), float("nan"))
     assert not internals.grid_value_equal(1, 2)
     assert 0 <= int(internals.sampler_rng(sampler).choice([0, 1, 2])) <= 2
+
+
+def test_rdb_writes_and_reads_in_one_transaction(tmp_path: Path) -> None:
+    """set_params, set_user_attrs and read_trials ride RDBStorage's private session helper and
+    its *_without_commit writers and incremental read; fixed_params and adopt_params the
+    Trial's private copies."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'pins.db'}")
+    study = optuna.create_study(storage=rdb, study_name="rdb-pins")
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(0.001, 0.1, log=True),
+        "opt": optuna.distributions.CategoricalDistribution(["sgd", "adam"]),
+    }
+    trial = study.ask()
+    assert internals.fixed_params(trial) == {}
+    internals.set_params(rdb, trial._trial_id, {"lr": 0.01, "opt": "adam"}, dists)
+    internals.set_user_attrs(rdb, trial._trial_id, {"worker": "w1", "val_loss": 0.5})
+    internals.adopt_params(trial, {"lr": 0.01, "opt": "adam"}, dists)
+    assert trial.suggest_float("lr", 0.001, 0.1, log=True) == 0.01  # no sampling, no write
+    stored = rdb.get_trial(trial._trial_id)
+    assert stored.params == {"lr": 0.01, "opt": "adam"}
+    assert stored.user_attrs == {"worker": "w1", "val_loss": 0.5}
+    study.tell(trial, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        internals.set_user_attrs(rdb, trial._trial_id, {"late": 1})
+    later = [study.ask() for _ in range(3)]
+    got = internals.read_trials(rdb, study._study_id, [trial._trial_id, later[1]._trial_id])
+    assert [(t.number, t.state) for t in got] == [(0, TrialState.COMPLETE), (2, TrialState.RUNNING)]
+    study.enqueue_trial({"lr": 0.02})
+    assert internals.fixed_params(study.ask()) == {"lr": 0.02}
