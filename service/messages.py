@@ -87,9 +87,8 @@ class TrialMessages:
                 attrs[keys.VAL_ACCURACY] = val_accuracy
             if train_loss is not None:
                 attrs[keys.train_loss_key(epoch)] = train_loss
-            self._backend.set_user_attrs(trial_id, attrs)
             # the curve the pruner reads is the objective's metric
-            self._backend.set_curve(trial_id, {epoch: value})
+            self._backend.record_report(trial_id, attrs, epoch, value)
             values[epoch] = value
         self._metrics.reports.labels(handle.name).inc()
         # A trial that has trained its last epoch is not pruned: its result is complete.

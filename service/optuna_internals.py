@@ -107,12 +107,20 @@ def read_trials(
     return [t for t in read if t._trial_id in wanted]
 
 
-def set_user_attrs(rdb: optuna.storages.RDBStorage, trial_id: int, attrs: dict[str, Any]) -> None:
-    """A running trial's user attrs in one transaction, as `set_trial_user_attr` writes each."""
-    if not attrs:
+def set_user_attrs(
+    rdb: optuna.storages.RDBStorage,
+    trial_id: int,
+    attrs: dict[str, Any],
+    curve: dict[int, float] | None = None,
+) -> None:
+    """A running trial's user attrs, and intermediate values `curve` (step: value), in one
+    transaction, as `set_trial_user_attr` and `set_trial_intermediate_value` write each."""
+    if not attrs and not curve:
         return
     with _create_scoped_session(rdb.scoped_session, True) as session:
         for key, value in attrs.items():
             rdb._set_trial_attr_without_commit(
                 session, models.TrialUserAttributeModel, trial_id, key, value
             )
+        for step, value in sorted((curve or {}).items()):
+            rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, value)

@@ -362,6 +362,10 @@ class Backend:
         """In one transaction (Optuna's set_trial_user_attr is one per attr)."""
         internals.set_user_attrs(self._rdb, trial_id, attrs)
 
+    def record_report(self, trial_id: int, attrs: dict[str, Any], step: int, value: float) -> None:
+        """A report: the epoch's attrs and its intermediate value, in one transaction."""
+        internals.set_user_attrs(self._rdb, trial_id, attrs, {step: value})
+
     def set_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self._storage.set_trial_system_attr(trial_id, key, value)
 

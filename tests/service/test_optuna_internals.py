@@ -71,12 +71,13 @@ def test_rdb_writes_and_reads_in_one_transaction(tmp_path: Path) -> None:
     trial = study.ask()
     assert internals.fixed_params(trial) == {}
     internals.set_params(rdb, trial._trial_id, {"lr": 0.01, "opt": "adam"}, dists)
-    internals.set_user_attrs(rdb, trial._trial_id, {"worker": "w1", "val_loss": 0.5})
+    internals.set_user_attrs(rdb, trial._trial_id, {"worker": "w1", "val_loss": 0.5}, {0: 0.7})
     internals.adopt_params(trial, {"lr": 0.01, "opt": "adam"}, dists)
     assert trial.suggest_float("lr", 0.001, 0.1, log=True) == 0.01  # no sampling, no write
     stored = rdb.get_trial(trial._trial_id)
     assert stored.params == {"lr": 0.01, "opt": "adam"}
     assert stored.user_attrs == {"worker": "w1", "val_loss": 0.5}
+    assert stored.intermediate_values == {0: 0.7}
     study.tell(trial, 1.0)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         internals.set_user_attrs(rdb, trial._trial_id, {"late": 1})
