@@ -23,9 +23,11 @@ install: $(BIN)/hpsearch
 test: install
 	$(PYTEST) tests
 
-# Everyday work: no real training, no browser.
+# Everyday work: no real training, no browser, the API tests on SQLite only (`make test` and CI
+# run them on PostgreSQL too; FAST_BACKENDS=sqlite,postgresql here does as well).
+FAST_BACKENDS ?= sqlite
 test-fast: install
-	$(PYTEST) -m "not slow and not browser" tests
+	HPSEARCH_TEST_BACKENDS=$(FAST_BACKENDS) $(PYTEST) -m "not slow and not browser" tests
 
 # The protocol benchmark against a throwaway server (bench/RESULTS.md lists the others).
 bench: install

@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.postgres import drop_database, new_database_or_skip
+from tests.postgres import BACKENDS, drop_database, new_database_or_skip
 from tests.servers import Server, free_port, server_env
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=BACKENDS)
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'hpsearch.db'}"

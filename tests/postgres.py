@@ -11,6 +11,13 @@ import uuid
 from typing import NoReturn
 
 PG_BASE = os.environ.get("HPSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
+# The backends every API test runs on: both by default (`make test`, CI); `make test-fast` sets
+# HPSEARCH_TEST_BACKENDS=sqlite for everyday work (the backend-specific code still runs in both).
+BACKENDS = [
+    b.strip()
+    for b in os.environ.get("HPSEARCH_TEST_BACKENDS", "sqlite,postgresql").split(",")
+    if b.strip() in ("sqlite", "postgresql")
+] or ["sqlite", "postgresql"]
 
 
 def create_database(base: str = PG_BASE, prefix: str = "hpsearch_test") -> str:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from cli.main import main
-from tests.postgres import drop_database, new_database_or_skip
+from tests.postgres import BACKENDS, drop_database, new_database_or_skip
 from tests.scripted import ScriptedWorker, create_study
 from tests.servers import REPO, Server, free_port, server_env
 
@@ -96,7 +96,7 @@ def _logging_to(stream: TextIO) -> Iterator[None]:
         root.setLevel(level)
 
 
-@pytest.fixture(scope="package", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="package", params=BACKENDS)
 def cli_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:

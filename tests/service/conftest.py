@@ -14,14 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.postgres import drop_database, new_database_or_skip
+from tests.postgres import BACKENDS, drop_database, new_database_or_skip
 from tests.servers import Server, free_port, server_env
 
 StorageMaker = Callable[[], str]
 ServerStarter = Callable[..., Server]
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     """The storage kind a test runs on; every API test runs on both."""
     return request.param
