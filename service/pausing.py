@@ -24,7 +24,6 @@ import contextlib
 import copy
 import logging
 from collections.abc import Callable, Container
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -37,6 +36,7 @@ from service.optimizers import AshaSpec, pauses
 from service.registry import StudyHandle
 from service.schemas import Resume
 from service.storage import Backend, TrialFacts
+from service.study_view import StudyView
 from service.views import is_paused
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _minimize(handle: StudyHandle) -> bool:
     return handle.spec.objective.direction == "minimize"
 
 
-class PausedAsPruned:
+class PausedAsPruned(StudyView):
     """The study as a sampler sees it under asha's promotion mode: a paused trial (RUNNING to
     Optuna, held by no worker) shows as PRUNED with its learning curve. That is what it is to
     the search, a configuration stopped at a rung with its value there, and TPE ranks pruned
@@ -66,11 +66,8 @@ class PausedAsPruned:
     def __init__(
         self, study: optuna.Study, paused: Callable[[FrozenTrial], bool] = is_paused
     ) -> None:
-        self._study = study
+        super().__init__(study)
         self._paused = paused  # the replay benchmark knows its paused trials by number
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
 
     def _get_trials(
         self,
@@ -88,11 +85,6 @@ class PausedAsPruned:
             if wanted is None or trial.state in wanted:
                 out.append(trial)
         return copy.deepcopy(out) if deepcopy else out
-
-    def get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
 
 
 class Pausing:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Container
-from typing import Any
 
 import optuna
 from optuna.pruners import NopPruner, PercentilePruner, ThresholdPruner
@@ -21,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service import optuna_internals as internals
 from service.storage import Backend
+from service.study_view import StudyView
 from service.warm_start import is_prior
 
 # Pruners that read nothing of the study but its completed trials (or nothing at all).
@@ -66,16 +66,13 @@ class CompletedTrials:
             return self._trials
 
 
-class CompletedTrialsStudy:
+class CompletedTrialsStudy(StudyView):
     """The study as a percentile pruner sees it: `get_trials` of completed trials answers from
     `completed`; everything else is the study's own."""
 
     def __init__(self, study: optuna.Study, completed: list[FrozenTrial]) -> None:
-        self._study = study
+        super().__init__(study)
         self._completed = completed
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
 
     def get_trials(
         self, deepcopy: bool = True, states: Container[TrialState] | None = None

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service import optuna_internals as internals
 from service.storage import Backend
+from service.study_view import StudyView
 from service.trial_queries import RELATIVE_PARAMS_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class _NoRelativeParamsWrite:
             self._storage.set_trial_system_attr(trial_id, key, value)
 
 
-class SamplerView:
+class SamplerView(StudyView):
     """The study, except that its trials are `trials` (what `StudyTrials.snapshot` read), and
     reads that include running trials also get `pending`: configurations this process sampled
     and has not stored yet, constant liar's evidence like running trials."""
@@ -116,13 +117,10 @@ class SamplerView:
         trials: list[FrozenTrial],
         pending: list[FrozenTrial] = (),  # type: ignore[assignment]
     ) -> None:
-        self._study = study
+        super().__init__(study)
         self._trials = trials
         self._pending = list(pending)
         self._storage = _NoRelativeParamsWrite(internals.study_storage(study))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
 
     def _get_trials(
         self,
@@ -139,15 +137,6 @@ class SamplerView:
             if TrialState.RUNNING in states:
                 trials = trials + self._pending
         return copy.deepcopy(trials) if deepcopy else trials
-
-    def get_trials(
-        self, deepcopy: bool = True, states: Container[TrialState] | None = None
-    ) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy=deepcopy, states=states)
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self._get_trials()
 
 
 def sample(

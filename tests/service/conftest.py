@@ -14,6 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.app import quiet_optuna
+from service.settings import Settings
+from service.storage import Backend, open_backend
 from tests.postgres import BACKENDS, drop_database, new_database_or_skip
 from tests.servers import Server, free_port, server_env
 
@@ -83,3 +86,18 @@ def shared_server(new_storage: StorageMaker, start_server: ServerStarter) -> Ser
 def client(shared_server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=shared_server.url, timeout=60) as http:
         yield http
+
+
+@pytest.fixture
+def fresh_url(new_storage: StorageMaker) -> str:
+    """A fresh storage of the session's backend."""
+    return new_storage()
+
+
+@pytest.fixture
+def backend_store(fresh_url: str, tmp_path: Path) -> Iterator[Backend]:
+    """A Backend of this process on `fresh_url`, as a server process opens it."""
+    quiet_optuna()
+    backend = open_backend(Settings(storage=fresh_url, data_dir=tmp_path), on_stale=None)
+    yield backend
+    backend.close()

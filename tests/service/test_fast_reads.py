@@ -6,40 +6,22 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
-from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from service.app import quiet_optuna
 from service.budget import Budget
 from service.errors import NotFound
 from service.pruning import CompletedTrials, CompletedTrialsStudy, reads_completed_only
-from service.settings import Settings
-from service.storage import Backend, open_backend
-from tests.service.conftest import StorageMaker
+from service.storage import Backend
 
 
 @pytest.fixture
-def storage_url(new_storage: StorageMaker) -> str:
-    return new_storage()
-
-
-@pytest.fixture
-def backend_store(storage_url: str, tmp_path: Path) -> Iterator[Backend]:
-    quiet_optuna()
-    backend = open_backend(Settings(storage=storage_url, data_dir=tmp_path), on_stale=None)
-    yield backend
-    backend.close()
-
-
-@pytest.fixture
-def raw(storage_url: str, backend_store: Backend) -> optuna.storages.BaseStorage:
+def raw(fresh_url: str, backend_store: Backend) -> optuna.storages.BaseStorage:
     """Optuna's own storage on the same database, to make and read trials the Backend's way
     is compared with."""
-    return optuna.storages.RDBStorage(storage_url)
+    return optuna.storages.RDBStorage(fresh_url)
 
 
 def test_trial_facts_equal_optunas_trial(

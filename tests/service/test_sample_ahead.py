@@ -7,21 +7,18 @@ server on both backends."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from service import optuna_internals as internals
 from service import sample_ahead
-from service.app import quiet_optuna
 from service.registry import StudyHandle, StudyRegistry
 from service.settings import Settings
 from service.spec import StudySpec
-from service.storage import Backend, open_backend
+from service.storage import Backend
 from service.trial_cache import SamplerView
 from tests.scripted import ScriptedWorker, create_study, unique
 from tests.servers import digits_spec
@@ -60,19 +57,6 @@ def test_one_worker_gets_what_plain_optuna_samples(
         plain.tell(asked, _loss(asked.params))
 
 
-@pytest.fixture
-def storage_url(new_storage: StorageMaker) -> str:
-    return new_storage()
-
-
-@pytest.fixture
-def backend_store(storage_url: str, tmp_path: Path) -> Iterator[Backend]:
-    quiet_optuna()
-    backend = open_backend(Settings(storage=storage_url, data_dir=tmp_path), on_stale=None)
-    yield backend
-    backend.close()
-
-
 def _handle(backend: Backend, tmp_path: Path, name: str) -> StudyHandle:
     registry = StudyRegistry(backend, Settings(storage=str(backend._rdb.url), data_dir=tmp_path))
     spec = digits_spec(name, sampler=TPE, pruner={"name": "none"}, baseline=False, n_trials=50)
@@ -95,10 +79,10 @@ def _claim(backend: Backend, handle: StudyHandle) -> dict:
 
 
 def test_stale_configurations_are_not_handed_out(
-    storage_url: str, backend_store: Backend, tmp_path: Path
+    fresh_url: str, backend_store: Backend, tmp_path: Path
 ) -> None:
     handle = _handle(backend_store, tmp_path, "ahead-stale")
-    other = optuna.load_study(study_name=handle.name, storage=storage_url)  # another process
+    other = optuna.load_study(study_name=handle.name, storage=fresh_url)  # another process
     for _ in range(5):
         _claim(backend_store, handle)
     for trial in other.get_trials(states=(TrialState.RUNNING,)):

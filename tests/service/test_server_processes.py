@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -79,6 +79,22 @@ def _start(server: Server) -> None:
     assert log.count("Application startup complete.") == 2, log[-6000:]
 
 
+def _run_workers(server: Server, work: Callable[[int, list[str], threading.Lock], None]) -> str:
+    """N_WORKERS threads running `work(i, errors, lock)` to their end; returns the server's
+    log, once no worker reported an error."""
+    errors: list[str] = []
+    lock = threading.Lock()
+    threads = [threading.Thread(target=work, args=(i, errors, lock)) for i in range(N_WORKERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "workers still running after 300 s"
+    log = server.log_path.read_text(errors="replace")
+    assert not errors, (errors, log[-6000:])
+    return log
+
+
 def _work(
     url: str,
     worker_id: str,
@@ -116,19 +132,9 @@ def test_two_server_processes_on_a_fresh_storage(two_processes: Server) -> None:
             sampler={"name": "random", "seed": 0},
         )
     statuses: Counter[int] = Counter()
-    errors: list[str] = []
-    lock = threading.Lock()
-    threads = [
-        threading.Thread(target=_work, args=(server.url, f"w{i}", name, statuses, errors, lock))
-        for i in range(N_WORKERS)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "workers still running after 300 s"
-    log = server.log_path.read_text(errors="replace")
-    assert not errors, (errors, log[-6000:])
+    log = _run_workers(
+        server, lambda i, errors, lock: _work(server.url, f"w{i}", name, statuses, errors, lock)
+    )
     assert set(statuses) <= {200, 204}, statuses
     assert server.process is not None and server.process.poll() is None, log[-6000:]
     assert "Traceback" not in log, log[-6000:]
@@ -196,19 +202,9 @@ def test_asha_budget_and_promotions_hold_across_server_processes(two_processes: 
             sampler={"name": "random", "seed": 0},
             pruner={"name": "asha", "reduction_factor": 3, "min_resource": 1},
         )
-    errors: list[str] = []
-    lock = threading.Lock()
-    threads = [
-        threading.Thread(target=_work_asha, args=(server.url, f"w{i}", name, errors, lock))
-        for i in range(N_WORKERS)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "workers still running after 300 s"
-    log = server.log_path.read_text(errors="replace")
-    assert not errors, (errors, log[-6000:])
+    log = _run_workers(
+        server, lambda i, errors, lock: _work_asha(server.url, f"w{i}", name, errors, lock)
+    )
     assert "Traceback" not in log, log[-6000:]
 
     trials = optuna.load_study(study_name=name, storage=server.storage).trials

@@ -6,8 +6,6 @@ storage on both backends."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -16,11 +14,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from service import optuna_internals as internals
-from service.app import quiet_optuna
-from service.settings import Settings
-from service.storage import Backend, open_backend
+from service.storage import Backend
 from service.trial_cache import SamplerView, StudyTrials, sample
-from tests.service.conftest import StorageMaker
 
 SPACE = {
     "lr": FloatDistribution(1e-4, 1e-1, log=True),
@@ -35,19 +30,6 @@ READS: list[tuple[TrialState, ...] | None] = [
     (TrialState.COMPLETE, TrialState.PRUNED),
     (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING),
 ]
-
-
-@pytest.fixture
-def storage_url(new_storage: StorageMaker) -> str:
-    return new_storage()
-
-
-@pytest.fixture
-def backend_store(storage_url: str, tmp_path: Path) -> Iterator[Backend]:
-    quiet_optuna()
-    backend = open_backend(Settings(storage=storage_url, data_dir=tmp_path), on_stale=None)
-    yield backend
-    backend.close()
 
 
 def _tpe(seed: int) -> optuna.samplers.TPESampler:
@@ -90,8 +72,8 @@ def _relative(trial: FrozenTrial) -> dict[str, Any]:
     return {k: v for k, v in trial.system_attrs.items() if k.startswith("tpe:relative_params")}
 
 
-def test_view_reads_what_the_study_reads(storage_url: str, backend_store: Backend) -> None:
-    other = optuna.storages.RDBStorage(storage_url)  # another server process's writes
+def test_view_reads_what_the_study_reads(fresh_url: str, backend_store: Backend) -> None:
+    other = optuna.storages.RDBStorage(fresh_url)  # another server process's writes
     study = optuna.create_study(storage=other, study_name="view", sampler=_tpe(0))
     rng = random.Random(1)
     _add_history(study, rng, 12)
@@ -125,10 +107,10 @@ def test_view_reads_what_the_study_reads(storage_url: str, backend_store: Backen
     ]
 
 
-def test_sampled_params_equal_optunas(storage_url: str, backend_store: Backend) -> None:
+def test_sampled_params_equal_optunas(fresh_url: str, backend_store: Backend) -> None:
     """The same seeded TPE samples the same params for the same trial on the view as through
     Trial.suggest_* on the study (startup trials, then TPE proper with constant liar)."""
-    other = optuna.storages.RDBStorage(storage_url)
+    other = optuna.storages.RDBStorage(fresh_url)
     writer = optuna.create_study(storage=other, study_name="same", sampler=_tpe(0))
     rng = random.Random(2)
     kept = StudyTrials()
