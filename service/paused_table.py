@@ -71,11 +71,6 @@ def of_study(conn: sa.Connection, study_id: int) -> list[Paused]:
     ]
 
 
-def epoch_of(conn: sa.Connection, trial_id: int) -> int | None:
-    """The epoch the trial paused after, or None when it is not paused."""
-    return conn.execute(sa.select(table.c.epoch).where(table.c.trial_id == trial_id)).scalar()
-
-
 def counts(conn: sa.Connection, study_ids: list[int] | None = None) -> dict[int, int]:
     """Paused trials by study id (of these studies, or all)."""
     query = sa.select(table.c.study_id, sa.func.count()).group_by(table.c.study_id)

@@ -32,7 +32,7 @@ from service import asha, keys
 from service.artifacts import Artifacts
 from service.asha import Decision
 from service.errors import Conflict
-from service.optimizers import AshaSpec, pauses
+from service.optimizers import AshaSpec
 from service.registry import StudyHandle
 from service.schemas import Resume
 from service.storage import Backend, TrialFacts
@@ -108,7 +108,7 @@ class Pausing:
         whose checkpoint it uploaded. Raises Conflict otherwise."""
         spec = asha_spec(handle)
         where = f"trial {facts.number} of {handle.name}"
-        if spec is None or not pauses(spec):
+        if spec is None or spec.mode != "promotion":
             raise Conflict(f"{where}: its study does not pause trials (pruner asha, promotion)")
         rung = asha.rung_of_epoch(_rungs(handle, spec), epoch)
         if rung is None or max(facts.intermediate_values, default=None) != epoch:
@@ -166,9 +166,9 @@ class Pausing:
         url = f"/api/v1/trials/{chosen.trial_id}/checkpoint"
         return chosen.trial_id, Resume(epoch=epoch, checkpoint_url=url)
 
-    def end_paused(self, handle: StudyHandle) -> int:
+    def end_paused(self, handle: StudyHandle) -> None:
         """Under the study's claim lock, once nothing can promote them: end the paused trials as
-        PRUNED with their last value. Returns how many."""
+        PRUNED with their last value."""
         ended = 0
         for paused in self._backend.paused(handle.study_id):
             trial = self._backend.trial(paused.trial_id)
@@ -180,4 +180,3 @@ class Pausing:
         if ended:
             logger.info("%s: %d paused trials ended as pruned", handle.name, ended)
             self._artifacts.collect_now(handle)  # their checkpoints
-        return ended

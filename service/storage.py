@@ -402,11 +402,6 @@ class Backend:
         with self._engine.connect() as conn:
             return paused_table.of_study(conn, study_id)
 
-    def paused_epoch(self, trial_id: int) -> int | None:
-        """The epoch a paused trial paused after; None when it is not paused."""
-        with self._engine.connect() as conn:
-            return paused_table.epoch_of(conn, trial_id)
-
     def paused_counts(self, study_ids: list[int] | None = None) -> dict[int, int]:
         with self._engine.connect() as conn:
             return paused_table.counts(conn, study_ids)

@@ -378,15 +378,13 @@ def fine_tune(
         if job.objective.epoch == "best":
             _keep_if_best(prepared.state, job.objective, report)
         verdict = on_epoch(report)
-        if verdict == "pause":
-            if on_checkpoint is None:
-                raise ValueError("a trial can pause only with somewhere to put its checkpoint")
-            logger.info("paused after epoch %d", epoch)
-            on_checkpoint(epoch, save_training_state(prepared.state, epoch, rt.device))
         if verdict in (True, "prune", "pause"):
             status = "paused" if verdict == "pause" else "pruned"
-            if status == "pruned":
-                logger.info("pruned after epoch %d", epoch)
+            if status == "paused":
+                if on_checkpoint is None:
+                    raise ValueError("a trial can pause only with somewhere to put its checkpoint")
+                on_checkpoint(epoch, save_training_state(prepared.state, epoch, rt.device))
+            logger.info("%s after epoch %d", status, epoch)
             return TrialOutcome(
                 status, val_loss, val_accuracy, epoch + 1 - start, prepared.state.model, epoch
             )

@@ -266,5 +266,17 @@ def test_samplers_see_paused_trials_as_pruned() -> None:
     assert states(states=(TrialState.RUNNING,)) == ["RUNNING"]
     assert [t.state for t in study.get_trials()][1] == TrialState.RUNNING  # its own unchanged
     assert view.get_trials()[1].intermediate_values == {0: 0.5}
-    sampled = optuna.trial.Trial(view, study.ask()._trial_id)  # type: ignore[arg-type]
-    assert sampled.suggest_float("x", 0, 1) is not None  # a sampler works through the view
+
+    class Recording(optuna.samplers.RandomSampler):
+        """Records the states of the trials a sampler is shown."""
+
+        seen: list[str] = []
+
+        def sample_independent(self, study, trial, name, distribution):  # type: ignore[no-untyped-def]
+            self.seen = [t.state.name for t in study._get_trials(deepcopy=False)]
+            return super().sample_independent(study, trial, name, distribution)
+
+    sampler = Recording(seed=0)
+    study.sampler = sampler
+    optuna.trial.Trial(view, study.ask()._trial_id).suggest_float("x", 0, 1)  # type: ignore[arg-type]
+    assert sampler.seen[:3] == ["COMPLETE", "PRUNED", "RUNNING"]  # sampled through the view
