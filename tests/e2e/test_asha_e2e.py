@@ -24,7 +24,7 @@ def test_workers_pause_and_promote_trials(server, api, tmp_path):
     spec = digits_spec(
         "asha-e2e",
         data={"kind": "digits", "classes": [5, 6, 7, 8, 9], "image_size": 16, "batch_size": 64},
-        model={"arch": "resnet18", "weights": None, "freeze_backbone": True},
+        model={"arch": "shufflenet_v2_x0_5", "weights": None, "freeze_backbone": True},
         training={"epochs": EPOCHS, "seed": 0, "checkpoint_every": 0},
         pruner={"name": "asha", "reduction_factor": 3, "min_resource": 1, "mode": "promotion"},
         sampler={"name": "random", "seed": 3},

@@ -21,7 +21,7 @@ from tests.scripted import (
     trials,
     unique,
 )
-from tests.servers import Server
+from tests.servers import Server, digits_spec
 
 CORE = ("lr", "momentum", "step_size", "gamma", "warmup_epochs")
 
@@ -324,7 +324,8 @@ def test_summary_best_and_trials(client: httpx.Client, shared_server: Server) ->
     config = top["config"]
     assert set(config) >= {"model", "data", "training", "hparams"}
     assert config["hparams"] == {**COMMON_RECIPE, "batch_size": 64, **better.params}
-    assert config["model"]["arch"] == "resnet18" and config["data"]["kind"] == "digits"
+    assert config["model"]["arch"] == digits_spec(name)["model"]["arch"]
+    assert config["data"]["kind"] == "digits"
     assert config["training"]["epochs"] == 3
     assert best["baseline"]["number"] == 0
     assert len(client.get(f"{API}/studies/{name}/best", params={"k": 1}).json()["trials"]) == 1

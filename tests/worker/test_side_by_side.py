@@ -27,10 +27,10 @@ def _losses(job, caches: Caches) -> list[float]:
 def test_threads_sharing_caches_get_the_serial_result(
     make_job, tmp_path: Path, pretrained: bool
 ) -> None:
-    model = {"arch": "resnet18"}  # no dropout (mobilenet's classifier has some)
+    model = {"arch": "shufflenet_v2_x0_5"}  # no dropout (mobilenet's classifier has some)
     if pretrained:  # the threads race for one template; the serial run builds its own model
         torch.manual_seed(3)
-        torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "w.pt")
+        torch.save(torchvision.models.shufflenet_v2_x0_5().state_dict(), tmp_path / "w.pt")
         model["weights_path"] = str(tmp_path / "w.pt")
     job = make_job(seed=5, model=model, training={"epochs": 2, "checkpoint_every": 0})
     serial = _losses(job, Caches(templates=None))
