@@ -8,15 +8,19 @@ so an Optuna upgrade that moves them fails there first, by name.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Collection
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 
 def study_id(study: optuna.Study) -> int:
@@ -114,13 +118,70 @@ def set_user_attrs(
     curve: dict[int, float] | None = None,
 ) -> None:
     """A running trial's user attrs, and intermediate values `curve` (step: value), in one
-    transaction, as `set_trial_user_attr` and `set_trial_intermediate_value` write each."""
+    transaction, with the check that `set_trial_user_attr` and `set_trial_intermediate_value`
+    make (KeyError for no such trial, UpdateFinishedTrialError for a finished one) and the rows
+    they write. On SQLite and PostgreSQL as Core statements on Optuna's own tables: a state read
+    and one upsert per table, where Optuna's ORM loads the trial and its row once per value
+    (the report's write was a sixth of the server's time under load)."""
     if not attrs and not curve:
         return
-    with _create_scoped_session(rdb.scoped_session, True) as session:
-        for key, value in attrs.items():
-            rdb._set_trial_attr_without_commit(
-                session, models.TrialUserAttributeModel, trial_id, key, value
+    upsert = _UPSERTS.get(rdb.engine.name)
+    if upsert is None:  # another database: Optuna's own writers
+        with _create_scoped_session(rdb.scoped_session, True) as session:
+            for key, value in attrs.items():
+                rdb._set_trial_attr_without_commit(
+                    session, models.TrialUserAttributeModel, trial_id, key, value
+                )
+            for step, value in sorted((curve or {}).items()):
+                rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+        return
+    with rdb.engine.begin() as conn:
+        state = conn.execute(
+            sa.select(_TRIALS.c.state).where(_TRIALS.c.trial_id == trial_id)
+        ).scalar_one_or_none()
+        if state is None:
+            raise KeyError(f"No trial with trial_id {trial_id} exists.")
+        rdb.check_trial_is_updatable(trial_id, state)
+        if attrs:
+            stmt = upsert(_USER_ATTRS)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["trial_id", "key"],
+                    set_={"value_json": stmt.excluded.value_json},
+                ),
+                [
+                    {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                    for key, value in attrs.items()
+                ],
             )
-        for step, value in sorted((curve or {}).items()):
-            rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
+        if curve:
+            stmt = upsert(_CURVE)
+            rows = []
+            for step, value in sorted(curve.items()):
+                stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
+                    value
+                )
+                rows.append(
+                    {
+                        "trial_id": trial_id,
+                        "step": step,
+                        "intermediate_value": stored,
+                        "intermediate_value_type": kind,
+                    }
+                )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["trial_id", "step"],
+                    set_={
+                        "intermediate_value": stmt.excluded.intermediate_value,
+                        "intermediate_value_type": stmt.excluded.intermediate_value_type,
+                    },
+                ),
+                rows,
+            )
+
+
+_TRIALS = models.TrialModel.__table__
+_USER_ATTRS = models.TrialUserAttributeModel.__table__
+_CURVE = models.TrialIntermediateValueModel.__table__
+_UPSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}

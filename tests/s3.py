@@ -86,6 +86,10 @@ def start_s3(weed: str, data_dir: Path, timeout: float = 60) -> S3Server:
         f"-volume.port={ports['volume']}",
         f"-filer.port={ports['filer']}",
         "-volume.max=5",
+        # Its Iceberg and Lance listeners have fixed ports (8181, 9101): two test processes
+        # starting a server at once would clash on them, and no test uses either.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
     ]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

@@ -86,3 +86,47 @@ def test_rdb_writes_and_reads_in_one_transaction(tmp_path: Path) -> None:
     assert [(t.number, t.state) for t in got] == [(0, TrialState.COMPLETE), (2, TrialState.RUNNING)]
     study.enqueue_trial({"lr": 0.02})
     assert internals.fixed_params(study.ask()) == {"lr": 0.02}
+
+
+def test_set_user_attrs_writes_what_optunas_own_writers_write(storage_url: str) -> None:
+    """The report's write (Core statements on SQLite and PostgreSQL) leaves the trial exactly
+    as Optuna's set_trial_user_attr and set_trial_intermediate_value do, overwrites included,
+    and refuses what they refuse."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(storage=rdb, study_name="core-writes")
+    ours, theirs = study.ask(), study.ask()
+    writes = [
+        ({"worker": "w1", "val_loss": 0.5}, {0: 0.7}),
+        ({"val_loss": 0.25, "nested": {"a": [1, 2]}}, {1: float("inf"), 2: float("-inf")}),
+        ({"val_loss": 0.125}, {0: 0.6, 3: float("nan")}),  # step 0 again: overwritten
+    ]
+    for attrs, curve in writes:
+        internals.set_user_attrs(rdb, ours._trial_id, attrs, curve)
+        for key, value in attrs.items():
+            rdb.set_trial_user_attr(theirs._trial_id, key, value)
+        for step, value in curve.items():
+            rdb.set_trial_intermediate_value(theirs._trial_id, step, value)
+    got, want = rdb.get_trial(ours._trial_id), rdb.get_trial(theirs._trial_id)
+    assert (
+        got.user_attrs
+        == want.user_attrs
+        == {
+            "worker": "w1",
+            "val_loss": 0.125,
+            "nested": {"a": [1, 2]},
+        }
+    )
+    assert sorted(got.intermediate_values) == sorted(want.intermediate_values) == [0, 1, 2, 3]
+    assert got.intermediate_values[0] == want.intermediate_values[0] == 0.6
+    assert got.intermediate_values[1] == float("inf") and got.intermediate_values[2] == float(
+        "-inf"
+    )
+    assert str(got.intermediate_values[3]) == str(want.intermediate_values[3]) == "nan"
+    with pytest.raises(KeyError):
+        internals.set_user_attrs(rdb, 10_000, {"x": 1})
+    study.tell(ours, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        internals.set_user_attrs(rdb, ours._trial_id, {}, {4: 0.1})
+    assert sorted(rdb.get_trial(ours._trial_id).intermediate_values) == [0, 1, 2, 3]
+    rdb.engine.dispose()
