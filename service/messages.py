@@ -114,7 +114,9 @@ class TrialMessages:
         """What Trial.should_prune asks, reading no more of the study than the pruner needs."""
         pruner = handle.study.pruner
         if reads_completed_only(pruner):
-            completed = handle.completed.get(handle.study, self._backend, facts.completed_in_study)
+            completed = handle.completed.get(
+                handle.study, self._backend, facts.completed_in_study, handle.trials
+            )
             return pruner.prune(
                 CompletedTrialsStudy(handle.study, completed),  # type: ignore[arg-type]
                 facts.frozen(),

@@ -104,11 +104,18 @@ def read_trials(
     asked for exactly these ids."""
     if not trial_ids:
         return []
-    wanted = set(trial_ids)
-    read = rdb._get_trials(
-        study_id, states=None, included_trial_ids=wanted, trial_id_greater_than=max(wanted)
+    # `trial_id_greater_than` at the largest id: the read is of these ids and no other. (At
+    # max(ids) it also read every newer trial whole, the running ones: with 8 workers, 8 trials
+    # per finished one, a sixth of the server's CPU under load.)
+    return rdb._get_trials(
+        study_id,
+        states=None,
+        included_trial_ids=set(trial_ids),
+        trial_id_greater_than=_LARGEST_TRIAL_ID,
     )
-    return [t for t in read if t._trial_id in wanted]
+
+
+_LARGEST_TRIAL_ID = 2**31 - 1  # Optuna's trial_id column is a 32-bit integer
 
 
 def set_user_attrs(

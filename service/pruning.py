@@ -18,9 +18,9 @@ import optuna
 from optuna.pruners import NopPruner, PercentilePruner, ThresholdPruner
 from optuna.trial import FrozenTrial, TrialState
 
-from service import optuna_internals as internals
 from service.storage import Backend
 from service.study_view import StudyView
+from service.trial_cache import StudyTrials
 from service.warm_start import is_prior
 
 # Pruners that read nothing of the study but its completed trials (or nothing at all).
@@ -34,35 +34,27 @@ def reads_completed_only(pruner: optuna.pruners.BasePruner) -> bool:
 class CompletedTrials:
     """A study's completed trials, as this process last read them."""
 
-    # More new ones than this are read in one go, with the running trials (a server restart).
-    _ONE_BY_ONE = 16
-
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_id: dict[int, FrozenTrial] = {}
+        self._count = -1  # completed trials (priors included) when last read
         self._trials: list[FrozenTrial] = []
 
-    def get(self, study: optuna.Study, backend: Backend, count: int) -> list[FrozenTrial]:
-        """The completed trials, `count` of them in the database now; reads only those
-        completed since the last call. Prior trials (a warm start's evidence, from another
-        study) are left out: their curves are not this study's, and counted among the
-        pruner's startup trials they would let it prune after the first real one."""
-        if count == len(self._by_id):
-            return self._trials
-        missing = [
-            trial_id
-            for trial_id in backend.trial_ids(internals.study_id(study), TrialState.COMPLETE)
-            if trial_id not in self._by_id
-        ]
-        if len(missing) > self._ONE_BY_ONE:
-            new = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        else:
-            new = [backend.trial(trial_id) for trial_id in missing]
+    def get(
+        self, study: optuna.Study, backend: Backend, count: int, kept: StudyTrials
+    ) -> list[FrozenTrial]:
+        """The completed trials, `count` of them in the database now. They come from `kept`,
+        the finished trials the sampler's view holds (which reads only those finished since
+        its last look): each finished trial is read once for both. Prior trials (a warm
+        start's evidence, from another study) are left out: their curves are not this
+        study's, and counted among the pruner's startup trials they would let it prune after
+        the first real one."""
         with self._lock:
-            self._by_id.update((internals.trial_id(t), t) for t in new)
-            self._trials = sorted(
-                (t for t in self._by_id.values() if not is_prior(t)), key=lambda t: t.number
-            )
+            if count == self._count:
+                return self._trials
+        completed = [t for t in kept.finished(backend, study) if t.state == TrialState.COMPLETE]
+        with self._lock:
+            self._count = len(completed)
+            self._trials = [t for t in completed if not is_prior(t)]
             return self._trials
 
 

@@ -15,6 +15,7 @@ from service.budget import Budget
 from service.errors import NotFound
 from service.pruning import CompletedTrials, CompletedTrialsStudy, reads_completed_only
 from service.storage import Backend
+from service.trial_cache import StudyTrials
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_completed_trials_view_prunes_as_the_study_does(
         for step in range(steps):
             trial.report(start * 0.9**step + rng.uniform(-0.05, 0.05), step)
 
-    completed = CompletedTrials()
+    completed, kept = CompletedTrials(), StudyTrials()
     decisions = set()
     for round_ in range(12):
         finished = study.ask()
@@ -94,12 +95,12 @@ def test_completed_trials_view_prunes_as_the_study_does(
         curve(running, rng.randint(1, 6))
         facts = backend_store.trial_facts(running._trial_id)
         assert facts is not None
-        trials = completed.get(study, backend_store, facts.completed_in_study)
+        trials = completed.get(study, backend_store, facts.completed_in_study, kept)
         assert [(t.number, t.value) for t in trials] == [
             (t.number, t.value) for t in study.get_trials(states=(TrialState.COMPLETE,))
         ]
         # none new: nothing read again
-        assert completed.get(study, backend_store, facts.completed_in_study) is trials
+        assert completed.get(study, backend_store, facts.completed_in_study, kept) is trials
         view = CompletedTrialsStudy(study, trials)
         expected = pruner.prune(study, raw.get_trial(running._trial_id))
         assert pruner.prune(view, facts.frozen()) == expected  # type: ignore[arg-type]
@@ -135,9 +136,11 @@ def test_trial_census_gives_the_budget_of_the_trials(
     assert expected.failed_final == 1
 
 
-def test_completed_trials_read_in_bulk_then_one_by_one(
+def test_completed_trials_are_the_ones_the_sampler_view_read(
     raw: optuna.storages.BaseStorage, backend_store: Backend
 ) -> None:
+    """The pruner's completed trials come from the sampler view's finished trials: after a
+    restart all at once, then only the new ones, and no trial read twice."""
     study = optuna.create_study(storage=raw, study_name="bulk")
 
     def complete(value: float) -> None:
@@ -145,13 +148,24 @@ def test_completed_trials_read_in_bulk_then_one_by_one(
         trial.report(value, 0)
         study.tell(trial, value)
 
-    for i in range(CompletedTrials._ONE_BY_ONE + 4):  # more than are read one by one
+    for i in range(20):
         complete(i / 10)
+    study.tell(study.ask(), state=TrialState.PRUNED)  # finished, not completed
     study.ask()  # running: never among them
-    completed = CompletedTrials()
+    completed, kept = CompletedTrials(), StudyTrials()
+    read: list[int] = []
+    trials_by_id = backend_store.trials_by_id
+
+    def counted(study_id: int, trial_ids: list[int]) -> list:
+        read.extend(trial_ids)
+        return trials_by_id(study_id, trial_ids)
+
+    backend_store.trials_by_id = counted  # type: ignore[method-assign]
     for more in (0, 1, 2):
         for _ in range(more):
             complete(0.05 * more)
         expected = study.get_trials(states=(TrialState.COMPLETE,))
-        trials = completed.get(study, backend_store, len(expected))
+        kept.finished(backend_store, study)  # the sampler's view looks first, as in a claim
+        trials = completed.get(study, backend_store, len(expected), kept)
         assert [(t.number, t.value) for t in trials] == [(t.number, t.value) for t in expected]
+    assert sorted(read) == sorted(t._trial_id for t in study.get_trials() if t.state.is_finished())
