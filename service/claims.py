@@ -36,8 +36,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Started:
-    trial: optuna.trial.Trial
+    trial_id: int
+    trial: optuna.trial.Trial | None  # None: read after the claim lock (a new trial)
     resume: Resume | None  # a promoted trial's checkpoint
+
+    def opened(self, study: optuna.Study) -> optuna.trial.Trial:
+        return self.trial or optuna.trial.Trial(study, self.trial_id)
 
 
 class _PromotionLater:
@@ -91,10 +95,13 @@ class Claims:
                 if started is _PROMOTION_LATER:  # a running trial may make a paused one rank
                     waiting, started = True, None
                 if isinstance(started, _Started) and gate == "flag":
-                    self._preflights.flagged(handle, internals.trial_id(started.trial))
+                    self._preflights.flagged(handle, started.trial_id)
             if isinstance(started, _Started):
+                # Out of the lock (claims of a study queue on it): should this process die
+                # before the heartbeat is recorded, the lease sweep finds the trial.
+                self._backend.record_heartbeat(started.trial_id)
                 trial = self._hand_out(
-                    handle, started.trial, request, gate == "flag", started.resume
+                    handle, started.opened(handle.study), request, gate == "flag", started.resume
                 )
                 self._backend.touch_worker(
                     request.worker_id,
@@ -160,7 +167,6 @@ class Claims:
         counts = budget.counts
         if not below_limit(handle.spec.scheduling, counts.running):
             return None
-        resume = None
         # Once no configuration is left to sample and nothing runs, no rung can grow.
         draining = not budget.can_sample() and not counts.running
         promoted = (
@@ -173,24 +179,21 @@ class Claims:
         if counts.waiting:
             trial = handle.study.ask()
             self._set_worker_attrs(trial, attrs)
-        elif promoted is not None:
+            return _Started(internals.trial_id(trial), trial, None)
+        if promoted is not None:
             trial_id, resume = promoted
             self._backend.set_user_attrs(trial_id, attrs)
-            trial = optuna.trial.Trial(handle.study, trial_id)
-        elif budget.can_sample():
-            trial = self._backend.new_running_trial(handle.study, attrs)
-        else:
-            if counts.paused and counts.running:
-                return _PROMOTION_LATER
-            if counts.paused:  # nothing runs, nothing new, nothing to drain: they are done
-                self._pausing.end_paused(handle)
-                self._backend.mark_done(handle.study_id, handle.version)
-            elif budget.ended():
-                self._backend.mark_done(handle.study_id, handle.version)
-            return None
-        # Should this process die before the heartbeat is recorded, the sweep finds the trial.
-        self._backend.record_heartbeat(internals.trial_id(trial))
-        return _Started(trial, resume)
+            return _Started(trial_id, None, resume)
+        if budget.can_sample():
+            return _Started(self._backend.create_running_trial(handle.study, attrs), None, None)
+        if counts.paused and counts.running:
+            return _PROMOTION_LATER
+        if counts.paused:  # nothing runs, nothing new, nothing to drain: they are done
+            self._pausing.end_paused(handle)
+            self._backend.mark_done(handle.study_id, handle.version)
+        elif budget.ended():
+            self._backend.mark_done(handle.study_id, handle.version)
+        return None
 
     def _set_worker_attrs(self, trial: optuna.trial.Trial, attrs: dict[str, Any]) -> None:
         """On a trial that waited: the worker's attrs, and none of the per-run attrs a retry

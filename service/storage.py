@@ -338,9 +338,14 @@ class Backend:
     def new_running_trial(
         self, study: optuna.Study, user_attrs: dict[str, Any]
     ) -> optuna.trial.Trial:
+        """`create_running_trial`, as a Trial of `study` (read back whole)."""
+        return optuna.trial.Trial(study, self.create_running_trial(study, user_attrs))
+
+    def create_running_trial(self, study: optuna.Study, user_attrs: dict[str, Any]) -> int:
         """What study.ask() does when no trial waits, without its read of every unfinished
-        trial to look for one (the sampler reads them again right after); the trial is created
-        with `user_attrs` in the same transaction."""
+        trial to look for one (the sampler reads them again right after), nor its read of the
+        new trial (a claim reads it after its lock); the trial is created with `user_attrs` in
+        the same transaction. Returns its id."""
         internals.forget_cached_trials(study)
         template = FrozenTrial(
             number=0,
@@ -355,8 +360,7 @@ class Backend:
             intermediate_values={},
             trial_id=0,
         )
-        trial_id = self._storage.create_new_trial(internals.study_id(study), template)
-        return optuna.trial.Trial(study, trial_id)
+        return self._storage.create_new_trial(internals.study_id(study), template)
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """In one transaction (Optuna's set_trial_user_attr is one per attr)."""
