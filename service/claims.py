@@ -29,6 +29,7 @@ from service.registry import StudyHandle, StudyRegistry
 from service.scheduling import Candidate, below_limit, order, serves
 from service.schemas import ClaimedTrial, Resume, TrialClaim
 from service.storage import Backend
+from service.trial_cache import uses_view
 from service.views import retry_of
 
 logger = logging.getLogger(__name__)
@@ -183,9 +184,14 @@ class Claims:
         if promoted is not None:
             trial_id, resume = promoted
             self._backend.set_user_attrs(trial_id, attrs)
-            return _Started(trial_id, None, resume)
+            return _Started(trial_id, optuna.trial.Trial(handle.study, trial_id), resume)
         if budget.can_sample():
-            return _Started(self._backend.create_running_trial(handle.study, attrs), None, None)
+            trial_id = self._backend.create_running_trial(handle.study, attrs)
+            # Opening the Trial runs the sampler's before_trial, which must run under the lock
+            # for some (the grid picks a combination no trial holds); TPE's does nothing, so a
+            # TPE claim reads its new trial after the lock.
+            opened = None if uses_view(handle.study) else optuna.trial.Trial(handle.study, trial_id)
+            return _Started(trial_id, opened, None)
         if counts.paused and counts.running:
             return _PROMOTION_LATER
         if counts.paused:  # nothing runs, nothing new, nothing to drain: they are done
