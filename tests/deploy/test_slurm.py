@@ -82,7 +82,17 @@ def server(tmp_path: Path) -> Iterator[Server]:
     server.stop()
 
 
-def _submit(server: Server, tmp_path: Path, *flags: str) -> str:
+@pytest.fixture
+def jobs() -> Iterator[list[str]]:
+    """The jobs a test submitted: cancelled when it ends, so that a failed test leaves no
+    workers running beside the rest of the suite."""
+    submitted: list[str] = []
+    yield submitted
+    for job in submitted:
+        subprocess.run(["scancel", job], capture_output=True, check=False)
+
+
+def _submit(server: Server, tmp_path: Path, jobs: list[str], *flags: str) -> str:
     """`hpsearch slurm submit` of CPU workers that run this checkout's code."""
     env = worker_env(HPSEARCH_COMMAND=f"{sys.executable} -m cli.main")
     done = subprocess.run(
@@ -109,6 +119,7 @@ def _submit(server: Server, tmp_path: Path, *flags: str) -> str:
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip()
     assert job.isdigit(), done.stdout
+    jobs.append(job)
     return job
 
 
@@ -134,11 +145,11 @@ def _trials(server: Server, name: str) -> list[optuna.trial.FrozenTrial]:
 
 @pytest.mark.slow
 def test_a_job_array_finishes_a_study_with_both_tasks(
-    slurm: None, server: Server, tmp_path: Path
+    slurm: None, server: Server, jobs: list[str], tmp_path: Path
 ) -> None:
     spec = digits_spec("slurm-array", n_trials=4, training={"epochs": 2, "seed": 0})
     assert httpx.post(f"{server.url}/api/v1/studies", json=spec).status_code == 201
-    job = _submit(server, tmp_path, "--workers", "2", "--study", "slurm-array")
+    job = _submit(server, tmp_path, jobs, "--workers", "2", "--study", "slurm-array")
     _wait(lambda: _job_done(job), 240, "end of the job", tmp_path)
     trials = _trials(server, "slurm-array")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
@@ -148,13 +159,13 @@ def test_a_job_array_finishes_a_study_with_both_tasks(
 
 @pytest.mark.slow
 def test_a_cancelled_task_hands_its_trial_to_the_other(
-    slurm: None, server: Server, tmp_path: Path
+    slurm: None, server: Server, jobs: list[str], tmp_path: Path
 ) -> None:
     spec = digits_spec(
         "slurm-cancel", n_trials=2, training={"epochs": 5, "seed": 0}, pruner={"name": "none"}
     )
     assert httpx.post(f"{server.url}/api/v1/studies", json=spec).status_code == 201
-    job = _submit(server, tmp_path, "--workers", "2", "--study", "slurm-cancel")
+    job = _submit(server, tmp_path, jobs, "--workers", "2", "--study", "slurm-cancel")
 
     def checkpointed() -> optuna.trial.FrozenTrial | None:
         return next(
