@@ -335,12 +335,6 @@ class Backend:
             return trial_queries.unfinished(conn, study_id)
 
     # --- trials: writes ------------------------------------------------------------------------
-    def new_running_trial(
-        self, study: optuna.Study, user_attrs: dict[str, Any]
-    ) -> optuna.trial.Trial:
-        """`create_running_trial`, as a Trial of `study` (read back whole)."""
-        return optuna.trial.Trial(study, self.create_running_trial(study, user_attrs))
-
     def create_running_trial(self, study: optuna.Study, user_attrs: dict[str, Any]) -> int:
         """What study.ask() does when no trial waits, without its read of every unfinished
         trial to look for one (the sampler reads them again right after), nor its read of the

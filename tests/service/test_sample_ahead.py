@@ -71,7 +71,7 @@ def _wait_sampled(handle: StudyHandle, count: int) -> None:
 
 
 def _claim(backend: Backend, handle: StudyHandle) -> dict:
-    trial = backend.new_running_trial(handle.study, {})
+    trial = optuna.trial.Trial(handle.study, backend.create_running_trial(handle.study, {}))
     sample_ahead.fill(backend, handle, trial)
     stored = backend.trial(internals.trial_id(trial))
     assert stored.params == trial.params and stored.params.keys() == handle.distributions.keys()
@@ -114,7 +114,9 @@ def test_held_configurations_are_constant_liar_evidence(
 ) -> None:
     handle = _handle(backend_store, tmp_path, "ahead-liar")
     for _ in range(4):
-        trial = backend_store.new_running_trial(handle.study, {})
+        trial = optuna.trial.Trial(
+            handle.study, backend_store.create_running_trial(handle.study, {})
+        )
         sample_ahead.fill(backend_store, handle, trial)
         handle.study.tell(trial, _loss(trial.params))
     sample_ahead.after_finish(backend_store, handle)
