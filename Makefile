@@ -7,7 +7,14 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # Test processes side by side (pytest-xdist): most tests wait on real servers and workers, so
 # more processes than cores pays; TEST_WORKERS=0 runs them in this process (for pdb).
 TEST_WORKERS ?= 4
-PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
+# --maxschedchunk 2: each test process takes two tests at a time from the front of the queue
+# (xdist's default hands out long runs of consecutive tests), so the slow tests, sorted first
+# (tests/conftest.py), spread over all processes at the start and the short ones fill in.
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --maxschedchunk 2
+# Some machines set PYTHONDONTWRITEBYTECODE: then every server, worker and CLI process the
+# tests start compiles the project again, and pytest rewrites every test module again in each
+# test process (about a tenth of `make test-fast`'s CPU).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install test test-fast lint demo serve bench clean
 

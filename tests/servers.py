@@ -1,5 +1,6 @@
-"""Real servers for tests: `hpsearch serve` subprocesses on free ports (fresh PostgreSQL
-databases are in tests/postgres.py)."""
+"""Real servers for tests on free ports: `hpsearch serve` subprocesses (`Server`) or the app on
+a thread of the test process (`ThreadServer`); fresh PostgreSQL databases are in
+tests/postgres.py."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +95,71 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+@dataclass
+class ThreadServer:
+    """`create_app(Settings(...))` under uvicorn on a thread of the test process: a real server
+    on a real port, without the 1.4 CPU s a `hpsearch serve` process spends on its imports (58
+    server processes per `make test` before this, most of them for a few requests). For tests
+    that need no process of the server's own; kill -9, restarts, several server processes, the
+    log and start failures use `Server`."""
+
+    storage: str
+    data_dir: Path
+    port: int
+    settings: dict[str, object] = field(default_factory=dict)
+    _server: object | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> ThreadServer:
+        import uvicorn
+
+        from service.app import create_app
+        from service.settings import Settings
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        settings = Settings(storage=self.storage, data_dir=self.data_dir, **self.settings)
+        config = uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+        server = self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=server.run, name=f"server-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the in-process server on port {self.port} did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True  # type: ignore[attr-defined]
+            self._thread.join(timeout=20)
+
+
+def new_server(
+    storage: str,
+    data_dir: Path,
+    *,
+    process: bool = False,
+    args: list[str] | None = None,
+    **settings: object,
+) -> Server | ThreadServer:
+    """A server on a free port, not started: on a thread of this process, or a `hpsearch serve`
+    process where the test needs one (`process=True`, or CLI `args`)."""
+    if process or args:
+        return Server(storage, data_dir, free_port(), server_env(**settings), args or [])
+    return ThreadServer(storage, data_dir, free_port(), settings)
 
 
 def server_env(**settings: object) -> dict[str, str]:

@@ -21,7 +21,7 @@ import pytest
 from cli.main import main
 from tests.postgres import BACKENDS, drop_database, new_database_or_skip
 from tests.scripted import ScriptedWorker, create_study
-from tests.servers import REPO, Server, free_port, server_env
+from tests.servers import REPO, ThreadServer, free_port, server_env
 
 
 @dataclass
@@ -99,7 +99,7 @@ def _logging_to(stream: TextIO) -> Iterator[None]:
 @pytest.fixture(scope="package", params=BACKENDS)
 def cli_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+) -> Iterator[ThreadServer]:
     """A server shared by the CLI tests: each test uses its own study and worker names."""
     data_dir = tmp_path_factory.mktemp(f"cli-{request.param}")
     pg_url = None
@@ -108,9 +108,7 @@ def cli_server(
     else:
         storage = pg_url = new_database_or_skip()
     # A long lease: the scripted study's running trial must not go stale while tests read it.
-    server = Server(
-        storage=storage, data_dir=data_dir, port=free_port(), env=server_env(lease_grace=600)
-    )
+    server = ThreadServer(storage, data_dir, free_port(), {"lease_grace": 600})
     try:
         yield server.start()
     finally:
@@ -120,13 +118,13 @@ def cli_server(
 
 
 @pytest.fixture
-def api(cli_server: Server) -> Iterator[httpx.Client]:
+def api(cli_server: ThreadServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=cli_server.url, timeout=60) as client:
         yield client
 
 
 @pytest.fixture
-def cli(cli_server: Server, hpsearch: Run) -> Run:
+def cli(cli_server: ThreadServer, hpsearch: Run) -> Run:
     """`hpsearch` against the shared server."""
 
     def run(*args: str, server: str | None = None, env: dict[str, str] | None = None) -> Ran:
@@ -136,7 +134,7 @@ def cli(cli_server: Server, hpsearch: Run) -> Run:
 
 
 @pytest.fixture(scope="package")
-def scripted(cli_server: Server) -> dict:
+def scripted(cli_server: ThreadServer) -> dict:
     """Study 'scripted', n_trials 5, driven by two scripted workers to:
     0 baseline complete 0.8 | 1 complete 0.6 | 2 pruned (threshold) | 3 failed | 4 running on
     worker gpu-b-1 (cuda:1 on host gpu-b). So: 3/5 finished, best #1, +25% over the baseline."""

@@ -169,7 +169,7 @@ def test_ctrl_c_leaves_quietly_when_piped(cli_server: Server, api: httpx.Client)
 
 
 def test_watch_rides_out_a_server_restart(server_factory: ServerFactory, tmp_path: Path) -> None:
-    server = server_factory(f"sqlite:///{tmp_path / 'restart.db'}")
+    server = server_factory(f"sqlite:///{tmp_path / 'restart.db'}", process=True)
     with httpx.Client(base_url=server.url, timeout=60) as api:
         create_study(api, "restarted", n_trials=1, pruner={"name": "none"})
     watch = Watch(server, "restarted")

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from cli.main import main
 from service.keys import CHECKPOINT as CHECKPOINT_ATTR
-from tests.servers import REPO, Server, digits_spec, free_port, server_env
+from tests.servers import REPO, ThreadServer, digits_spec, free_port
 from tests.workers import worker_env
 
 DEPLOY = REPO / "deploy" / "slurm"
@@ -71,13 +71,9 @@ def slurm() -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    server = Server(
-        storage=f"sqlite:///{tmp_path / 'hpsearch.db'}",
-        data_dir=tmp_path / "data",
-        port=free_port(),
-        env=server_env(),
-    ).start()
+def server(tmp_path: Path) -> Iterator[ThreadServer]:
+    server = ThreadServer(f"sqlite:///{tmp_path / 'hpsearch.db'}", tmp_path / "data", free_port())
+    server.start()
     yield server
     server.stop()
 
@@ -92,7 +88,7 @@ def jobs() -> Iterator[list[str]]:
         subprocess.run(["scancel", job], capture_output=True, check=False)
 
 
-def _submit(server: Server, tmp_path: Path, jobs: list[str], *flags: str) -> str:
+def _submit(server: ThreadServer, tmp_path: Path, jobs: list[str], *flags: str) -> str:
     """`hpsearch slurm submit` of CPU workers that run this checkout's code."""
     env = worker_env(HPSEARCH_COMMAND=f"{sys.executable} -m cli.main")
     done = subprocess.run(
@@ -139,13 +135,13 @@ def _job_done(job: str) -> bool:
     return done.returncode == 0 and not done.stdout.strip()
 
 
-def _trials(server: Server, name: str) -> list[optuna.trial.FrozenTrial]:
+def _trials(server: ThreadServer, name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=server.storage).trials
 
 
 @pytest.mark.slow
 def test_a_job_array_finishes_a_study_with_both_tasks(
-    slurm: None, server: Server, jobs: list[str], tmp_path: Path
+    slurm: None, server: ThreadServer, jobs: list[str], tmp_path: Path
 ) -> None:
     spec = digits_spec("slurm-array", n_trials=4, training={"epochs": 2, "seed": 0})
     assert httpx.post(f"{server.url}/api/v1/studies", json=spec).status_code == 201
@@ -159,7 +155,7 @@ def test_a_job_array_finishes_a_study_with_both_tasks(
 
 @pytest.mark.slow
 def test_a_cancelled_task_hands_its_trial_to_the_other(
-    slurm: None, server: Server, jobs: list[str], tmp_path: Path
+    slurm: None, server: ThreadServer, jobs: list[str], tmp_path: Path
 ) -> None:
     spec = digits_spec(
         "slurm-cancel", n_trials=2, training={"epochs": 5, "seed": 0}, pruner={"name": "none"}

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import Server, digits_spec, free_port, server_env
+from tests.servers import ThreadServer, digits_spec, free_port
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.browser]
 
@@ -79,15 +79,10 @@ def run_scripted_worker(api: httpx.Client, study: str) -> tuple[dict[int, str], 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     """One server for the module (what `server_factory` starts, kept for both tests)."""
     folder = tmp_path_factory.mktemp("dashboard")
-    server = Server(
-        storage=f"sqlite:///{folder / 'hpsearch.db'}",
-        data_dir=folder / "server",
-        port=free_port(),
-        env=server_env(),
-    )
+    server = ThreadServer(f"sqlite:///{folder / 'hpsearch.db'}", folder / "server", free_port())
     try:
         yield server.start()
     finally:
@@ -95,7 +90,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def finished_study(server: Server) -> FinishedStudy:
+def finished_study(server: ThreadServer) -> FinishedStudy:
     name = "browser-check-resnet18"
     spec = digits_spec(name, n_trials=N_TRIALS, training={"epochs": EPOCHS, "seed": 0})
     with httpx.Client(base_url=server.url, timeout=60) as api:

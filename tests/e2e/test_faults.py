@@ -137,7 +137,7 @@ def test_sigterm_hands_the_trial_back(storage_url, server_factory, tmp_path):
 
 
 def test_server_restart_mid_study_loses_nothing(storage_url, server_factory, tmp_path):
-    server = server_factory(storage_url)
+    server = server_factory(storage_url, process=True)
     import httpx
 
     api = httpx.Client(base_url=server.url, timeout=60)

@@ -18,7 +18,7 @@ from service.app import quiet_optuna
 from service.settings import Settings
 from service.storage import Backend, open_backend
 from tests.postgres import BACKENDS, drop_database, new_database_or_skip
-from tests.servers import Server, free_port, server_env
+from tests.servers import Server, ThreadServer, new_server
 
 StorageMaker = Callable[[], str]
 ServerStarter = Callable[..., Server]
@@ -57,16 +57,16 @@ def new_storage(
 
 @pytest.fixture(scope="session")
 def start_server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerStarter]:
-    """Starts `hpsearch serve` on a free port; the servers are stopped when the tests of the
-    backend are done."""
-    started: list[Server] = []
+    """Starts a server on a free port, on a thread of this process (`ThreadServer`) or as a
+    `hpsearch serve` process (`process=True`: for tests that read its log); the servers are
+    stopped when the tests of the backend are done."""
+    started: list[Server | ThreadServer] = []
 
-    def start(storage: str, *, data_dir: Path | None = None, **settings: object) -> Server:
-        server = Server(
-            storage=storage,
-            data_dir=data_dir or tmp_path_factory.mktemp("server"),
-            port=free_port(),
-            env=server_env(**settings),
+    def start(
+        storage: str, *, data_dir: Path | None = None, process: bool = False, **settings: object
+    ) -> Server | ThreadServer:
+        server = new_server(
+            storage, data_dir or tmp_path_factory.mktemp("server"), process=process, **settings
         )
         started.append(server)
         return server.start()

@@ -33,7 +33,7 @@ def secured(new_storage: StorageMaker, start_server: ServerStarter) -> Server:
     url = new_storage()
     if url.startswith("postgresql"):  # trust auth ignores it; the server must never show it
         url = url.replace("://postgres@", f"://postgres:{DB_PASSWORD}@")
-    return start_server(url, admin_token=ADMIN, worker_token=WORKER, read_token=READ)
+    return start_server(url, process=True, admin_token=ADMIN, worker_token=WORKER, read_token=READ)
 
 
 def _client(server: Server, token: str | None = None) -> httpx.Client:

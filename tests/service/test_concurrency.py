@@ -114,8 +114,8 @@ def test_sixteen_workers_two_servers_one_postgresql(
 ) -> None:
     if not storage_url.startswith("postgresql"):
         pytest.skip("two server processes on one database: PostgreSQL")
-    first = server_factory(storage_url)
-    second = server_factory(storage_url)
+    first = server_factory(storage_url, process=True)
+    second = server_factory(storage_url, process=True)
     name = _study(first)
     run = _drive([first.url, second.url], name)
     _check(run, first, name)
@@ -128,7 +128,7 @@ def test_sixteen_workers_two_servers_one_postgresql(
 def test_sixteen_workers_one_sqlite_server(server_factory: ServerFactory, storage_url: str) -> None:
     if not storage_url.startswith("sqlite"):
         pytest.skip("the SQLite variant")
-    server = server_factory(storage_url)
+    server = server_factory(storage_url, process=True)
     name = _study(server)
     run = _drive([server.url], name)
     _check(run, server, name)

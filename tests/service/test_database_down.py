@@ -30,7 +30,7 @@ def pg_server(backend: str, new_storage: StorageMaker, start_server: ServerStart
     if backend != "postgresql":
         pytest.skip("a PostgreSQL database is taken away; SQLite is a file")
     url = new_storage().replace("://postgres@", f"://postgres:{DB_PASSWORD}@")
-    return start_server(url, heartbeat_interval=1, lease_grace=GRACE)
+    return start_server(url, process=True, heartbeat_interval=1, lease_grace=GRACE)
 
 
 @contextlib.contextmanager

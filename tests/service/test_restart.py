@@ -15,7 +15,7 @@ from tests.scripted import API, ScriptedWorker, create_study, summary, trials, u
 
 
 def test_kill_and_restart_mid_study(server_factory: ServerFactory, storage_url: str) -> None:
-    server = server_factory(storage_url)
+    server = server_factory(storage_url, process=True)
     name = unique("restart")
     checkpoint = os.urandom(10_000)
     with httpx.Client(base_url=server.url, timeout=60) as http:

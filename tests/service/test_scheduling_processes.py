@@ -17,7 +17,9 @@ def test_two_processes_share_the_workers_by_weight_and_see_changes(
     server_factory: ServerFactory, storage_url: str, tmp_path: Path
 ) -> None:
     servers = [
-        server_factory(storage_url, data_dir=tmp_path / f"server-{k}", lease_grace=600)
+        server_factory(
+            storage_url, data_dir=tmp_path / f"server-{k}", process=True, lease_grace=600
+        )
         for k in (0, 1)
     ]
     clients = [httpx.Client(base_url=s.url, timeout=60) for s in servers]
