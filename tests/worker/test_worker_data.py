@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from sklearn.datasets import load_digits as sk_load_digits
 
 from worker.data import (
     SPLIT_SEED,
@@ -38,6 +38,14 @@ def data_spec(**section: object) -> DataSpec:
 
 def digits_spec(**kw: object) -> DataSpec:
     return data_spec(**{"kind": "digits", "image_size": 16, "val_fraction": 0.25, **kw})
+
+
+def sk_load_digits() -> Any:
+    """scikit-learn's digits, imported here: at the top it cost every test process 1.5 CPU s
+    of collection."""
+    from sklearn.datasets import load_digits
+
+    return load_digits()
 
 
 def test_digits_class_subset_is_relabelled_in_sorted_order() -> None:
