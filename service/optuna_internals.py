@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Collection
 from typing import Any
 
 import optuna
@@ -95,27 +94,6 @@ def adopt_params(
     without sampling or writing, as for params it suggested itself."""
     trial._cached_frozen_trial.params.update(params)
     trial._cached_frozen_trial.distributions.update({k: distributions[k] for k in params})
-
-
-def read_trials(
-    rdb: optuna.storages.RDBStorage, study_id: int, trial_ids: Collection[int]
-) -> list[FrozenTrial]:
-    """Whole trials by id, in one ORM read: RDBStorage's incremental read (what its cache uses)
-    asked for exactly these ids."""
-    if not trial_ids:
-        return []
-    # `trial_id_greater_than` at the largest id: the read is of these ids and no other. (At
-    # max(ids) it also read every newer trial whole, the running ones: with 8 workers, 8 trials
-    # per finished one, a sixth of the server's CPU under load.)
-    return rdb._get_trials(
-        study_id,
-        states=None,
-        included_trial_ids=set(trial_ids),
-        trial_id_greater_than=_LARGEST_TRIAL_ID,
-    )
-
-
-_LARGEST_TRIAL_ID = 2**31 - 1  # Optuna's trial_id column is a 32-bit integer
 
 
 def set_user_attrs(

@@ -327,7 +327,8 @@ class Backend:
 
     def trials_by_id(self, study_id: int, trial_ids: Collection[int]) -> list[FrozenTrial]:
         """These trials of the study, whole, in one read (Optuna's reads them one by one)."""
-        return internals.read_trials(self._rdb, study_id, trial_ids)
+        with self._engine.connect() as conn:
+            return trial_queries.whole(conn, study_id, trial_ids)
 
     def unfinished_trials(self, study_id: int) -> list[FrozenTrial]:
         """Running and waiting trials with only their params (and TPE's relative params)."""

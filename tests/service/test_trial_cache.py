@@ -14,6 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FrozenTrial, TrialState
 
 from service import optuna_internals as internals
+from service import trial_queries
 from service.storage import Backend
 from service.trial_cache import SamplerView, StudyTrials, sample
 
@@ -105,6 +106,41 @@ def test_view_reads_what_the_study_reads(fresh_url: str, backend_store: Backend)
     assert [_key(t) for t in finished] == [
         _key(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()
     ]
+
+
+def test_whole_trials_are_optunas_field_for_field(
+    fresh_url: str, backend_store: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Backend.trials_by_id` (plain SQL, in chunks of ids) gives the FrozenTrials Optuna's
+    `get_trial` gives: values, curves with inf and nan, attrs of every JSON type, dates, waiting
+    and failed trials; and only the study's own."""
+    monkeypatch.setattr(trial_queries, "_CHUNK", 3)  # several chunks from a few trials
+    other = optuna.storages.RDBStorage(fresh_url)
+    study = optuna.create_study(storage=other, study_name="whole", sampler=_tpe(0))
+    _add_history(study, random.Random(3), 7)
+    odd = study.ask()
+    _suggest(odd)
+    for step, value in enumerate([float("inf"), float("-inf"), float("nan"), 0.25]):
+        odd.report(value, step)
+    odd.set_user_attr("nested", {"a": [1, 2.5, None, "x"], "b": True})
+    other.set_trial_system_attr(odd._trial_id, "hpsearch:checkpoint", {"epoch": 3})
+    study.tell(odd, 0.125)
+    study.enqueue_trial({"lr": 0.001})
+    stranger = optuna.create_study(storage=other, study_name="another")
+    foreign = stranger.ask()._trial_id
+
+    ids = [t._trial_id for t in study.get_trials(deepcopy=False)]
+    got = backend_store.trials_by_id(internals.study_id(study), [*reversed(ids), foreign])
+    expected = [other.get_trial(i) for i in ids]
+    assert [t.state for t in expected][-2:] == [TrialState.COMPLETE, TrialState.WAITING]
+    assert len(got) == len(expected) == 9
+    for ours, theirs in zip(got, expected, strict=True):
+        assert ours.params == theirs.params and list(ours.params) == list(theirs.params)
+        nan_free = {k: v for k, v in ours.intermediate_values.items() if v == v}
+        assert nan_free == {k: v for k, v in theirs.intermediate_values.items() if v == v}
+        assert sorted(ours.intermediate_values) == sorted(theirs.intermediate_values)
+        same = {k: v for k, v in vars(ours).items() if k != "intermediate_values"}
+        assert same == {k: v for k, v in vars(theirs).items() if k != "intermediate_values"}
 
 
 def test_sampled_params_equal_optunas(fresh_url: str, backend_store: Backend) -> None:
