@@ -22,7 +22,7 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     drop_database(url)
 
 
-ServerFactory = Callable[..., Server]
+ServerFactory = Callable[..., Server | ThreadServer]
 
 
 @pytest.hookimpl(trylast=True)  # after pytest groups the tests by their session fixtures

@@ -117,6 +117,7 @@ class ThreadServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> ThreadServer:
+        # Here, not at the top: the benchmarks and `Server` users need none of the service.
         import uvicorn
 
         from service.app import create_app

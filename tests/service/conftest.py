@@ -21,7 +21,7 @@ from tests.postgres import BACKENDS, drop_database, new_database_or_skip
 from tests.servers import Server, ThreadServer, new_server
 
 StorageMaker = Callable[[], str]
-ServerStarter = Callable[..., Server]
+ServerStarter = Callable[..., Server | ThreadServer]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
