@@ -13,7 +13,7 @@ from collections.abc import Collection
 from typing import Any
 
 import sqlalchemy as sa
-from optuna.distributions import json_to_distribution
+from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
@@ -57,27 +57,8 @@ def unfinished(conn: sa.Connection, study_id: int) -> list[FrozenTrial]:
     if not rows:
         return []
     ids = [row.trial_id for row in rows]
-    params: dict[int, dict[str, Any]] = {i: {} for i in ids}
-    dists: dict[int, dict[str, Any]] = {i: {} for i in ids}
-    for trial_id, name, value, dist_json in conn.execute(
-        sa.select(
-            _PARAMS.c.trial_id,
-            _PARAMS.c.param_name,
-            _PARAMS.c.param_value,
-            _PARAMS.c.distribution_json,
-        ).where(_PARAMS.c.trial_id.in_(ids))
-    ):
-        dist = json_to_distribution(dist_json)
-        dists[trial_id][name] = dist
-        params[trial_id][name] = dist.to_external_repr(value)
-    system: dict[int, dict[str, Any]] = {i: {} for i in ids}
-    for trial_id, key, value in conn.execute(
-        sa.select(_SYSTEM_ATTRS.c.trial_id, _SYSTEM_ATTRS.c.key, _SYSTEM_ATTRS.c.value_json).where(
-            _SYSTEM_ATTRS.c.trial_id.in_(ids),
-            _SYSTEM_ATTRS.c.key.startswith(RELATIVE_PARAMS_PREFIX, autoescape=True),
-        )
-    ):
-        system[trial_id][key] = json.loads(value)
+    params, dists = _params(conn, ids)
+    system = _attrs(conn, _SYSTEM_ATTRS, ids, key_prefix=RELATIVE_PARAMS_PREFIX)
     return [
         FrozenTrial(
             number=row.number,
@@ -126,14 +107,7 @@ def _whole(conn: sa.Connection, study_id: int, ids: list[int]) -> list[FrozenTri
     for row in conn.execute(sa.select(_VALUES).where(_VALUES.c.trial_id.in_(ids))):
         stored = models.TrialValueModel.stored_repr_to_value(row.value, row.value_type)
         values[row.trial_id][row.objective] = stored
-    params: dict[int, dict[str, Any]] = {i: {} for i in ids}
-    dists: dict[int, dict[str, Any]] = {i: {} for i in ids}
-    for row in conn.execute(
-        sa.select(_PARAMS).where(_PARAMS.c.trial_id.in_(ids)).order_by(_PARAMS.c.param_id)
-    ):
-        dist = json_to_distribution(row.distribution_json)
-        dists[row.trial_id][row.param_name] = dist
-        params[row.trial_id][row.param_name] = dist.to_external_repr(row.param_value)
+    params, dists = _params(conn, ids)
     user = _attrs(conn, _USER_ATTRS, ids)
     system = _attrs(conn, _SYSTEM_ATTRS, ids)
     curves: dict[int, dict[int, float]] = {i: {} for i in ids}
@@ -162,12 +136,39 @@ def _whole(conn: sa.Connection, study_id: int, ids: list[int]) -> list[FrozenTri
     ]
 
 
-def _attrs(conn: sa.Connection, table: sa.Table, ids: list[int]) -> dict[int, dict[str, Any]]:
+def _params(
+    conn: sa.Connection, ids: list[int]
+) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, BaseDistribution]]]:
+    """Each trial's params (in the order Optuna gives them) and their distributions."""
+    params: dict[int, dict[str, Any]] = {i: {} for i in ids}
+    dists: dict[int, dict[str, BaseDistribution]] = {i: {} for i in ids}
+    for trial_id, name, value, dist_json in conn.execute(
+        sa.select(
+            _PARAMS.c.trial_id,
+            _PARAMS.c.param_name,
+            _PARAMS.c.param_value,
+            _PARAMS.c.distribution_json,
+        )
+        .where(_PARAMS.c.trial_id.in_(ids))
+        .order_by(_PARAMS.c.param_id)
+    ):
+        dist = json_to_distribution(dist_json)
+        dists[trial_id][name] = dist
+        params[trial_id][name] = dist.to_external_repr(value)
+    return params, dists
+
+
+def _attrs(
+    conn: sa.Connection, table: sa.Table, ids: list[int], key_prefix: str | None = None
+) -> dict[int, dict[str, Any]]:
+    """Each trial's user or system attrs (`table`), or only those whose key starts with
+    `key_prefix`."""
+    where = [table.c.trial_id.in_(ids)]
+    if key_prefix is not None:
+        where.append(table.c.key.startswith(key_prefix, autoescape=True))
     attrs: dict[int, dict[str, Any]] = {i: {} for i in ids}
     for trial_id, key, value in conn.execute(
-        sa.select(table.c.trial_id, table.c.key, table.c.value_json).where(
-            table.c.trial_id.in_(ids)
-        )
+        sa.select(table.c.trial_id, table.c.key, table.c.value_json).where(*where)
     ):
         attrs[trial_id][key] = json.loads(value)
     return attrs

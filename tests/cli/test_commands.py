@@ -11,7 +11,7 @@ import yaml
 
 from tests.cli.conftest import Run, write
 from tests.scripted import API, ScriptedWorker, create_study
-from tests.servers import Server, digits_spec
+from tests.servers import ThreadServer, digits_spec
 
 
 def rows(text: str) -> dict[str, list[str]]:
@@ -27,7 +27,7 @@ def rows(text: str) -> dict[str, list[str]]:
 
 # --- submit ---------------------------------------------------------------------------------------
 def test_submit_yaml_creates_the_study(
-    cli: Run, api: httpx.Client, cli_server: Server, tmp_path: Path
+    cli: Run, api: httpx.Client, cli_server: ThreadServer, tmp_path: Path
 ) -> None:
     spec = digits_spec("from-file", n_trials=7)
     path = write(tmp_path / "study.yaml", yaml.safe_dump(spec))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from tests.cli.conftest import free_url, run_process
-from tests.servers import Server
+from tests.servers import ThreadServer
 
 
 def test_help_lists_the_commands() -> None:
@@ -25,7 +25,7 @@ def test_help_lists_the_commands() -> None:
         assert command in r.stdout
 
 
-def test_status_against_a_real_server(cli_server: Server, scripted: dict) -> None:
+def test_status_against_a_real_server(cli_server: ThreadServer, scripted: dict) -> None:
     r = run_process("status", server=cli_server.url)
     assert (r.returncode, r.stderr) == (0, "")
     row = next(line.split() for line in r.stdout.splitlines() if line.startswith("scripted "))

@@ -8,7 +8,7 @@ from cli.main import build_parser
 from tests.cli.conftest import Run, run_process
 from tests.cli.test_commands import rows
 from tests.scripted import API, ScriptedWorker, create_study
-from tests.servers import Server
+from tests.servers import ThreadServer
 from worker.client import ServerClient
 
 
@@ -73,7 +73,7 @@ def test_bad_labels_are_one_clear_line(cli: Run) -> None:
     assert r.stderr == "hpsearch worker: --label gpu given twice ('h100' and 'a100')\n"
 
 
-def test_the_worker_client_sends_its_labels(cli_server: Server, api: httpx.Client) -> None:
+def test_the_worker_client_sends_its_labels(cli_server: ThreadServer, api: httpx.Client) -> None:
     create_study(api, "needs-h100", n_trials=2, scheduling={"requires": {"gpu": "h100"}})
     client = ServerClient(cli_server.url)
     try:
@@ -98,7 +98,7 @@ def test_status_shows_priority_and_weight(cli: Run, api: httpx.Client) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_a_worker_process_announces_its_labels(cli_server: Server, api: httpx.Client) -> None:
+def test_a_worker_process_announces_its_labels(cli_server: ThreadServer, api: httpx.Client) -> None:
     """`hpsearch worker --label` end to end: the study needs another GPU, so the worker gets
     nothing (and exits, --exit-when-idle) but the server has heard its labels."""
     create_study(api, "needs-h200", scheduling={"requires": {"gpu": "h200"}})

@@ -18,7 +18,7 @@ import httpx
 
 from tests.conftest import ServerFactory
 from tests.scripted import ScriptedWorker, create_study
-from tests.servers import REPO, Server, server_env
+from tests.servers import REPO, Server, ThreadServer, server_env
 
 CLEAR = "\x1b[H\x1b[J"
 
@@ -36,7 +36,7 @@ class Watch:
     """`hpsearch watch STUDY --interval 0.2` with its output (stdout and stderr together) on a
     pipe, or on a pseudo-terminal as a person at a terminal runs it."""
 
-    def __init__(self, server: Server, study: str, terminal: bool = False) -> None:
+    def __init__(self, server: Server | ThreadServer, study: str, terminal: bool = False) -> None:
         self.fd, child = pty.openpty() if terminal else os.pipe()
         cmd = [
             sys.executable,
@@ -91,7 +91,9 @@ class Watch:
         os.close(self.fd)
 
 
-def test_watch_follows_the_study_until_it_is_done(cli_server: Server, api: httpx.Client) -> None:
+def test_watch_follows_the_study_until_it_is_done(
+    cli_server: ThreadServer, api: httpx.Client
+) -> None:
     create_study(api, "watched", n_trials=2, pruner={"name": "none"})
     watch = Watch(cli_server, "watched")
     try:
@@ -135,7 +137,7 @@ def test_watch_follows_the_study_until_it_is_done(cli_server: Server, api: httpx
 
 
 def test_terminal_view_shows_running_trials_and_ctrl_c_leaves_quietly(
-    cli_server: Server, scripted: dict
+    cli_server: ThreadServer, scripted: dict
 ) -> None:
     term = Watch(cli_server, "scripted", terminal=True)
     try:
@@ -155,7 +157,7 @@ def test_terminal_view_shows_running_trials_and_ctrl_c_leaves_quietly(
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
 
 
-def test_ctrl_c_leaves_quietly_when_piped(cli_server: Server, api: httpx.Client) -> None:
+def test_ctrl_c_leaves_quietly_when_piped(cli_server: ThreadServer, api: httpx.Client) -> None:
     create_study(api, "never-ends", n_trials=3)
     watch = Watch(cli_server, "never-ends")
     try:
