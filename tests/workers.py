@@ -66,6 +66,8 @@ class WorkerProcess:
 def _run_worker(argv: list[str], env: dict[str, str], log_path: str) -> None:
     """In the forked process: become `hpsearch worker ARGV` writing to log_path."""
     os.setsid()  # as start_new_session: signals to the test's group do not reach it
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # as a Popen child's: a real fd 0
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 (the process's own)
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
