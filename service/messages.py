@@ -24,6 +24,7 @@ from service.pruning import CompletedTrialsStudy, reads_completed_only
 from service.registry import StudyHandle, StudyRegistry
 from service.schemas import ReportAnswer, TrialAck
 from service.storage import Backend, TrialFacts
+from service.trial_cache import uses_view
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +157,14 @@ class TrialMessages:
         for name, key in (("test_loss", keys.TEST_LOSS), ("test_accuracy", keys.TEST_ACCURACY)):
             if test and test.get(name) is not None:
                 attrs[key] = test[name]
-        # If it finished meanwhile, _finish says how.
-        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            self._backend.set_user_attrs(trial_id, attrs)
-        ended = self._finish(handle, facts.number, trial_id, TrialState.COMPLETE, value)
+        if uses_view(handle.study) and self._backend.completes_with_core:
+            # TPE does nothing after a trial: no need for tell's read of the whole trial.
+            ended = self._backend.complete_trial(trial_id, value, attrs)
+        else:
+            # If it finished meanwhile, _finish says how.
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self._backend.set_user_attrs(trial_id, attrs)
+            ended = self._finish(handle, facts.number, trial_id, TrialState.COMPLETE, value)
         if ended != TrialState.COMPLETE:  # the lease sweep failed it, or a report pruned it
             raise lease_ended(handle, facts.number, ended)
         logger.info("trial %d of %s complete: val_loss %.4g", facts.number, handle.name, val_loss)

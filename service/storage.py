@@ -379,6 +379,16 @@ class Backend:
         """All of a trial's params in one transaction (Optuna writes one per param)."""
         internals.set_params(self._rdb, trial_id, params, distributions)
 
+    @property
+    def completes_with_core(self) -> bool:
+        """Whether `complete_trial` can be used (SQLite, PostgreSQL)."""
+        return internals.writes_with_core(self._rdb)
+
+    def complete_trial(self, trial_id: int, value: float, attrs: dict[str, Any]) -> TrialState:
+        """Study.tell(COMPLETE, skip_if_finished) with the last attrs, in one transaction, for
+        studies whose sampler does nothing after a trial; the state afterwards."""
+        return internals.complete_trial(self._rdb, trial_id, value, attrs)
+
     def record_heartbeat(self, trial_id: int) -> None:
         self._storage.record_heartbeat(trial_id)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from service import optuna_internals as internals
 from service.app import quiet_optuna
@@ -124,4 +125,94 @@ def test_set_user_attrs_writes_what_optunas_own_writers_write(storage_url: str) 
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         internals.set_user_attrs(rdb, ours._trial_id, {}, {4: 0.1})
     assert sorted(rdb.get_trial(ours._trial_id).intermediate_values) == [0, 1, 2, 3]
+    rdb.engine.dispose()
+
+
+def _rows(rdb: optuna.storages.RDBStorage, table: str, trial_id: int) -> list[tuple]:
+    """A trial's rows of one of Optuna's tables, without their own ids."""
+    columns = {
+        "trial_params": "param_name, param_value, distribution_json",
+        "trial_values": "objective, value, value_type",
+        "trial_user_attributes": "key, value_json",
+    }[table]
+    with rdb.engine.connect() as conn:
+        return sorted(
+            tuple(row)
+            for row in conn.exec_driver_sql(
+                f"SELECT {columns} FROM {table} WHERE trial_id = {int(trial_id)}"
+            )
+        )
+
+
+def test_set_params_writes_what_optunas_own_writer_writes(storage_url: str) -> None:
+    """A claim's params (Core statements on SQLite and PostgreSQL) are the rows Optuna's
+    set_trial_param writes, and it refuses what that refuses."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(storage=rdb, study_name="core-params")
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True),
+        "step_size": optuna.distributions.IntDistribution(1, 20),
+        "opt": optuna.distributions.CategoricalDistribution(["sgd", "adam", None]),
+    }
+    params = {"lr": 0.0123, "step_size": 7, "opt": None}
+    ours, theirs = study.ask(), study.ask()
+    internals.set_params(rdb, ours._trial_id, params, dists)
+    for name, value in params.items():
+        rdb.set_trial_param(
+            theirs._trial_id, name, dists[name].to_internal_repr(value), dists[name]
+        )
+    assert _rows(rdb, "trial_params", ours._trial_id) == _rows(
+        rdb, "trial_params", theirs._trial_id
+    )
+    assert rdb.get_trial(ours._trial_id).params == params
+
+    other = study.ask()
+    wider = {"lr": optuna.distributions.CategoricalDistribution([0.1, 0.01])}
+    with pytest.raises(ValueError, match="compatib|differ"):  # not the study's distribution
+        internals.set_params(rdb, other._trial_id, {"lr": 0.1}, wider)
+    assert _rows(rdb, "trial_params", other._trial_id) == []
+    with pytest.raises(KeyError):
+        internals.set_params(rdb, 10_000, params, dists)
+    study.tell(other, 1.0)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        internals.set_params(rdb, other._trial_id, params, dists)
+    rdb.engine.dispose()
+
+
+def test_complete_trial_writes_what_optunas_tell_writes(storage_url: str) -> None:
+    """A completion (Core statements on SQLite and PostgreSQL) leaves the trial as
+    `tell(COMPLETE, skip_if_finished=True)` after set_user_attr does, infinite values
+    included; a finished trial keeps its state and nothing is written."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(storage_url)
+    assert internals.writes_with_core(rdb)
+    study = optuna.create_study(storage=rdb, study_name="core-tell")
+    attrs = {"val_loss": 0.25, "val_accuracy": 0.75}
+    for value in (0.25, float("inf"), float("-inf")):
+        ours, theirs = study.ask(), study.ask()
+        assert internals.complete_trial(rdb, ours._trial_id, value, attrs) == TrialState.COMPLETE
+        for key, attr in attrs.items():
+            theirs.set_user_attr(key, attr)
+        study.tell(theirs, value, state=TrialState.COMPLETE, skip_if_finished=True)
+        got, want = rdb.get_trial(ours._trial_id), rdb.get_trial(theirs._trial_id)
+        assert (got.state, got.values, got.user_attrs) == (want.state, want.values, want.user_attrs)
+        assert got.datetime_complete is not None and got.datetime_complete >= got.datetime_start
+        for table in ("trial_values", "trial_user_attributes"):
+            assert _rows(rdb, table, ours._trial_id) == _rows(rdb, table, theirs._trial_id)
+
+    pruned = study.ask()
+    study.tell(pruned, state=TrialState.PRUNED)
+    assert internals.complete_trial(rdb, pruned._trial_id, 0.5, attrs) == TrialState.PRUNED
+    assert _rows(rdb, "trial_values", pruned._trial_id) == []
+    assert _rows(rdb, "trial_user_attributes", pruned._trial_id) == []
+    done = study.trials[0]
+    assert internals.complete_trial(rdb, done._trial_id, 9.0, {"x": 1}) == TrialState.COMPLETE
+    assert rdb.get_trial(done._trial_id).values == [0.25]  # the first completion stands
+    study.enqueue_trial({})
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING][0]
+    with pytest.raises(ValueError, match="Cannot tell a WAITING trial"):
+        internals.complete_trial(rdb, waiting._trial_id, 0.5, attrs)
+    with pytest.raises(KeyError):
+        internals.complete_trial(rdb, 10_000, 0.5, attrs)
     rdb.engine.dispose()
