@@ -162,6 +162,22 @@ def complete_trial(
     return TrialState.COMPLETE
 
 
+def record_heartbeat(rdb: optuna.storages.RDBStorage, trial_id: int) -> None:
+    """What RDBStorage.record_heartbeat writes (the database's now, inserted or updated), as one
+    upsert on SQLite and PostgreSQL, where Optuna's ORM reads the row twice before it writes."""
+    upsert = _UPSERTS.get(rdb.engine.name)
+    if upsert is None:
+        rdb.record_heartbeat(trial_id)
+        return
+    stmt = upsert(_HEARTBEATS).values(trial_id=trial_id, heartbeat=sa.func.now())
+    with rdb.engine.begin() as conn:
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["trial_id"], set_={"heartbeat": sa.func.now()}
+            )
+        )
+
+
 def writes_with_core(rdb: optuna.storages.RDBStorage) -> bool:
     """Whether this database takes the Core writers above (SQLite, PostgreSQL)."""
     return rdb.engine.name in _UPSERTS
@@ -259,6 +275,7 @@ def _upsert_user_attrs(
 _TRIALS = models.TrialModel.__table__
 _PARAMS = models.TrialParamModel.__table__
 _VALUES = models.TrialValueModel.__table__
+_HEARTBEATS = models.TrialHeartbeatModel.__table__
 _USER_ATTRS = models.TrialUserAttributeModel.__table__
 _CURVE = models.TrialIntermediateValueModel.__table__
 _UPSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}

@@ -390,7 +390,7 @@ class Backend:
         return internals.complete_trial(self._rdb, trial_id, value, attrs)
 
     def record_heartbeat(self, trial_id: int) -> None:
-        self._storage.record_heartbeat(trial_id)
+        internals.record_heartbeat(self._rdb, trial_id)
 
     # --- ASHA: paused trials (service/paused_table.py) ------------------------------------------
     def pause(self, trial_id: int, study_id: int, epoch: int, rung: int, value: float) -> None:

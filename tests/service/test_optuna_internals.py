@@ -3,14 +3,18 @@ that moves one fails here, by name, instead of somewhere in the protocol."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from service import optuna_internals as internals
 from service.app import quiet_optuna
+
+HEARTBEATS = optuna.storages._rdb.models.TrialHeartbeatModel.__table__
 
 
 @pytest.fixture
@@ -215,4 +219,35 @@ def test_complete_trial_writes_what_optunas_tell_writes(storage_url: str) -> Non
         internals.complete_trial(rdb, waiting._trial_id, 0.5, attrs)
     with pytest.raises(KeyError):
         internals.complete_trial(rdb, 10_000, 0.5, attrs)
+    rdb.engine.dispose()
+
+
+def test_record_heartbeat_writes_what_optunas_own_writer_writes(storage_url: str) -> None:
+    """A heartbeat (one upsert on SQLite and PostgreSQL) inserts and then refreshes the row
+    Optuna's record_heartbeat does: the database's now, which Optuna's stale check reads."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=120)
+    study = optuna.create_study(storage=rdb, study_name="core-heartbeat")
+    ours, theirs = study.ask(), study.ask()
+
+    def beats() -> dict[int, object]:
+        with rdb.engine.connect() as conn:
+            rows = conn.execute(sa.select(HEARTBEATS.c.trial_id, HEARTBEATS.c.heartbeat))
+            return dict(rows.all())
+
+    for _ in range(2):  # the insert, then the update
+        internals.record_heartbeat(rdb, ours._trial_id)
+        rdb.record_heartbeat(theirs._trial_id)
+        got = beats()
+        assert abs((got[ours._trial_id] - got[theirs._trial_id]).total_seconds()) < 2
+        assert rdb._get_stale_trial_ids(study._study_id) == []
+        with rdb.engine.begin() as conn:  # both an hour old: stale
+            conn.execute(
+                sa.update(HEARTBEATS).values(heartbeat=got[ours._trial_id] - dt.timedelta(hours=1))
+            )
+        assert sorted(rdb._get_stale_trial_ids(study._study_id)) == sorted(
+            [ours._trial_id, theirs._trial_id]
+        )
+    internals.record_heartbeat(rdb, ours._trial_id)
+    assert rdb._get_stale_trial_ids(study._study_id) == [theirs._trial_id]
     rdb.engine.dispose()
