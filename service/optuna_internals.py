@@ -78,7 +78,7 @@ def set_params(
     ValueError for a distribution that disagrees with the study's) and the rows it writes. On
     SQLite and PostgreSQL as Core statements: Optuna's ORM loads the trial and looks up the
     study's distribution once per param (a claim's largest write)."""
-    if rdb.engine.name not in _UPSERTS:  # another database: Optuna's own writer
+    if not writes_with_core(rdb):  # another database: Optuna's own writer
         with _create_scoped_session(rdb.scoped_session, True) as session:
             for name, value in params.items():
                 dist = distributions[name]
