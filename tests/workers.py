@@ -3,9 +3,9 @@
 A worker process spends about 8 CPU s importing torch, torchvision and scikit-learn before it
 trains: more than a test's trials train. So test workers are forked from a template process
 that imported them once per test process (multiprocessing's forkserver with those modules
-preloaded; the template starts with the first worker).
-Each worker is still a process of its own running `hpsearch worker`'s `main`, with its own
-session, environment, log and exit status, and it can be signalled and killed like any other.
+preloaded; the template starts with the first worker). Each worker is still a process of its
+own running `hpsearch worker`'s `main`, with its own session, environment, log and exit
+status, and it can be signalled and killed like any other.
 `tests/cli/test_process.py` keeps smoke tests of the program started from scratch.
 """
 
@@ -39,10 +39,6 @@ class WorkerProcess:
         self._process = process
         self.pid = process.pid
 
-    @property
-    def returncode(self) -> int | None:
-        return self._process.exitcode
-
     def poll(self) -> int | None:
         return self._process.exitcode
 
@@ -55,9 +51,6 @@ class WorkerProcess:
     def send_signal(self, sig: int) -> None:
         if self._process.exitcode is None:
             os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
