@@ -47,7 +47,7 @@ from bench.harness import (
     synthetic_loss,
     table,
 )
-from bench.profiling import py_spy, summarize
+from bench.profiling import MODES, py_spy, summarize
 
 STUDY = "scale"
 TARGET_SIZE, TARGET_P50_S = 1000, 0.100
@@ -90,6 +90,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile", type=Path, help="folder: record the server with py-spy while measuring"
+    )
+    parser.add_argument(
+        "--profile-mode",
+        choices=sorted(MODES),
+        default="active",
+        help="py-spy sampling: active threads, the GIL holder, or all (wall)",
     )
     parser.add_argument("--py-spy", help="py-spy binary (default: on PATH or /tmp/tools/bin)")
     add_server_flags(parser)
@@ -196,7 +202,7 @@ def run_backend(backend: str, args: argparse.Namespace, folder: Path) -> list[Ro
             else:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 out = args.profile / f"claim-{backend}-{size}.txt"
-                with py_spy(server.process.pid, out, args.py_spy) as recorded:
+                with py_spy(server.process.pid, out, args.py_spy, args.profile_mode) as recorded:
                     claims, completes, asks = measure(http, study, args)
                 print(summarize(recorded, top=15) if recorded else "py-spy not found", flush=True)
             rows.append(Row(backend, size, fill_s, claims, completes, asks))

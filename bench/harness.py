@@ -92,14 +92,15 @@ def pg_counters(url: str) -> dict[str, int] | None:
 
 def raw_storage(url: str) -> Any:
     """An RDBStorage opened the way the service opens its own: SQLite waits for the file lock
-    (60 s) in WAL mode; PostgreSQL pings pooled connections."""
+    (60 s) in WAL mode with synchronous=NORMAL (`service.storage.tune_sqlite`); PostgreSQL
+    pings pooled connections."""
     import optuna
-    import sqlalchemy as sa
+
+    from service.storage import tune_sqlite
 
     if url.startswith("sqlite"):
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-        with storage.engine.begin() as conn:
-            conn.execute(sa.text("PRAGMA journal_mode=WAL"))
+        tune_sqlite(storage.engine)
         return storage
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from service import keys
 from service.errors import InvalidInput, NotFound
@@ -18,8 +18,6 @@ from service.storage import Backend
 from service.views import ranked
 
 logger = logging.getLogger(__name__)
-
-_UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 
 
 def has_artifacts(trial: FrozenTrial) -> bool:
@@ -83,25 +81,13 @@ class Artifacts:
 
     def collect_garbage(self, handle: StudyHandle) -> None:
         """Keep the checkpoints a running or waiting trial may resume from and the weights of the
-        top-k complete trials; remove every other artifact of the study."""
-        trials = handle.study.get_trials(deepcopy=False)
-        keep = {
-            t.system_attrs[keys.CHECKPOINT]["artifact_id"]
-            for t in trials
-            if t.state in _UNFINISHED and t.system_attrs.get(keys.CHECKPOINT)
-        }
-        keep.update(
-            t.system_attrs[keys.WEIGHTS]
-            for t in ranked(handle, trials)[: self._keep_top_k]
-            if keys.WEIGHTS in t.system_attrs
+        top-k complete trials; remove every other artifact of the study. Light queries, not a
+        read of the study's trials (that cost seconds once per study at 10,000 trials)."""
+        refs = self._backend.artifact_refs(
+            handle.study_id, self._keep_top_k, handle.spec.objective.direction == "maximize"
         )
-        for t in trials:
-            if t.state in _UNFINISHED:
-                continue
-            for key in t.system_attrs:
-                artifact_id = key.removeprefix(keys.ARTIFACT_PREFIX)
-                if key.startswith(keys.ARTIFACT_PREFIX) and artifact_id not in keep:
-                    self._remove(artifact_id)
+        for artifact_id in refs.finished - refs.checkpoints - refs.top_weights:
+            self._remove(artifact_id)
 
     def collect_now(self, handle: StudyHandle) -> None:
         """collect_garbage right after a trial ended. The trial has ended whatever happens here,

@@ -40,6 +40,7 @@ class _Started:
     trial_id: int
     trial: optuna.trial.Trial | None  # None: read after the claim lock (a new trial)
     resume: Resume | None  # a promoted trial's checkpoint
+    new: FrozenTrial | None = None  # a new trial sampled ahead: as created, no Trial object
 
     def opened(self, study: optuna.Study) -> optuna.trial.Trial:
         return self.trial or optuna.trial.Trial(study, self.trial_id)
@@ -101,9 +102,7 @@ class Claims:
                 # Out of the lock (claims of a study queue on it): should this process die
                 # before the heartbeat is recorded, the lease sweep finds the trial.
                 self._backend.record_heartbeat(started.trial_id)
-                trial = self._hand_out(
-                    handle, started.opened(handle.study), request, gate == "flag", started.resume
-                )
+                trial = self._hand_out(handle, started, request, gate == "flag")
                 self._backend.touch_worker(
                     request.worker_id,
                     study=handle.name,
@@ -185,6 +184,9 @@ class Claims:
             trial_id, resume = promoted
             self._backend.set_user_attrs(trial_id, attrs)
             return _Started(trial_id, optuna.trial.Trial(handle.study, trial_id), resume)
+        if budget.can_sample() and sample_ahead.serves(handle, self._backend):
+            new = self._backend.new_running_trial(handle.study_id, attrs)
+            return _Started(internals.trial_id(new), None, None, new)
         if budget.can_sample():
             trial_id = self._backend.create_running_trial(handle.study, attrs)
             # Opening the Trial runs the sampler's before_trial, which must run under the lock
@@ -210,24 +212,23 @@ class Claims:
             trial.set_user_attr(key, value)  # the Trial's own copy of its attrs follows
 
     def _hand_out(
-        self,
-        handle: StudyHandle,
-        trial: optuna.trial.Trial,
-        request: TrialClaim,
-        preflight: bool,
-        promoted: Resume | None,
+        self, handle: StudyHandle, started: _Started, request: TrialClaim, preflight: bool
     ) -> ClaimedTrial:
-        """`promoted`: where a promoted trial resumes; else a retry resumes from its
-        predecessor's checkpoint, and a new trial starts afresh."""
-        if pauses(handle.spec.pruner):
-            trial.study = PausedAsPruned(handle.study)  # type: ignore[assignment]
+        """A promoted trial resumes where it paused; a retry from its predecessor's
+        checkpoint; a new trial starts afresh."""
+        frozen = started.new
+        if frozen is not None:  # sampled ahead, no Optuna Trial
+            frozen.params = sample_ahead.params(self._backend, handle, frozen)
+            frozen.distributions = {k: handle.distributions[k] for k in frozen.params}
         else:
-            sample_ahead.fill(self._backend, handle, trial)  # a new trial: sampled ahead, or now
-        _suggest_all(
-            trial, handle.distributions
-        )  # a waiting or promoted trial's params, or samples
-        frozen = internals.frozen_copy(trial)
-        resume = promoted or self._resume(handle, frozen)
+            trial = started.opened(handle.study)
+            if pauses(handle.spec.pruner):
+                trial.study = PausedAsPruned(handle.study)  # type: ignore[assignment]
+            else:
+                sample_ahead.fill(self._backend, handle, trial)  # a new trial: ahead, or now
+            _suggest_all(trial, handle.distributions)  # a waiting or promoted trial's, or samples
+            frozen = internals.frozen_copy(trial)
+        resume = started.resume or self._resume(handle, frozen)
         logger.info(
             "trial %d of %s -> %s%s%s",
             frozen.number,

@@ -157,7 +157,7 @@ class TrialMessages:
         for name, key in (("test_loss", keys.TEST_LOSS), ("test_accuracy", keys.TEST_ACCURACY)):
             if test and test.get(name) is not None:
                 attrs[key] = test[name]
-        if uses_view(handle.study) and self._backend.completes_with_core:
+        if uses_view(handle.study) and self._backend.writes_with_core:
             # TPE does nothing after a trial: no need for tell's read of the whole trial.
             ended = self._backend.complete_trial(trial_id, value, attrs)
         else:

@@ -67,6 +67,59 @@ def sampler_rng(sampler: optuna.samplers.GridSampler):  # noqa: ANN201 - Optuna'
     return sampler._rng.rng
 
 
+def create_running_trial(
+    rdb: optuna.storages.RDBStorage, study_id: int, user_attrs: dict[str, Any]
+) -> FrozenTrial:
+    """What `create_new_trial(study_id, template)` writes for a RUNNING trial with `user_attrs`
+    and nothing else, in one transaction, as Core statements (SQLite and PostgreSQL only,
+    `writes_with_core`): the trial as created. Optuna's ORM flushes an object per row and its
+    cached storage then holds the trial, so a trial made here must get its params through
+    `set_params` and its end through `complete_trial` or the RDBStorage itself.
+    KeyError for no such study."""
+    start = datetime.datetime.now()
+    with rdb.engine.begin() as conn:
+        # Optuna's lock on the study row serialises numbering between writers on PostgreSQL;
+        # SQLite ignores FOR UPDATE, and its insert below takes the database's write lock.
+        found = conn.execute(
+            sa.select(_STUDIES.c.study_id).where(_STUDIES.c.study_id == study_id).with_for_update()
+        ).scalar_one_or_none()
+        if found is None:
+            raise KeyError(f"No study with study_id {study_id} exists.")
+        trial_id = conn.execute(
+            _TRIALS.insert().values(
+                study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=start
+            )
+        ).inserted_primary_key[0]
+        # Optuna's trial number: the study's trials made before this one (count_past_trials).
+        number = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(_TRIALS)
+            .where(_TRIALS.c.study_id == study_id, _TRIALS.c.trial_id < trial_id)
+        ).scalar_one()
+        conn.execute(sa.update(_TRIALS).where(_TRIALS.c.trial_id == trial_id).values(number=number))
+        if user_attrs:
+            conn.execute(
+                _USER_ATTRS.insert(),
+                [
+                    {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                    for key, value in user_attrs.items()
+                ],
+            )
+    return FrozenTrial(
+        number=number,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=start,
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs=dict(user_attrs),
+        system_attrs={},
+        intermediate_values={},
+        trial_id=trial_id,
+    )
+
+
 def set_params(
     rdb: optuna.storages.RDBStorage,
     trial_id: int,
@@ -272,6 +325,7 @@ def _upsert_user_attrs(
     )
 
 
+_STUDIES = models.StudyModel.__table__
 _TRIALS = models.TrialModel.__table__
 _PARAMS = models.TrialParamModel.__table__
 _VALUES = models.TrialValueModel.__table__

@@ -195,3 +195,69 @@ _NO_HEARTBEAT = sa.text(
 
 def running_without_heartbeat(conn: sa.Connection, study_id: int) -> list[int]:
     return [row[0] for row in conn.execute(_NO_HEARTBEAT, {"s": study_id})]
+
+
+@dataclass(frozen=True)
+class ArtifactRefs:
+    """What the artifact garbage collection needs of a study, without reading its trials."""
+
+    checkpoints: set[str]  # artifact ids of unfinished trials' checkpoints (they may resume)
+    top_weights: set[str]  # artifact ids of the weights of the top-k COMPLETE trials
+    finished: set[str]  # artifact ids held by finished trials
+
+
+_OBJECTIVE = models.TrialValueModel.__table__
+_VALUE_TYPE = models.TrialValueModel.TrialValueType
+_UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+
+
+def artifact_refs(conn: sa.Connection, study_id: int, top_k: int, maximize: bool) -> ArtifactRefs:
+    """Four light queries. The top k are ranked as `service.views.ranked` ranks them: by
+    value in the study's direction (infinities at their ends, as Optuna's best-trial query
+    orders them), then by number; prior trials are not ranked."""
+    in_study = _TRIALS.c.study_id == study_id
+    checkpoints = conn.execute(
+        sa.select(_SYSTEM_ATTRS.c.value_json)
+        .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
+        .where(in_study, _TRIALS.c.state.in_(_UNFINISHED), _SYSTEM_ATTRS.c.key == keys.CHECKPOINT)
+    ).scalars()
+    infinity = sa.case(
+        (_OBJECTIVE.c.value_type == _VALUE_TYPE.INF_NEG, -1),
+        (_OBJECTIVE.c.value_type == _VALUE_TYPE.FINITE, 0),
+        else_=1,
+    )
+    best_first = (
+        (infinity.desc(), _OBJECTIVE.c.value.desc()) if maximize else (infinity, _OBJECTIVE.c.value)
+    )
+    top = (
+        sa.select(_TRIALS.c.trial_id)
+        .join(_OBJECTIVE, _OBJECTIVE.c.trial_id == _TRIALS.c.trial_id)
+        .where(
+            in_study,
+            _TRIALS.c.state == TrialState.COMPLETE,
+            _OBJECTIVE.c.objective == 0,
+            _not_prior(),
+        )
+        .order_by(*best_first, _TRIALS.c.number)
+        .limit(top_k)
+    )
+    top_ids = list(conn.execute(top).scalars()) if top_k > 0 else []
+    top_weights = conn.execute(
+        sa.select(_SYSTEM_ATTRS.c.value_json).where(
+            _SYSTEM_ATTRS.c.trial_id.in_(top_ids), _SYSTEM_ATTRS.c.key == keys.WEIGHTS
+        )
+    ).scalars()
+    held = conn.execute(
+        sa.select(_SYSTEM_ATTRS.c.key)
+        .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
+        .where(
+            in_study,
+            _TRIALS.c.state.not_in(_UNFINISHED),
+            _SYSTEM_ATTRS.c.key.startswith(keys.ARTIFACT_PREFIX, autoescape=True),
+        )
+    ).scalars()
+    return ArtifactRefs(
+        checkpoints={c["artifact_id"] for c in map(json.loads, checkpoints) if c},
+        top_weights={json.loads(v) for v in top_weights},
+        finished={key.removeprefix(keys.ARTIFACT_PREFIX) for key in held},
+    )

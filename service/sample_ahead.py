@@ -95,8 +95,7 @@ class SamplePool:
         """Params for `trial` (new, running, without params): a fresh pooled configuration, or
         one sampled now. Held as pending (constant liar's evidence for other samples) until
         the block, which stores them, ends."""
-        now = len(handle.trials.finished(backend, handle.study))
-        ahead = self._take(now)
+        ahead = self._take(handle.trials.finished_count(backend, handle.study))
         if ahead is None:
             ahead = self._sample(backend, handle, trial, hold=True)
         try:
@@ -154,6 +153,12 @@ def _running(
     )
 
 
+def serves(handle: Any, backend: Backend) -> bool:
+    """Whether a new trial of the study can be made and filled without Optuna's Trial
+    (`Backend.new_running_trial`, then `params`): sampled ahead, written as Core statements."""
+    return _ahead(handle) and backend.writes_with_core
+
+
 def _ahead(handle: Any) -> bool:
     """Whether the study samples on the kept view (and so ahead). Not under asha's promotion:
     the view reads unfinished trials with their params only, and samplers must see a paused
@@ -170,9 +175,15 @@ def fill(backend: Backend, handle: Any, trial: optuna.trial.Trial) -> None:
     frozen = internals.frozen_copy(trial)
     if frozen.params:
         return
-    with handle.ahead.params_for(backend, handle, frozen) as params:
-        backend.set_params(internals.trial_id(trial), params, handle.distributions)
-    internals.adopt_params(trial, params, handle.distributions)
+    internals.adopt_params(trial, params(backend, handle, frozen), handle.distributions)
+
+
+def params(backend: Backend, handle: Any, trial: FrozenTrial) -> dict[str, Any]:
+    """A new trial's params (a running trial without params), sampled ahead or now on the
+    kept view, written in one transaction."""
+    with handle.ahead.params_for(backend, handle, trial) as sampled:
+        backend.set_params(internals.trial_id(trial), sampled, handle.distributions)
+    return sampled
 
 
 def after_finish(backend: Backend, handle: Any) -> None:

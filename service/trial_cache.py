@@ -56,9 +56,7 @@ class StudyTrials:
     def finished(self, backend: Backend, study: optuna.Study) -> list[FrozenTrial]:
         """The finished trials, as stored now (sorted by number; shared: do not change)."""
         study_id = internals.study_id(study)
-        with self._lock:
-            after, open_ids = self._max_id, set(self._open)
-        changed = backend.trial_states_since(study_id, after, open_ids)
+        changed = backend.trial_states_since(study_id, *self._where_to_look())
         new = [i for i, state in changed if state.is_finished() and i not in self._finished]
         read = backend.trials_by_id(study_id, new) if new else []
         with self._lock:
@@ -79,6 +77,18 @@ class StudyTrials:
                     bisect.insort(merged, trial, key=_number)
                 self._sorted = merged
             return self._sorted
+
+    def finished_count(self, backend: Backend, study: optuna.Study) -> int:
+        """How many trials are finished now, in one light query: the ones newly finished are
+        counted, not read (the next `finished` reads them)."""
+        changed = backend.trial_states_since(internals.study_id(study), *self._where_to_look())
+        with self._lock:
+            new = {i for i, state in changed if state.is_finished() and i not in self._finished}
+            return len(self._finished) + len(new)
+
+    def _where_to_look(self) -> tuple[int, set[int]]:
+        with self._lock:
+            return self._max_id, set(self._open)
 
     def snapshot(self, backend: Backend, study: optuna.Study) -> tuple[list[FrozenTrial], int]:
         """Every trial a sampler would read now, finished (kept) and unfinished (read now), by

@@ -251,3 +251,54 @@ def test_record_heartbeat_writes_what_optunas_own_writer_writes(storage_url: str
     internals.record_heartbeat(rdb, ours._trial_id)
     assert rdb._get_stale_trial_ids(study._study_id) == [theirs._trial_id]
     rdb.engine.dispose()
+
+
+def test_create_running_trial_writes_what_optunas_create_new_trial_writes(
+    storage_url: str,
+) -> None:
+    """A new trial made with Core statements (SQLite and PostgreSQL) is the trial Optuna's
+    create_new_trial makes from a running template with the same user attrs, numbered in
+    turn with Optuna's own creations; an unknown study is a KeyError."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(storage=rdb, study_name="core-create")
+    attrs = {"worker": "w1", "device": "cuda:0"}
+    template = optuna.trial.FrozenTrial(
+        number=0,
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=dt.datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs=attrs,
+        system_attrs={},
+        intermediate_values={},
+        trial_id=0,
+    )
+    made = []
+    for ours in (True, False, True, True, False):
+        if ours:
+            made.append(internals.create_running_trial(rdb, study._study_id, attrs))
+        else:
+            made.append(rdb.get_trial(rdb.create_new_trial(study._study_id, template)))
+    assert [t.number for t in made] == [0, 1, 2, 3, 4]
+    for trial in made:
+        stored = rdb.get_trial(trial._trial_id)
+        assert (stored.number, stored.state, stored.user_attrs) == (
+            trial.number,
+            TrialState.RUNNING,
+            attrs,
+        )
+        assert stored.datetime_start == trial.datetime_start is not None
+        assert stored.datetime_complete is None and stored.params == {}
+    assert _rows(rdb, "trial_user_attributes", made[0]._trial_id) == _rows(
+        rdb, "trial_user_attributes", made[1]._trial_id
+    )
+    bare = internals.create_running_trial(rdb, study._study_id, {})
+    assert bare.number == 5 and rdb.get_trial(bare._trial_id).user_attrs == {}
+    assert study.ask().number == 6
+    with pytest.raises(KeyError):
+        internals.create_running_trial(rdb, 10_000, attrs)
+    assert len(study.trials) == 7
+    rdb.engine.dispose()
