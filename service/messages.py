@@ -106,7 +106,11 @@ class TrialMessages:
         else:
             prune = not last_epoch and self._should_prune(handle, facts)
         if prune:
-            self._finish(handle, facts.number, trial_id, TrialState.PRUNED)
+            if uses_view(handle.study) and self._backend.writes_with_core:
+                # TPE does nothing after a trial: no need for tell's read of the whole trial.
+                self._backend.prune_trial(trial_id, values[max(values)])
+            else:
+                self._finish(handle, facts.number, trial_id, TrialState.PRUNED)
             logger.info("trial %d of %s pruned after epoch %d", facts.number, handle.name, epoch)
             self._finished(handle, facts.worker, facts.has_artifacts)
         return ReportAnswer(prune=prune)

@@ -402,6 +402,11 @@ class Backend:
         studies whose sampler does nothing after a trial; the state afterwards."""
         return internals.complete_trial(self._rdb, trial_id, value, attrs)
 
+    def prune_trial(self, trial_id: int, last_value: float | None) -> TrialState:
+        """Study.tell(PRUNED, skip_if_finished) for studies whose sampler does nothing after a
+        trial, given the value of its last reported step; the state afterwards."""
+        return internals.prune_trial(self._rdb, trial_id, last_value)
+
     def record_heartbeat(self, trial_id: int) -> None:
         internals.record_heartbeat(self._rdb, trial_id)
 

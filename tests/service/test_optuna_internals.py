@@ -302,3 +302,37 @@ def test_create_running_trial_writes_what_optunas_create_new_trial_writes(
         internals.create_running_trial(rdb, 10_000, attrs)
     assert len(study.trials) == 7
     rdb.engine.dispose()
+
+
+def test_prune_trial_writes_what_optunas_tell_writes(storage_url: str) -> None:
+    """A report's prune (Core statements on SQLite and PostgreSQL) leaves the trial as
+    `tell(PRUNED, skip_if_finished=True)` does: the last step's value as the trial's value,
+    none when that is NaN or nothing was reported; a finished trial keeps its state."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(storage=rdb, study_name="core-prune")
+    curves = [{0: 0.9, 1: 0.7}, {0: 0.9, 1: float("nan")}, {0: float("inf")}, {}]
+    for curve in curves:
+        ours, theirs = study.ask(), study.ask()
+        for step, value in curve.items():
+            ours.report(value, step)
+            theirs.report(value, step)
+        last = curve[max(curve)] if curve else None
+        assert internals.prune_trial(rdb, ours._trial_id, last) == TrialState.PRUNED
+        study.tell(theirs, state=TrialState.PRUNED, skip_if_finished=True)
+        got, want = rdb.get_trial(ours._trial_id), rdb.get_trial(theirs._trial_id)
+        assert (got.state, got.values) == (want.state, want.values), curve
+        assert got.datetime_complete is not None
+        assert _rows(rdb, "trial_values", ours._trial_id) == _rows(
+            rdb, "trial_values", theirs._trial_id
+        )
+    assert [t.values for t in study.trials[::2]] == [[0.7], None, [float("inf")], None]
+    done = study.trials[0]
+    assert internals.prune_trial(rdb, done._trial_id, 0.1) == TrialState.PRUNED
+    assert rdb.get_trial(done._trial_id).values == [0.7]  # the first end stands
+    complete = study.ask()
+    study.tell(complete, 0.5)
+    assert internals.prune_trial(rdb, complete._trial_id, 0.1) == TrialState.COMPLETE
+    with pytest.raises(KeyError):
+        internals.prune_trial(rdb, 10_000, 0.5)
+    rdb.engine.dispose()
