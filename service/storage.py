@@ -238,20 +238,18 @@ class Backend:
             raise NotFound(f"no study with id {study_id}") from exc
 
     def is_stopped(self, study_id: int) -> bool:
-        try:
-            return bool(self._storage.get_study_system_attrs(study_id).get(keys.STOPPED))
-        except KeyError as exc:
-            raise NotFound(f"no study with id {study_id}") from exc
+        return bool(self.study_system_attrs(study_id).get(keys.STOPPED))
 
     def set_stopped(self, study_id: int, stopped: bool) -> None:
         self._storage.set_study_system_attr(study_id, keys.STOPPED, stopped)
 
     def study_system_attrs(self, study_id: int) -> dict[str, Any]:
         """hpsearch's own study state (stopped, preflight, error), read now."""
-        try:
-            return self._storage.get_study_system_attrs(study_id)
-        except KeyError as exc:
-            raise NotFound(f"no study with id {study_id}") from exc
+        with self._engine.connect() as conn:
+            attrs = queries.study_system_attrs(conn, study_id)
+        if attrs is None:
+            raise NotFound(f"no study with id {study_id}")
+        return attrs
 
     def set_study_system_attrs(self, study_id: int, attrs: dict[str, Any]) -> None:
         for key, value in attrs.items():

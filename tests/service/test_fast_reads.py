@@ -169,3 +169,23 @@ def test_completed_trials_are_the_ones_the_sampler_view_read(
         trials = completed.get(study, backend_store, len(expected), kept)
         assert [(t.number, t.value) for t in trials] == [(t.number, t.value) for t in expected]
     assert sorted(read) == sorted(t._trial_id for t in study.get_trials() if t.state.is_finished())
+
+
+def test_study_system_attrs_equal_optunas(
+    raw: optuna.storages.BaseStorage, backend_store: Backend
+) -> None:
+    """hpsearch's study state (stopped, preflight, error) read in one query is what Optuna's
+    get_study_system_attrs gives; an unknown study is NotFound."""
+    bare = raw.create_new_study([optuna.study.StudyDirection.MINIMIZE], "bare")
+    assert backend_store.study_system_attrs(bare) == raw.get_study_system_attrs(bare) == {}
+    assert backend_store.is_stopped(bare) is False
+    full = raw.create_new_study([optuna.study.StudyDirection.MINIMIZE], "full")
+    attrs = {"hpsearch:stopped": True, "nested": {"a": [1, None, "x"]}, "n": 2.5}
+    for key, value in attrs.items():
+        raw.set_study_system_attr(full, key, value)
+    assert backend_store.study_system_attrs(full) == raw.get_study_system_attrs(full) == attrs
+    assert backend_store.is_stopped(full) is True
+    with pytest.raises(NotFound):
+        backend_store.study_system_attrs(10_000)
+    with pytest.raises(NotFound):
+        backend_store.is_stopped(10_000)
