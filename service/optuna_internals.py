@@ -106,15 +106,27 @@ def create_running_trial(
                     for key, value in user_attrs.items()
                 ],
             )
+    return running_trial(number, trial_id, user_attrs, start=start)
+
+
+def running_trial(
+    number: int,
+    trial_id: int,
+    user_attrs: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    distributions: dict[str, BaseDistribution] | None = None,
+    start: datetime.datetime | None = None,
+) -> FrozenTrial:
+    """A RUNNING FrozenTrial with only these fields (a template, or a trial as created)."""
     return FrozenTrial(
         number=number,
         state=TrialState.RUNNING,
         value=None,
-        datetime_start=start,
+        datetime_start=start or datetime.datetime.now(),
         datetime_complete=None,
-        params={},
-        distributions={},
-        user_attrs=dict(user_attrs),
+        params=dict(params or {}),
+        distributions=dict(distributions or {}),
+        user_attrs=dict(user_attrs or {}),
         system_attrs={},
         intermediate_values={},
         trial_id=trial_id,

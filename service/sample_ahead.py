@@ -16,7 +16,6 @@ most `MAX_LAG` results, as a claim does that races another worker's completion.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import itertools
 import logging
 import threading
@@ -27,7 +26,7 @@ from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from service import optuna_internals as internals
 from service.optimizers import pauses
@@ -138,18 +137,8 @@ class SamplePool:
 def _running(
     number: int, params: dict[str, Any], distributions: dict[str, BaseDistribution]
 ) -> FrozenTrial:
-    return FrozenTrial(
-        number=number,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=dt.datetime.now(),
-        datetime_complete=None,
-        params=params,
-        distributions={k: distributions[k] for k in params},
-        user_attrs={},
-        system_attrs={},
-        intermediate_values={},
-        trial_id=number,
+    return internals.running_trial(
+        number, number, params=params, distributions={k: distributions[k] for k in params}
     )
 
 

@@ -346,19 +346,7 @@ class Backend:
         new trial (a claim reads it after its lock); the trial is created with `user_attrs` in
         the same transaction. Returns its id."""
         internals.forget_cached_trials(study)
-        template = FrozenTrial(
-            number=0,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=dt.datetime.now(),
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs=user_attrs,
-            system_attrs={},
-            intermediate_values={},
-            trial_id=0,
-        )
+        template = internals.running_trial(0, 0, user_attrs)
         return self._storage.create_new_trial(internals.study_id(study), template)
 
     def new_running_trial(self, study_id: int, user_attrs: dict[str, Any]) -> FrozenTrial:
