@@ -106,14 +106,19 @@ class TrialMessages:
         else:
             prune = not last_epoch and self._should_prune(handle, facts)
         if prune:
-            if uses_view(handle.study) and self._backend.writes_with_core:
-                # TPE does nothing after a trial: no need for tell's read of the whole trial.
+            if self._ends_with_core(handle):
                 self._backend.prune_trial(trial_id, values[max(values)])
             else:
                 self._finish(handle, facts.number, trial_id, TrialState.PRUNED)
             logger.info("trial %d of %s pruned after epoch %d", facts.number, handle.name, epoch)
             self._finished(handle, facts.worker, facts.has_artifacts)
         return ReportAnswer(prune=prune)
+
+    def _ends_with_core(self, handle: StudyHandle) -> bool:
+        """Whether a trial's end is written as Core statements (`Backend.complete_trial`,
+        `prune_trial`): TPE does nothing after a trial, so tell's read of the whole trial and
+        its call of the sampler can be skipped."""
+        return uses_view(handle.study) and self._backend.writes_with_core
 
     def _should_prune(self, handle: StudyHandle, facts: TrialFacts) -> bool:
         """What Trial.should_prune asks, reading no more of the study than the pruner needs."""
@@ -161,8 +166,7 @@ class TrialMessages:
         for name, key in (("test_loss", keys.TEST_LOSS), ("test_accuracy", keys.TEST_ACCURACY)):
             if test and test.get(name) is not None:
                 attrs[key] = test[name]
-        if uses_view(handle.study) and self._backend.writes_with_core:
-            # TPE does nothing after a trial: no need for tell's read of the whole trial.
+        if self._ends_with_core(handle):
             ended = self._backend.complete_trial(trial_id, value, attrs)
         else:
             # If it finished meanwhile, _finish says how.

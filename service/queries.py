@@ -13,6 +13,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
 from service import keys, paused_table
+from service.trial_queries import UNFINISHED
 
 _TRIALS = models.TrialModel.__table__
 _STUDIES = models.StudyModel.__table__
@@ -223,7 +224,6 @@ class ArtifactRefs:
 
 _OBJECTIVE = models.TrialValueModel.__table__
 _VALUE_TYPE = models.TrialValueModel.TrialValueType
-_UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 
 
 def artifact_refs(conn: sa.Connection, study_id: int, top_k: int, maximize: bool) -> ArtifactRefs:
@@ -234,7 +234,7 @@ def artifact_refs(conn: sa.Connection, study_id: int, top_k: int, maximize: bool
     checkpoints = conn.execute(
         sa.select(_SYSTEM_ATTRS.c.value_json)
         .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
-        .where(in_study, _TRIALS.c.state.in_(_UNFINISHED), _SYSTEM_ATTRS.c.key == keys.CHECKPOINT)
+        .where(in_study, _TRIALS.c.state.in_(UNFINISHED), _SYSTEM_ATTRS.c.key == keys.CHECKPOINT)
     ).scalars()
     infinity = sa.case(
         (_OBJECTIVE.c.value_type == _VALUE_TYPE.INF_NEG, -1),
@@ -267,7 +267,7 @@ def artifact_refs(conn: sa.Connection, study_id: int, top_k: int, maximize: bool
         .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
         .where(
             in_study,
-            _TRIALS.c.state.not_in(_UNFINISHED),
+            _TRIALS.c.state.not_in(UNFINISHED),
             _SYSTEM_ATTRS.c.key.startswith(keys.ARTIFACT_PREFIX, autoescape=True),
         )
     ).scalars()

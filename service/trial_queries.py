@@ -27,7 +27,7 @@ _CURVE = models.TrialIntermediateValueModel.__table__
 # TPE's constant liar shares a running trial's sampled params under these keys until the params
 # themselves are written (optuna/samplers/_tpe/sampler.py, _RELATIVE_PARAMS_KEY).
 RELATIVE_PARAMS_PREFIX = "tpe:relative_params"
-_UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
 
 
 def states_since(
@@ -52,7 +52,7 @@ def unfinished(conn: sa.Connection, study_id: int) -> list[FrozenTrial]:
     rows = conn.execute(
         sa.select(
             _TRIALS.c.trial_id, _TRIALS.c.number, _TRIALS.c.state, _TRIALS.c.datetime_start
-        ).where(_TRIALS.c.study_id == study_id, _TRIALS.c.state.in_(_UNFINISHED))
+        ).where(_TRIALS.c.study_id == study_id, _TRIALS.c.state.in_(UNFINISHED))
     ).all()
     if not rows:
         return []
