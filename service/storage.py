@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -110,6 +110,8 @@ class Backend:
     _rdb: optuna.storages.RDBStorage
     _artifacts: ArtifactStore
     claim_lock: ClaimLock
+    # (study id, param, distribution JSON) checked against the study (`set_params`)
+    _compatible: set[tuple[int, str, str]] = field(default_factory=set)
 
     @property
     def _engine(self) -> sa.Engine:
@@ -178,6 +180,9 @@ class Backend:
         with self._engine.begin() as conn:
             study_table.delete(conn, study_id)
             paused_table.remove_study(conn, study_id)
+        # SQLite may give the id to the next study. set() copies atomically under the GIL; a
+        # claim's add to the old set meanwhile is lost, and only costs a check again.
+        self._compatible = {c for c in set(self._compatible) if c[0] != study_id}
 
     def study_id(self, name: str) -> int:
         try:
@@ -376,7 +381,7 @@ class Backend:
         self, trial_id: int, params: dict[str, Any], distributions: dict[str, Any]
     ) -> None:
         """All of a trial's params in one transaction (Optuna writes one per param)."""
-        internals.set_params(self._rdb, trial_id, params, distributions)
+        internals.set_params(self._rdb, trial_id, params, distributions, self._compatible)
 
     @property
     def writes_with_core(self) -> bool:

@@ -8,6 +8,7 @@ these."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Collection
 from typing import Any
@@ -28,6 +29,10 @@ _CURVE = models.TrialIntermediateValueModel.__table__
 # themselves are written (optuna/samplers/_tpe/sampler.py, _RELATIVE_PARAMS_KEY).
 RELATIVE_PARAMS_PREFIX = "tpe:relative_params"
 UNFINISHED = (TrialState.RUNNING, TrialState.WAITING)
+
+# A study's params share a few distributions: parse each JSON once (distributions are values,
+# never changed in place; Optuna's cached storage shares them between trials too).
+_distribution = functools.lru_cache(maxsize=1024)(json_to_distribution)
 
 
 def states_since(
@@ -152,7 +157,7 @@ def _params(
         .where(_PARAMS.c.trial_id.in_(ids))
         .order_by(_PARAMS.c.param_id)
     ):
-        dist = json_to_distribution(dist_json)
+        dist = _distribution(dist_json)
         dists[trial_id][name] = dist
         params[trial_id][name] = dist.to_external_repr(value)
     return params, dists

@@ -36,7 +36,9 @@ class Services:
     metrics: Metrics
 
 
-def get_services(request: Request) -> Services:
+# Dependencies that do not block are `async def`: FastAPI runs a plain `def` dependency in its
+# thread pool, a thread hop per dependency per request (two on every worker message).
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
@@ -44,7 +46,9 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def _requires(role: Role):  # noqa: ANN202 - a dependency factory
-    def check(services: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    async def check(
+        services: ServicesDep, authorization: Annotated[str | None, Header()] = None
+    ) -> None:
         authorize(services.settings, authorization, role)
 
     return Depends(check)

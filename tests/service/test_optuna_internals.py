@@ -336,3 +336,42 @@ def test_prune_trial_writes_what_optunas_tell_writes(storage_url: str) -> None:
     with pytest.raises(KeyError):
         internals.prune_trial(rdb, 10_000, 0.5)
     rdb.engine.dispose()
+
+
+def test_set_params_checks_each_distribution_once_per_study(storage_url: str) -> None:
+    """With `compatible`, a param's distribution is looked up in the study once: later claims
+    skip the query, and a distribution that disagrees is still refused."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(storage=rdb, study_name="checked-once")
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True),
+        "opt": optuna.distributions.CategoricalDistribution(["sgd", "adam"]),
+    }
+    lookups: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+        if statement.startswith("SELECT trial_params.distribution_json"):
+            lookups.append(statement)
+
+    first, second = study.ask(), study.ask()
+    sa.event.listen(rdb.engine, "before_cursor_execute", count)
+    compatible: set[tuple[int, str, str]] = set()
+    internals.set_params(rdb, first._trial_id, {"lr": 0.01, "opt": "sgd"}, dists, compatible)
+    assert len(lookups) == 2  # one per param
+    assert {(name, sid) for sid, name, _ in compatible} == {
+        ("lr", study._study_id),
+        ("opt", study._study_id),
+    }
+    internals.set_params(rdb, second._trial_id, {"lr": 0.02, "opt": "adam"}, dists, compatible)
+    assert len(lookups) == 2  # none more
+    assert rdb.get_trial(second._trial_id).params == {"lr": 0.02, "opt": "adam"}
+
+    sa.event.remove(rdb.engine, "before_cursor_execute", count)
+    other = study.ask()
+    wider = {"opt": optuna.distributions.CategoricalDistribution(["sgd", "adam", "rmsprop"])}
+    with pytest.raises(ValueError, match="dynamic value space"):
+        internals.set_params(rdb, other._trial_id, {"opt": "rmsprop"}, wider, compatible)
+    assert _rows(rdb, "trial_params", other._trial_id) == []
+    assert len(compatible) == 2  # the refused one is not remembered
+    rdb.engine.dispose()

@@ -1,4 +1,9 @@
-"""The worker protocol: claim, report, heartbeat, complete, fail, checkpoints and weights."""
+"""The worker protocol: claim, report, heartbeat, complete, fail, checkpoints and weights.
+
+The messages are `async def` endpoints that run their blocking work with one explicit
+`run_in_threadpool`: for a plain `def` endpoint FastAPI also validates the answer in its thread
+pool, a second thread hop per message (a few thousand a second under load, on one core).
+"""
 
 from __future__ import annotations
 
@@ -73,9 +78,11 @@ def _links_to_the_trial() -> dict[str, dict]:
         404: ERRORS[404],
     },
 )
-def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> ClaimedTrial | None:
+async def claim_trial(
+    body: TrialClaim, services: ServicesDep, response: Response
+) -> ClaimedTrial | None:
     """Lease the next trial: a waiting one (the baseline, a retry) first, else a new sample."""
-    claimed = services.claims.claim(body)
+    claimed = await run_in_threadpool(services.claims.claim, body)
     if isinstance(claimed, NothingYet):
         # Work is coming (a preflight runs elsewhere): Retry-After tells workers that exit
         # when idle to ask again rather than leave.
@@ -89,34 +96,46 @@ def claim_trial(body: TrialClaim, services: ServicesDep, response: Response) -> 
 
 
 @router.post("/{trial_id}/report", responses=ERRORS)
-def report_epoch(
+async def report_epoch(
     trial_id: TrialId, body: TrialReport, services: ServicesDep, worker_id: HolderId = None
 ) -> ReportAnswer:
     """Record one epoch's validation loss and ask the pruner; prune=true means the trial is
     already finished as PRUNED and the worker should stop."""
-    return services.messages.report(
-        trial_id, body.epoch, body.val_loss, body.val_accuracy, body.train_loss, worker_id
+    return await run_in_threadpool(
+        services.messages.report,
+        trial_id,
+        body.epoch,
+        body.val_loss,
+        body.val_accuracy,
+        body.train_loss,
+        worker_id,
     )
 
 
 @router.post("/{trial_id}/heartbeat", responses=ERRORS)
-def heartbeat(
+async def heartbeat(
     trial_id: TrialId, services: ServicesDep, worker_id: HolderId = None
 ) -> HeartbeatAnswer:
-    services.messages.heartbeat(trial_id, worker_id)
+    await run_in_threadpool(services.messages.heartbeat, trial_id, worker_id)
     return HeartbeatAnswer(
         trial_id=trial_id, heartbeat_interval=services.settings.heartbeat_interval
     )
 
 
 @router.post("/{trial_id}/complete", responses=ERRORS)
-def complete_trial(
+async def complete_trial(
     trial_id: TrialId, body: TrialComplete, services: ServicesDep, worker_id: HolderId = None
 ) -> TrialAck:
     """The trial's result. test_loss/test_accuracy (the kept weights on the test folder) are
     stored for `best` to show; they never rank, prune or count toward the budget."""
-    return services.messages.complete(
-        trial_id, body.val_loss, body.val_accuracy, worker_id, body.epoch, test=_test_metrics(body)
+    return await run_in_threadpool(
+        services.messages.complete,
+        trial_id,
+        body.val_loss,
+        body.val_accuracy,
+        worker_id,
+        body.epoch,
+        test=_test_metrics(body),
     )
 
 
@@ -126,33 +145,35 @@ def _test_metrics(body: TrialComplete) -> dict[str, float]:
 
 
 @router.post("/{trial_id}/fail", responses=ERRORS)
-def fail_trial(
+async def fail_trial(
     trial_id: TrialId, body: TrialFail, services: ServicesDep, worker_id: HolderId = None
 ) -> TrialAck:
     """Fail the trial with a reason; retry=true hands it back to be run again at once."""
-    return services.messages.fail(trial_id, body.reason, body.retry, worker_id)
+    return await run_in_threadpool(
+        services.messages.fail, trial_id, body.reason, body.retry, worker_id
+    )
 
 
 @router.post("/{trial_id}/pause", responses=ERRORS)
-def pause_trial(
+async def pause_trial(
     trial_id: TrialId, body: TrialPause, services: ServicesDep, worker_id: HolderId = None
 ) -> TrialAck:
     """Pause the trial after `epoch`, as the report's answer asked (pruner asha, promotion
     mode), once the checkpoint of that epoch is uploaded: the worker is free to claim another
     trial, and this one may be promoted later and resumed from its checkpoint. 409 when the
     trial was not at a rung's epoch or its checkpoint is missing."""
-    return services.messages.pause(trial_id, body.epoch, worker_id)
+    return await run_in_threadpool(services.messages.pause, trial_id, body.epoch, worker_id)
 
 
 @router.post("/{trial_id}/preflight", responses=ERRORS)
-def preflight_result(
+async def preflight_result(
     trial_id: TrialId, body: PreflightResult, services: ServicesDep, worker_id: HolderId = None
 ) -> PreflightAnswer:
     """The result of the study's preflight, run before this trial (claimed with
     preflight=true) trains: passed (train it), a spec fault (the study goes into error, the
     trial fails) or a fault of this worker's machine (the trial is handed back, the worker
     skips the study)."""
-    return services.preflights.record(trial_id, body, worker_id)
+    return await run_in_threadpool(services.preflights.record, trial_id, body, worker_id)
 
 
 @contextlib.asynccontextmanager
