@@ -21,8 +21,8 @@ from optuna.storages import BaseStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.storage import _create_scoped_session
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from service.upserts import supported, upsert, upsert_now
 
 
 def study_id(study: optuna.Study) -> int:
@@ -232,7 +232,7 @@ def _end_trial(
     value: float | None,
     attrs: dict[str, Any],
 ) -> TrialState:
-    upsert = _UPSERTS[rdb.engine.name]
+    dialect = rdb.engine.name
     with rdb.engine.begin() as conn:
         # The state test in the UPDATE decides races (the lease sweep, the message twice) on
         # both databases; SQLite ignores FOR UPDATE.
@@ -252,38 +252,31 @@ def _end_trial(
             return now
         if value is not None:
             stored, kind = models.TrialValueModel.value_to_stored_repr(value)
-            stmt = upsert(_VALUES)
             conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["trial_id", "objective"],
-                    set_={"value": stmt.excluded.value, "value_type": stmt.excluded.value_type},
-                ),
+                upsert(dialect, _VALUES, ("trial_id", "objective"), ("value", "value_type")),
                 {"trial_id": trial_id, "objective": 0, "value": stored, "value_type": kind},
             )
         if attrs:
-            _upsert_user_attrs(conn, upsert, trial_id, attrs)
+            _upsert_user_attrs(conn, trial_id, attrs)
     return state
 
 
 def record_heartbeat(rdb: optuna.storages.RDBStorage, trial_id: int) -> None:
     """What RDBStorage.record_heartbeat writes (the database's now, inserted or updated), as one
     upsert on SQLite and PostgreSQL, where Optuna's ORM reads the row twice before it writes."""
-    upsert = _UPSERTS.get(rdb.engine.name)
-    if upsert is None:
+    if not supported(rdb.engine):
         rdb.record_heartbeat(trial_id)
         return
-    stmt = upsert(_HEARTBEATS).values(trial_id=trial_id, heartbeat=sa.func.now())
     with rdb.engine.begin() as conn:
         conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["trial_id"], set_={"heartbeat": sa.func.now()}
-            )
+            upsert_now(rdb.engine.name, _HEARTBEATS, "trial_id", "heartbeat"),
+            {"trial_id": trial_id},
         )
 
 
 def writes_with_core(rdb: optuna.storages.RDBStorage) -> bool:
     """Whether this database takes the Core writers above (SQLite, PostgreSQL)."""
-    return rdb.engine.name in _UPSERTS
+    return supported(rdb.engine)
 
 
 def fixed_params(trial: optuna.trial.Trial) -> dict[str, Any]:
@@ -314,8 +307,7 @@ def set_user_attrs(
     (the report's write was a sixth of the server's time under load)."""
     if not attrs and not curve:
         return
-    upsert = _UPSERTS.get(rdb.engine.name)
-    if upsert is None:  # another database: Optuna's own writers
+    if not supported(rdb.engine):  # another database: Optuna's own writers
         with _create_scoped_session(rdb.scoped_session, True) as session:
             for key, value in attrs.items():
                 rdb._set_trial_attr_without_commit(
@@ -332,9 +324,8 @@ def set_user_attrs(
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         rdb.check_trial_is_updatable(trial_id, state)
         if attrs:
-            _upsert_user_attrs(conn, upsert, trial_id, attrs)
+            _upsert_user_attrs(conn, trial_id, attrs)
         if curve:
-            stmt = upsert(_CURVE)
             rows = []
             for step, value in sorted(curve.items()):
                 stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
@@ -349,25 +340,19 @@ def set_user_attrs(
                     }
                 )
             conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["trial_id", "step"],
-                    set_={
-                        "intermediate_value": stmt.excluded.intermediate_value,
-                        "intermediate_value_type": stmt.excluded.intermediate_value_type,
-                    },
+                upsert(
+                    rdb.engine.name,
+                    _CURVE,
+                    ("trial_id", "step"),
+                    ("intermediate_value", "intermediate_value_type"),
                 ),
                 rows,
             )
 
 
-def _upsert_user_attrs(
-    conn: sa.Connection, upsert: Any, trial_id: int, attrs: dict[str, Any]
-) -> None:
-    stmt = upsert(_USER_ATTRS)
+def _upsert_user_attrs(conn: sa.Connection, trial_id: int, attrs: dict[str, Any]) -> None:
     conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["trial_id", "key"], set_={"value_json": stmt.excluded.value_json}
-        ),
+        upsert(conn.dialect.name, _USER_ATTRS, ("trial_id", "key"), ("value_json",)),
         [
             {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
             for key, value in attrs.items()
@@ -382,4 +367,3 @@ _VALUES = models.TrialValueModel.__table__
 _HEARTBEATS = models.TrialHeartbeatModel.__table__
 _USER_ATTRS = models.TrialUserAttributeModel.__table__
 _CURVE = models.TrialIntermediateValueModel.__table__
-_UPSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}

@@ -41,6 +41,7 @@ from service.init_lock import storage_init_lock
 from service.queries import TrialFacts
 from service.settings import Settings
 from service.study_table import ActiveStudy, StudyRow, StudyState
+from service.upserts import upsert
 
 logger = logging.getLogger(__name__)
 
@@ -475,18 +476,10 @@ class Backend:
         values = {"worker_id": worker_id, "last_seen": utcnow(), **fields}
         if labels is not None:
             values["labels"] = json.dumps(labels, sort_keys=True)
-        insert: Any
-        if self._engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(workers_table).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[workers_table.c.worker_id],
-            set_={k: stmt.excluded[k] for k in values if k != "worker_id"},
-        )
+        update = tuple(sorted(k for k in values if k != "worker_id"))
+        stmt = upsert(self._engine.dialect.name, workers_table, ("worker_id",), update)
         with self._engine.begin() as conn:
-            conn.execute(stmt)
+            conn.execute(stmt, values)
 
     def skip_study(self, worker_id: str, study: str, why: str) -> None:
         """Record that the worker skips `study`, and why (shown in GET /workers)."""
