@@ -82,26 +82,25 @@ def create_running_trial(
     with rdb.engine.begin() as conn:
         # Optuna's lock on the study row serialises numbering between writers on PostgreSQL;
         # SQLite ignores FOR UPDATE, and its insert below takes the database's write lock.
-        found = conn.execute(
-            sa.select(_STUDIES.c.study_id).where(_STUDIES.c.study_id == study_id).with_for_update()
-        ).scalar_one_or_none()
+        found = conn.execute(_LOCK_STUDY, {"study_id": study_id}).scalar_one_or_none()
         if found is None:
             raise KeyError(f"No study with study_id {study_id} exists.")
         trial_id = conn.execute(
-            _TRIALS.insert().values(
-                study_id=study_id, number=None, state=TrialState.RUNNING, datetime_start=start
-            )
+            _INSERT_TRIAL,
+            {
+                "study_id": study_id,
+                "number": None,
+                "state": TrialState.RUNNING,
+                "datetime_start": start,
+            },
         ).inserted_primary_key[0]
         # Optuna's trial number: the study's trials made before this one (count_past_trials).
-        number = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(_TRIALS)
-            .where(_TRIALS.c.study_id == study_id, _TRIALS.c.trial_id < trial_id)
-        ).scalar_one()
-        conn.execute(sa.update(_TRIALS).where(_TRIALS.c.trial_id == trial_id).values(number=number))
+        at = {"study_id": study_id, "trial_id_": trial_id}
+        number = conn.execute(_PAST_TRIALS, at).scalar_one()
+        conn.execute(_SET_NUMBER, {**at, "number_": number})
         if user_attrs:
             conn.execute(
-                _USER_ATTRS.insert(),
+                _INSERT_USER_ATTRS,
                 [
                     {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
                     for key, value in user_attrs.items()
@@ -160,9 +159,7 @@ def set_params(
                 )
         return
     with rdb.engine.begin() as conn:
-        row = conn.execute(
-            sa.select(_TRIALS.c.state, _TRIALS.c.study_id).where(_TRIALS.c.trial_id == trial_id)
-        ).one_or_none()
+        row = conn.execute(_STATE_AND_STUDY, {"trial_id_": trial_id}).one_or_none()
         if row is None:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         rdb.check_trial_is_updatable(trial_id, row.state)
@@ -237,14 +234,11 @@ def _end_trial(
         # The state test in the UPDATE decides races (the lease sweep, the message twice) on
         # both databases; SQLite ignores FOR UPDATE.
         won = conn.execute(
-            sa.update(_TRIALS)
-            .where(_TRIALS.c.trial_id == trial_id, _TRIALS.c.state == TrialState.RUNNING)
-            .values(state=state, datetime_complete=datetime.datetime.now())
+            _END_RUNNING,
+            {"trial_id_": trial_id, "state_": state, "complete_": datetime.datetime.now()},
         ).rowcount
         if not won:
-            now = conn.execute(
-                sa.select(_TRIALS.c.state).where(_TRIALS.c.trial_id == trial_id)
-            ).scalar_one_or_none()
+            now = conn.execute(_STATE, {"trial_id_": trial_id}).scalar_one_or_none()
             if now is None:
                 raise KeyError(f"No trial with trial_id {trial_id} exists.")
             if not now.is_finished():
@@ -317,9 +311,7 @@ def set_user_attrs(
                 rdb._set_trial_intermediate_value_without_commit(session, trial_id, step, value)
         return
     with rdb.engine.begin() as conn:
-        state = conn.execute(
-            sa.select(_TRIALS.c.state).where(_TRIALS.c.trial_id == trial_id)
-        ).scalar_one_or_none()
+        state = conn.execute(_STATE, {"trial_id_": trial_id}).scalar_one_or_none()
         if state is None:
             raise KeyError(f"No trial with trial_id {trial_id} exists.")
         rdb.check_trial_is_updatable(trial_id, state)
@@ -367,3 +359,30 @@ _VALUES = models.TrialValueModel.__table__
 _HEARTBEATS = models.TrialHeartbeatModel.__table__
 _USER_ATTRS = models.TrialUserAttributeModel.__table__
 _CURVE = models.TrialIntermediateValueModel.__table__
+
+# The statements a claim, a report and a trial's end run, built once (see service/upserts.py
+# on why). Bound names end in "_" where a column has the name: UPDATE reserves those.
+_TRIAL_ID = _TRIALS.c.trial_id == sa.bindparam("trial_id_")
+_LOCK_STUDY = (
+    sa.select(_STUDIES.c.study_id)
+    .where(_STUDIES.c.study_id == sa.bindparam("study_id"))
+    .with_for_update()
+)
+_INSERT_TRIAL = _TRIALS.insert()
+_PAST_TRIALS = (
+    sa.select(sa.func.count())
+    .select_from(_TRIALS)
+    .where(
+        _TRIALS.c.study_id == sa.bindparam("study_id"),
+        _TRIALS.c.trial_id < sa.bindparam("trial_id_"),
+    )
+)
+_SET_NUMBER = sa.update(_TRIALS).where(_TRIAL_ID).values(number=sa.bindparam("number_"))
+_INSERT_USER_ATTRS = _USER_ATTRS.insert()
+_STATE = sa.select(_TRIALS.c.state).where(_TRIAL_ID)
+_STATE_AND_STUDY = sa.select(_TRIALS.c.state, _TRIALS.c.study_id).where(_TRIAL_ID)
+_END_RUNNING = (
+    sa.update(_TRIALS)
+    .where(_TRIAL_ID, _TRIALS.c.state == TrialState.RUNNING)
+    .values(state=sa.bindparam("state_"), datetime_complete=sa.bindparam("complete_"))
+)

@@ -134,15 +134,18 @@ def study_of_trial(conn: sa.Connection, trial_id: int) -> tuple[int, str] | None
     return (row.study_id, row.study_name) if row is not None else None
 
 
+_STUDY_ATTRS = (
+    sa.select(_STUDY_SYSTEM_ATTRS.c.key, _STUDY_SYSTEM_ATTRS.c.value_json)
+    .select_from(_STUDIES)
+    .outerjoin(_STUDY_SYSTEM_ATTRS, _STUDY_SYSTEM_ATTRS.c.study_id == _STUDIES.c.study_id)
+    .where(_STUDIES.c.study_id == sa.bindparam("study_id"))
+)
+
+
 def study_system_attrs(conn: sa.Connection, study_id: int) -> dict[str, Any] | None:
     """Optuna's `get_study_system_attrs` in one query (its ORM makes two and an object per
     row: a tenth of a claim); None for no such study."""
-    rows = conn.execute(
-        sa.select(_STUDY_SYSTEM_ATTRS.c.key, _STUDY_SYSTEM_ATTRS.c.value_json)
-        .select_from(_STUDIES)
-        .outerjoin(_STUDY_SYSTEM_ATTRS, _STUDY_SYSTEM_ATTRS.c.study_id == _STUDIES.c.study_id)
-        .where(_STUDIES.c.study_id == study_id)
-    ).all()
+    rows = conn.execute(_STUDY_ATTRS, {"study_id": study_id}).all()
     if not rows:
         return None
     return {key: json.loads(value) for key, value in rows if key is not None}
@@ -156,23 +159,22 @@ def _not_prior() -> sa.ColumnElement[bool]:
     )
 
 
+# Built once, run by every claim (see service/upserts.py on why).
+_STATE_COUNTS = (
+    sa.select(_TRIALS.c.state, sa.func.count())
+    .where(_TRIALS.c.study_id == sa.bindparam("study_id"), _not_prior())
+    .group_by(_TRIALS.c.state)
+)
+_FAILED_NUMBERS = sa.select(_TRIALS.c.number).where(
+    _TRIALS.c.study_id == sa.bindparam("study_id"), _TRIALS.c.state == TrialState.FAIL
+)
+
+
 def trial_census(conn: sa.Connection, study_id: int) -> tuple[dict[str, int], list[int], set[int]]:
     """What the budget counts; prior trials (COMPLETE, made at creation) are not counted."""
-    states = {
-        state.name: n
-        for state, n in conn.execute(
-            sa.select(_TRIALS.c.state, sa.func.count())
-            .where(_TRIALS.c.study_id == study_id, _not_prior())
-            .group_by(_TRIALS.c.state)
-        )
-    }
-    failed = list(
-        conn.execute(
-            sa.select(_TRIALS.c.number).where(
-                _TRIALS.c.study_id == study_id, _TRIALS.c.state == TrialState.FAIL
-            )
-        ).scalars()
-    )
+    at = {"study_id": study_id}
+    states = {state.name: n for state, n in conn.execute(_STATE_COUNTS, at)}
+    failed = list(conn.execute(_FAILED_NUMBERS, at).scalars())
     retried: set[int] = set()
     if failed:
         for history in system_attr_values(conn, study_id, keys.RETRY_HISTORY):

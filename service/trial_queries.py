@@ -40,15 +40,25 @@ def states_since(
 ) -> list[tuple[int, TrialState]]:
     """(trial id, state) of the study's trials created after `after_id` or among `open_ids`
     (those unfinished when last read): everything that can have changed since."""
-    changed = _TRIALS.c.trial_id > after_id
-    if open_ids:
-        changed = sa.or_(changed, _TRIALS.c.trial_id.in_(sorted(open_ids)))
     rows = conn.execute(
-        sa.select(_TRIALS.c.trial_id, _TRIALS.c.state).where(
-            _TRIALS.c.study_id == study_id, changed
-        )
+        _STATES_SINCE if open_ids else _CREATED_SINCE,
+        {"study_id": study_id, "after_id": after_id, "open_ids": sorted(open_ids)},
     )
     return [(row.trial_id, row.state) for row in rows]
+
+
+# Built once (a claim and a sample each run one): see service/upserts.py on why.
+_CREATED_SINCE = sa.select(_TRIALS.c.trial_id, _TRIALS.c.state).where(
+    _TRIALS.c.study_id == sa.bindparam("study_id"),
+    _TRIALS.c.trial_id > sa.bindparam("after_id"),
+)
+_STATES_SINCE = sa.select(_TRIALS.c.trial_id, _TRIALS.c.state).where(
+    _TRIALS.c.study_id == sa.bindparam("study_id"),
+    sa.or_(
+        _TRIALS.c.trial_id > sa.bindparam("after_id"),
+        _TRIALS.c.trial_id.in_(sa.bindparam("open_ids", expanding=True)),
+    ),
+)
 
 
 def unfinished(conn: sa.Connection, study_id: int) -> list[FrozenTrial]:
