@@ -233,11 +233,31 @@ def artifact_refs(conn: sa.Connection, study_id: int, top_k: int, maximize: bool
     value in the study's direction (infinities at their ends, as Optuna's best-trial query
     orders them), then by number; prior trials are not ranked."""
     in_study = _TRIALS.c.study_id == study_id
-    checkpoints = conn.execute(
-        sa.select(_SYSTEM_ATTRS.c.value_json)
-        .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
-        .where(in_study, _TRIALS.c.state.in_(UNFINISHED), _SYSTEM_ATTRS.c.key == keys.CHECKPOINT)
-    ).scalars()
+    # Each query sees the trials as they are when it runs (READ COMMITTED; SQLite outside a
+    # transaction), and trials finish meanwhile. So the finished trials' artifacts are read
+    # first: a trial that finishes after that read is not collected this time, and one read
+    # as finished is ranked (and its checkpoint looked for) by the later queries. The other
+    # order removed the weights of a trial that completed between the ranking and this read.
+    held = list(
+        conn.execute(
+            sa.select(_SYSTEM_ATTRS.c.key)
+            .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
+            .where(
+                in_study,
+                _TRIALS.c.state.not_in(UNFINISHED),
+                _SYSTEM_ATTRS.c.key.startswith(keys.ARTIFACT_PREFIX, autoescape=True),
+            )
+        ).scalars()
+    )
+    checkpoints = list(
+        conn.execute(
+            sa.select(_SYSTEM_ATTRS.c.value_json)
+            .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
+            .where(
+                in_study, _TRIALS.c.state.in_(UNFINISHED), _SYSTEM_ATTRS.c.key == keys.CHECKPOINT
+            )
+        ).scalars()
+    )
     infinity = sa.case(
         (_OBJECTIVE.c.value_type == _VALUE_TYPE.INF_NEG, -1),
         (_OBJECTIVE.c.value_type == _VALUE_TYPE.FINITE, 0),
@@ -262,15 +282,6 @@ def artifact_refs(conn: sa.Connection, study_id: int, top_k: int, maximize: bool
     top_weights = conn.execute(
         sa.select(_SYSTEM_ATTRS.c.value_json).where(
             _SYSTEM_ATTRS.c.trial_id.in_(top_ids), _SYSTEM_ATTRS.c.key == keys.WEIGHTS
-        )
-    ).scalars()
-    held = conn.execute(
-        sa.select(_SYSTEM_ATTRS.c.key)
-        .join(_TRIALS, _TRIALS.c.trial_id == _SYSTEM_ATTRS.c.trial_id)
-        .where(
-            in_study,
-            _TRIALS.c.state.not_in(UNFINISHED),
-            _SYSTEM_ATTRS.c.key.startswith(keys.ARTIFACT_PREFIX, autoescape=True),
         )
     ).scalars()
     return ArtifactRefs(

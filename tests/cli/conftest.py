@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +85,13 @@ def hpsearch(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 def _logging_to(stream: TextIO) -> Iterator[None]:
     """Log records on `stream` at INFO, as the real program's logging.basicConfig puts them on
     its stderr (in here pytest's handlers make basicConfig a no-op): a stray log line must
-    break the tests' exact-stderr checks in this process too."""
+    break the tests' exact-stderr checks in this process too. Only this thread's records: the
+    servers the tests run on threads of this process are other processes in real use, and
+    their log lines (a claim, a lease sweep) never reach the CLI's stderr."""
     root = logging.getLogger()
     handler, level = logging.StreamHandler(stream), root.level
+    cli_thread = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == cli_thread)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     try:

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
 from service import keys
@@ -81,3 +82,37 @@ def test_the_queries_keep_what_reading_every_trial_keeps(
     assert {float("inf"), float("-inf")} <= {t.value for t in complete}
     assert any(t.user_attrs.get(keys.PRIOR) for t in complete)
     assert len({t.value for t in complete}) < len(complete)
+
+
+@pytest.mark.parametrize("after_query", [1, 2, 3])
+def test_a_trial_that_completes_during_the_queries_keeps_its_weights(
+    backend_store: Backend, after_query: int
+) -> None:
+    """The queries see the trials as they are when each runs: a trial that completes (as the
+    best) between two of them must not have its weights counted finished-but-not-top, which
+    the collection would remove (a test once saw the best trial's weights gone)."""
+    study = optuna.create_study(
+        storage=backend_store._storage, study_name=f"refs-race-{after_query}"
+    )
+    done, best = study.ask(), study.ask()  # best runs until the chosen query has run
+    for trial, name in ((done, "w-done"), (best, "w-best")):
+        backend_store.set_system_attr(trial._trial_id, keys.WEIGHTS, name)
+        backend_store.set_system_attr(trial._trial_id, f"{keys.ARTIFACT_PREFIX}{name}", "meta")
+    study.tell(done, 0.5)
+    engine = backend_store._engine
+    seen = []
+
+    def complete_best(*_args: object) -> None:
+        seen.append(1)
+        if len(seen) == after_query:
+            backend_store.complete_trial(best._trial_id, 0.1, {})
+
+    sa.event.listen(engine, "after_cursor_execute", complete_best)
+    try:
+        refs = backend_store.artifact_refs(study._study_id, 1, maximize=False)
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", complete_best)
+    assert len(seen) >= after_query
+    removed = refs.finished - refs.checkpoints - refs.top_weights
+    assert "w-best" not in removed
+    assert study.best_trial.number == best.number
