@@ -99,17 +99,12 @@ class Claims:
                 if isinstance(started, _Started) and gate == "flag":
                     self._preflights.flagged(handle, started.trial_id)
             if isinstance(started, _Started):
-                # Out of the lock (claims of a study queue on it): should this process die
-                # before the heartbeat is recorded, the lease sweep finds the trial.
-                self._backend.record_heartbeat(started.trial_id)
-                trial = self._hand_out(handle, started, request, gate == "flag")
-                self._backend.touch_worker(
-                    request.worker_id,
-                    study=handle.name,
-                    trial_number=trial.number,
-                    trial_id=trial.trial_id,
-                    **fields,
-                )
+                if started.new is None:  # (a trial made by Core statements has its heartbeat)
+                    # Out of the lock (claims of a study queue on it): should this process die
+                    # before the heartbeat is recorded, the lease sweep finds the trial.
+                    self._backend.record_heartbeat(started.trial_id)
+                worker = {"worker_id": request.worker_id, "study": handle.name, **fields}
+                trial = self._hand_out(handle, started, request, gate == "flag", worker)
                 self._metrics.claims.labels(handle.name).inc()
                 return trial
         self._backend.touch_worker(
@@ -212,13 +207,22 @@ class Claims:
             trial.set_user_attr(key, value)  # the Trial's own copy of its attrs follows
 
     def _hand_out(
-        self, handle: StudyHandle, started: _Started, request: TrialClaim, preflight: bool
+        self,
+        handle: StudyHandle,
+        started: _Started,
+        request: TrialClaim,
+        preflight: bool,
+        worker: dict[str, Any],
     ) -> ClaimedTrial:
         """A promoted trial resumes where it paused; a retry from its predecessor's
-        checkpoint; a new trial starts afresh."""
+        checkpoint; a new trial starts afresh. `worker`: the worker's row (`touch_worker`),
+        written with the trial's number and id."""
         frozen = started.new
         if frozen is not None:  # sampled ahead, no Optuna Trial
-            frozen.params = sample_ahead.params(self._backend, handle, frozen)
+            holds = {"trial_number": frozen.number, "trial_id": started.trial_id}
+            frozen.params = sample_ahead.params(
+                self._backend, handle, frozen, {**worker, **holds}
+            )  # the params and the worker's row in one transaction
             frozen.distributions = {k: handle.distributions[k] for k in frozen.params}
         else:
             trial = started.opened(handle.study)
@@ -228,6 +232,9 @@ class Claims:
                 sample_ahead.fill(self._backend, handle, trial)  # a new trial: ahead, or now
             _suggest_all(trial, handle.distributions)  # a waiting or promoted trial's, or samples
             frozen = internals.frozen_copy(trial)
+            self._backend.touch_worker(
+                **worker, trial_number=frozen.number, trial_id=internals.trial_id(frozen)
+            )
         resume = started.resume or self._resume(handle, frozen)
         logger.info(
             "trial %d of %s -> %s%s%s",

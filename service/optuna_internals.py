@@ -12,6 +12,7 @@ import datetime
 import functools
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -70,14 +71,18 @@ def sampler_rng(sampler: optuna.samplers.GridSampler):  # noqa: ANN201 - Optuna'
 
 
 def create_running_trial(
-    rdb: optuna.storages.RDBStorage, study_id: int, user_attrs: dict[str, Any]
+    rdb: optuna.storages.RDBStorage,
+    study_id: int,
+    user_attrs: dict[str, Any],
+    heartbeat: bool = False,
 ) -> FrozenTrial:
     """What `create_new_trial(study_id, template)` writes for a RUNNING trial with `user_attrs`
     and nothing else, in one transaction, as Core statements (SQLite and PostgreSQL only,
     `writes_with_core`): the trial as created. Optuna's ORM flushes an object per row and its
     cached storage then holds the trial, so a trial made here must get its params through
     `set_params` and its end through `complete_trial` or the RDBStorage itself.
-    KeyError for no such study."""
+    KeyError for no such study. `heartbeat`: with its first heartbeat (what `record_heartbeat`
+    writes) in the same transaction, so that its lease starts with it."""
     start = datetime.datetime.now()
     with rdb.engine.begin() as conn:
         # Optuna's lock on the study row serialises numbering between writers on PostgreSQL;
@@ -106,6 +111,8 @@ def create_running_trial(
                     for key, value in user_attrs.items()
                 ],
             )
+        if heartbeat:
+            _heartbeat(conn, trial_id)
     return running_trial(number, trial_id, user_attrs, start=start)
 
 
@@ -139,6 +146,7 @@ def set_params(
     params: dict[str, Any],
     distributions: dict[str, BaseDistribution],
     compatible: set[tuple[int, str, str]] | None = None,
+    then: Callable[[sa.Connection], None] | None = None,
 ) -> None:
     """Every param of a running trial in one transaction, with the checks `set_trial_param`
     makes for each (KeyError for no such trial, UpdateFinishedTrialError for a finished one,
@@ -149,7 +157,10 @@ def set_params(
     `compatible`: (study id, param name, distribution JSON) already checked against the study,
     skipped and added to, as Optuna's cached storage does: every row of a param was checked
     against the study's first when written, so one that agreed once agrees for good. This saves
-    a query per param per claim (a round trip each on PostgreSQL)."""
+    a query per param per claim (a round trip each on PostgreSQL).
+
+    `then`: more writes for the same transaction (on SQLite and PostgreSQL; the caller makes
+    them itself on other databases)."""
     if not writes_with_core(rdb):  # another database: Optuna's own writer
         with _create_scoped_session(rdb.scoped_session, True) as session:
             for name, value in params.items():
@@ -190,6 +201,8 @@ def set_params(
                 for name, value in params.items()
             ],
         )
+        if then is not None:
+            then(conn)
     checked.update((row.study_id, name, as_json[name]) for name in params)
 
 
@@ -262,10 +275,14 @@ def record_heartbeat(rdb: optuna.storages.RDBStorage, trial_id: int) -> None:
         rdb.record_heartbeat(trial_id)
         return
     with rdb.engine.begin() as conn:
-        conn.execute(
-            upsert_now(rdb.engine.name, _HEARTBEATS, "trial_id", "heartbeat"),
-            {"trial_id": trial_id},
-        )
+        _heartbeat(conn, trial_id)
+
+
+def _heartbeat(conn: sa.Connection, trial_id: int) -> None:
+    conn.execute(
+        upsert_now(conn.dialect.name, _HEARTBEATS, "trial_id", "heartbeat"),
+        {"trial_id": trial_id},
+    )
 
 
 def writes_with_core(rdb: optuna.storages.RDBStorage) -> bool:

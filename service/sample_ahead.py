@@ -167,11 +167,13 @@ def fill(backend: Backend, handle: Any, trial: optuna.trial.Trial) -> None:
     internals.adopt_params(trial, params(backend, handle, frozen), handle.distributions)
 
 
-def params(backend: Backend, handle: Any, trial: FrozenTrial) -> dict[str, Any]:
+def params(
+    backend: Backend, handle: Any, trial: FrozenTrial, worker: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A new trial's params (a running trial without params), sampled ahead or now on the
-    kept view, written in one transaction."""
+    kept view, written in one transaction (with the worker's row: `Backend.set_params`)."""
     with handle.ahead.params_for(backend, handle, trial) as sampled:
-        backend.set_params(internals.trial_id(trial), sampled, handle.distributions)
+        backend.set_params(internals.trial_id(trial), sampled, handle.distributions, worker)
     return sampled
 
 

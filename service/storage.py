@@ -356,11 +356,11 @@ class Backend:
         return self._storage.create_new_trial(internals.study_id(study), template)
 
     def new_running_trial(self, study_id: int, user_attrs: dict[str, Any]) -> FrozenTrial:
-        """A new RUNNING trial with `user_attrs`, as created, in one transaction of Core
-        statements (`writes_with_core` only). Optuna's cached storage does not hold it: its
-        params go through `set_params`, and its end through `complete_trial` or Optuna's
-        RDBStorage, never through the study's cached storage."""
-        return internals.create_running_trial(self._rdb, study_id, user_attrs)
+        """A new RUNNING trial with `user_attrs` and its lease's first heartbeat, as created,
+        in one transaction of Core statements (`writes_with_core` only). Optuna's cached
+        storage does not hold it: its params go through `set_params`, and its end through
+        `complete_trial` or Optuna's RDBStorage, never through the study's cached storage."""
+        return internals.create_running_trial(self._rdb, study_id, user_attrs, heartbeat=True)
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """In one transaction (Optuna's set_trial_user_attr is one per attr)."""
@@ -379,10 +379,27 @@ class Backend:
             self._storage.set_trial_intermediate_value(trial_id, step, value)
 
     def set_params(
-        self, trial_id: int, params: dict[str, Any], distributions: dict[str, Any]
+        self,
+        trial_id: int,
+        params: dict[str, Any],
+        distributions: dict[str, Any],
+        worker: dict[str, Any] | None = None,
     ) -> None:
-        """All of a trial's params in one transaction (Optuna writes one per param)."""
-        internals.set_params(self._rdb, trial_id, params, distributions, self._compatible)
+        """All of a trial's params in one transaction (Optuna writes one per param); with
+        `worker` (`touch_worker`'s arguments), the worker's row too: a claim's last writes,
+        one commit instead of two."""
+        if worker is None or not self.writes_with_core:
+            internals.set_params(self._rdb, trial_id, params, distributions, self._compatible)
+            if worker is not None:
+                self.touch_worker(**worker)
+            return
+
+        def worker_row(conn: sa.Connection) -> None:
+            conn.execute(*_worker_row(conn.dialect.name, **worker))
+
+        internals.set_params(
+            self._rdb, trial_id, params, distributions, self._compatible, then=worker_row
+        )
 
     @property
     def writes_with_core(self) -> bool:
@@ -473,13 +490,10 @@ class Backend:
         self, worker_id: str, *, labels: dict[str, str] | None = None, **fields: Any
     ) -> None:
         """Record that the worker was heard from; `labels` (when given) replace its labels."""
-        values = {"worker_id": worker_id, "last_seen": utcnow(), **fields}
-        if labels is not None:
-            values["labels"] = json.dumps(labels, sort_keys=True)
-        update = tuple(sorted(k for k in values if k != "worker_id"))
-        stmt = upsert(self._engine.dialect.name, workers_table, ("worker_id",), update)
         with self._engine.begin() as conn:
-            conn.execute(stmt, values)
+            conn.execute(
+                *_worker_row(self._engine.dialect.name, worker_id, labels=labels, **fields)
+            )
 
     def skip_study(self, worker_id: str, study: str, why: str) -> None:
         """Record that the worker skips `study`, and why (shown in GET /workers)."""
@@ -503,6 +517,17 @@ class Backend:
             row["labels"] = json.loads(row["labels"]) if row["labels"] else {}
             row["skipped_studies"] = json.loads(row["skipped"]) if row["skipped"] else {}
         return rows
+
+
+def _worker_row(
+    dialect: str, worker_id: str, *, labels: dict[str, str] | None = None, **fields: Any
+) -> tuple[sa.Insert, dict[str, Any]]:
+    """The upsert of a worker's row (`Backend.touch_worker`) and its parameters."""
+    values = {"worker_id": worker_id, "last_seen": utcnow(), **fields}
+    if labels is not None:
+        values["labels"] = json.dumps(labels, sort_keys=True)
+    update = tuple(sorted(k for k in values if k != "worker_id"))
+    return upsert(dialect, workers_table, ("worker_id",), update), values
 
 
 def tune_sqlite(engine: sa.Engine) -> None:

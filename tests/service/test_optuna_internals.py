@@ -138,6 +138,7 @@ def _rows(rdb: optuna.storages.RDBStorage, table: str, trial_id: int) -> list[tu
         "trial_params": "param_name, param_value, distribution_json",
         "trial_values": "objective, value, value_type",
         "trial_user_attributes": "key, value_json",
+        "trial_heartbeats": "heartbeat IS NOT NULL",
     }[table]
     with rdb.engine.connect() as conn:
         return sorted(
@@ -374,4 +375,46 @@ def test_set_params_checks_each_distribution_once_per_study(storage_url: str) ->
         internals.set_params(rdb, other._trial_id, {"opt": "rmsprop"}, wider, compatible)
     assert _rows(rdb, "trial_params", other._trial_id) == []
     assert len(compatible) == 2  # the refused one is not remembered
+    rdb.engine.dispose()
+
+
+def test_a_trial_made_with_its_heartbeat_has_the_row_record_heartbeat_writes(
+    storage_url: str,
+) -> None:
+    """create_running_trial(heartbeat=True) starts the lease in the creation's transaction:
+    the heartbeat row that record_heartbeat writes, which Optuna's stale-trial check reads."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60)
+    study = optuna.create_study(storage=rdb, study_name="born-leased")
+    leased = internals.create_running_trial(rdb, study._study_id, {}, heartbeat=True)
+    bare = internals.create_running_trial(rdb, study._study_id, {})
+    assert _rows(rdb, "trial_heartbeats", bare._trial_id) == []
+    assert len(_rows(rdb, "trial_heartbeats", leased._trial_id)) == 1
+    internals.record_heartbeat(rdb, bare._trial_id)
+    assert _rows(rdb, "trial_heartbeats", leased._trial_id) == _rows(
+        rdb, "trial_heartbeats", bare._trial_id
+    )
+    rdb.engine.dispose()
+
+
+def test_set_params_then_writes_in_the_same_transaction(storage_url: str) -> None:
+    """`then` runs in the params' transaction: when it fails, no param is written."""
+    quiet_optuna()
+    rdb = optuna.storages.RDBStorage(storage_url)
+    study = optuna.create_study(storage=rdb, study_name="params-then")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)}
+    trial = study.ask()
+
+    def fails(conn: sa.Connection) -> None:
+        conn.execute(sa.text("SELECT 1"))
+        raise RuntimeError("the worker's row could not be written")
+
+    with pytest.raises(RuntimeError):
+        internals.set_params(rdb, trial._trial_id, {"lr": 0.01}, dists, then=fails)
+    assert _rows(rdb, "trial_params", trial._trial_id) == []
+    seen: list[int] = []
+    internals.set_params(
+        rdb, trial._trial_id, {"lr": 0.01}, dists, then=lambda conn: seen.append(1)
+    )
+    assert seen == [1] and rdb.get_trial(trial._trial_id).params == {"lr": 0.01}
     rdb.engine.dispose()
