@@ -99,9 +99,10 @@ class Claims:
                 if isinstance(started, _Started) and gate == "flag":
                     self._preflights.flagged(handle, started.trial_id)
             if isinstance(started, _Started):
-                if started.new is None:  # (a trial made by Core statements has its heartbeat)
-                    # Out of the lock (claims of a study queue on it): should this process die
-                    # before the heartbeat is recorded, the lease sweep finds the trial.
+                # Out of the lock (claims of a study queue on it): should this process die
+                # before the heartbeat is recorded, the lease sweep finds the trial. A trial
+                # made with Core statements was created with its first heartbeat.
+                if started.new is None:
                     self._backend.record_heartbeat(started.trial_id)
                 worker = {"worker_id": request.worker_id, "study": handle.name, **fields}
                 trial = self._hand_out(handle, started, request, gate == "flag", worker)
