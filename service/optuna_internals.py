@@ -242,7 +242,6 @@ def _end_trial(
     value: float | None,
     attrs: dict[str, Any],
 ) -> TrialState:
-    dialect = rdb.engine.name
     with rdb.engine.begin() as conn:
         # The state test in the UPDATE decides races (the lease sweep, the message twice) on
         # both databases; SQLite ignores FOR UPDATE.
@@ -260,7 +259,9 @@ def _end_trial(
         if value is not None:
             stored, kind = models.TrialValueModel.value_to_stored_repr(value)
             conn.execute(
-                upsert(dialect, _VALUES, ("trial_id", "objective"), ("value", "value_type")),
+                upsert(
+                    conn.dialect.name, _VALUES, ("trial_id", "objective"), ("value", "value_type")
+                ),
                 {"trial_id": trial_id, "objective": 0, "value": stored, "value_type": kind},
             )
         if attrs:
@@ -350,7 +351,7 @@ def set_user_attrs(
                 )
             conn.execute(
                 upsert(
-                    rdb.engine.name,
+                    conn.dialect.name,
                     _CURVE,
                     ("trial_id", "step"),
                     ("intermediate_value", "intermediate_value_type"),
